@@ -1,0 +1,279 @@
+//! The `Classifier`: model + weights + transform + labels → top-k predictions.
+
+mod annotate;
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use image::RgbImage;
+use serde::Serialize;
+
+pub use annotate::annotate;
+
+use crate::error::{io_err, Error, Result};
+use crate::model::{ModelName, ResNet, ResNetConfig, Stem};
+use crate::preprocess::{open_image, Resize, Transform, DEFAULT_MAX_PIXELS};
+use crate::weights::{self, hub, Weights};
+
+/// ImageNet-1k class names (WordNet lemmas), index = torchvision's class index.
+pub fn imagenet_labels() -> Vec<String> {
+    include_str!("imagenet_classes.txt")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// CIFAR-10 class names.
+pub const CIFAR10_LABELS: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// Reads one class name per line (blank trailing lines ignored).
+pub fn read_labels(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let mut labels: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    while labels.last().is_some_and(|l| l.is_empty()) {
+        labels.pop();
+    }
+    Ok(labels)
+}
+
+/// One of the top-k classes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    pub index: usize,
+    pub label: String,
+    pub probability: f32,
+}
+
+/// Softmax (in f64) and the `k` most probable classes, best first.
+pub fn top_k(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| exps[b].total_cmp(&exps[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .take(k)
+        .map(|i| Prediction {
+            index: i,
+            label: labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")),
+            probability: (exps[i] / sum) as f32,
+        })
+        .collect()
+}
+
+/// Options for [`Classifier::build`]; [`Classifier::new`] uses the defaults.
+pub struct ClassifierOptions<'a> {
+    pub strict: bool,
+    /// Overrides the weights' own resize/crop (e.g. `--resize/--crop` or `--stretch`).
+    pub resize: Option<Resize>,
+    pub labels: Option<Vec<String>>,
+    pub device: Device,
+    /// Called while a weights tag downloads: `(bytes, total)`.
+    pub on_download: Option<hub::Progress<'a>>,
+}
+
+impl Default for ClassifierOptions<'_> {
+    fn default() -> Self {
+        ClassifierOptions {
+            strict: true,
+            resize: None,
+            labels: None,
+            device: crate::default_device(),
+            on_download: None,
+        }
+    }
+}
+
+/// A ready-to-use image classifier.
+///
+/// ```
+/// use resnet::{Classifier, ModelName, Weights};
+/// // The paper's CIFAR resnet20, weights from a torch.save file.
+/// let clf = Classifier::new(ModelName::Resnet20, Weights::File("tests/fixtures/resnet20_cifar.pth".into()))?;
+/// let top = clf.classify_path("tests/fixtures/chelsea.png", 3)?;
+/// assert_eq!(top.len(), 3);
+/// assert!(top[0].probability >= top[1].probability);
+/// # Ok::<(), resnet::Error>(())
+/// ```
+///
+/// With torchvision's published weights (downloaded once, then cached):
+///
+/// ```no_run
+/// # use resnet::{Classifier, ModelName, Weights};
+/// let top = Classifier::new(ModelName::Resnet50, Weights::ImageNet1kV2)?.classify_path("cat.jpg", 5)?;
+/// println!("{}: {:.1}%", top[0].label, 100.0 * top[0].probability);
+/// # Ok::<(), resnet::Error>(())
+/// ```
+pub struct Classifier {
+    model: ResNet,
+    name: ModelName,
+    weights: Weights,
+    transform: Transform,
+    labels: Vec<String>,
+    device: Device,
+    max_pixels: u64,
+}
+
+impl Classifier {
+    /// A classifier with strict weight loading and the weights' own eval transform.
+    pub fn new(name: ModelName, weights: Weights) -> Result<Self> {
+        Self::build(name, weights, ClassifierOptions::default())
+    }
+
+    pub fn build(name: ModelName, weights: Weights, opts: ClassifierOptions<'_>) -> Result<Self> {
+        let mut config = name.config();
+        let mut default_resize = 256;
+        let (state_dict, weights_path) = match &weights {
+            Weights::Random => (None, None),
+            Weights::File(p) => (Some(weights::read_state_dict(p)?), Some(p.clone())),
+            Weights::Tag(tag) => {
+                let release = hub::release(name, *tag)?;
+                default_resize = release.resize;
+                let mut noop = |_: u64, _: Option<u64>| {};
+                let progress = opts.on_download.unwrap_or(&mut noop);
+                let path = hub::fetch(release.url, &hub::cache_dir(), progress)?;
+                (Some(weights::read_state_dict(&path)?), Some(path))
+            }
+        };
+        if let Some(sd) = &state_dict {
+            weights::fit_config(&mut config, sd);
+        }
+        let mut model = ResNet::new(&config, &opts.device)?;
+        if let Some(sd) = state_dict {
+            let label = match &weights_path {
+                Some(p) => format!("{name} (from {})", p.display()),
+                None => name.to_string(),
+            };
+            weights::load_into(&mut model, sd, opts.strict, &label)?;
+        }
+        let transform = default_transform(&config, default_resize, opts.resize);
+        let labels = match opts.labels {
+            Some(l) => {
+                if l.len() != config.num_classes {
+                    return Err(Error::Config(format!(
+                        "the class file has {} names but the model has {} classes",
+                        l.len(),
+                        config.num_classes
+                    )));
+                }
+                l
+            }
+            None => default_labels(&config),
+        };
+        Ok(Classifier {
+            model,
+            name,
+            weights,
+            transform,
+            labels,
+            device: opts.device,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        })
+    }
+
+    /// The decompression-bomb guard for [`Classifier::classify_path`].
+    pub fn with_max_pixels(mut self, max: u64) -> Self {
+        self.max_pixels = max;
+        self
+    }
+
+    pub fn model(&self) -> &ResNet {
+        &self.model
+    }
+    pub fn model_mut(&mut self) -> &mut ResNet {
+        &mut self.model
+    }
+    pub fn name(&self) -> ModelName {
+        self.name
+    }
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+    pub fn transform(&self) -> &Transform {
+        &self.transform
+    }
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Decodes a file and returns its top-k predictions.
+    pub fn classify_path(&self, path: impl AsRef<Path>, k: usize) -> Result<Vec<Prediction>> {
+        let img = open_image(path.as_ref(), self.max_pixels)?;
+        Ok(self.classify_images(&[img], k)?.remove(0))
+    }
+
+    /// Top-k predictions for a batch of decoded images, in one forward pass.
+    pub fn classify_images(&self, imgs: &[RgbImage], k: usize) -> Result<Vec<Vec<Prediction>>> {
+        Ok(self.logits(imgs)?.iter().map(|l| top_k(l, k, &self.labels)).collect())
+    }
+
+    /// Raw logits, one row per image.
+    pub fn logits(&self, imgs: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        if imgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = self.transform.batch(imgs, &self.device);
+        rows(self.model.forward(x)?)
+    }
+
+    /// Pooled features (the fc input), one row per image: image embeddings.
+    pub fn features(&self, imgs: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        if imgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = self.transform.batch(imgs, &self.device);
+        rows(self.model.forward_features(x)?)
+    }
+}
+
+/// A `[N, K]` tensor as N rows.
+pub fn rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {
+    let [_, k] = t.dims();
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("{e:?}")))?;
+    Ok(v.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
+}
+
+fn default_transform(config: &ResNetConfig, resize: usize, over: Option<Resize>) -> Transform {
+    let t = match (over, config.stem) {
+        (Some(Resize::ShorterSide { resize, crop }), _) => Transform::imagenet(resize, crop),
+        (Some(Resize::Stretch { size }), _) => Transform::stretch(size),
+        (None, Stem::ImageNet) => Transform::imagenet(resize, 224),
+        (None, Stem::Cifar) => Transform::stretch(32),
+    };
+    t.with_grayscale(config.in_channels == 1)
+}
+
+fn default_labels(config: &ResNetConfig) -> Vec<String> {
+    match (config.num_classes, config.stem) {
+        (1000, _) => imagenet_labels(),
+        (10, Stem::Cifar) => CIFAR10_LABELS.iter().map(|s| s.to_string()).collect(),
+        (n, _) => (0..n).map(|i| format!("class {i}")).collect(),
+    }
+}
+
+/// Where `--annotate DIR` writes the copy of `input`: `DIR/<stem>.png`.
+pub fn annotated_path(dir: &Path, input: &Path) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    dir.join(format!("{stem}.png"))
+}

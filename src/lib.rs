@@ -1,0 +1,21 @@
+//! `resnet`: torchvision-exact residual networks in Rust.
+//!
+//! The data flows one way, one module per stage:
+//! image bytes → [`preprocess`] → [`model`] (burn) → [`classify`] → predictions;
+//! weight files and tags go through [`weights`] into the model and back out.
+
+pub mod classify;
+pub mod error;
+pub mod model;
+pub mod preprocess;
+pub mod weights;
+
+pub use classify::{Classifier, Prediction};
+pub use error::{Error, Result};
+pub use model::{ModelName, ResNet, ResNetConfig};
+pub use weights::Weights;
+
+/// The default burn device: the `flex` CPU backend, or a GPU where a feature selects one.
+pub fn default_device() -> burn::prelude::Device {
+    burn::prelude::Device::default()
+}

@@ -1,0 +1,379 @@
+//! The `resnet` command line: argument parsing and printing only; the work is in the library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use resnet::classify::{annotate, annotated_path, read_labels, ClassifierOptions};
+use resnet::model::ModelName;
+use resnet::preprocess::{open_image, Resize, DEFAULT_MAX_PIXELS};
+use resnet::weights::{self, Weights};
+use resnet::{Classifier, Prediction};
+
+#[derive(Parser)]
+#[command(
+    name = "resnet",
+    version,
+    about = "torchvision-exact ResNets: classify images, inspect and convert models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parameters and FLOPs of each model, beside torchvision's and the paper's figures.
+    Info {
+        /// Models to show (default: all).
+        models: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Classify images: files, folders (recursive) or globs.
+    Classify(ClassifyArgs),
+    /// Convert a .pth or .safetensors state dict to .safetensors with torchvision keys.
+    Convert {
+        #[arg(long, default_value = "resnet50")]
+        model: String,
+        input: PathBuf,
+        output: PathBuf,
+        /// Load only the tensors that fit instead of failing on a mismatch.
+        #[arg(long)]
+        non_strict: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ClassifyArgs {
+    #[arg(long, default_value = "resnet50")]
+    model: String,
+    /// IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT, or a .pth/.safetensors file.
+    #[arg(long, default_value = "DEFAULT")]
+    weights: String,
+    /// Class names, one per line (default: ImageNet-1k, or CIFAR-10 for the CIFAR models).
+    #[arg(long)]
+    classes: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Resize the shorter side to N (default: the weights' own, 256 for V1, 232 for V2).
+    #[arg(long, conflicts_with = "stretch")]
+    resize: Option<usize>,
+    /// Centre-crop to N×N (default 224).
+    #[arg(long, conflicts_with = "stretch")]
+    crop: Option<usize>,
+    /// Resize directly to N×N without cropping (Ikomia's behaviour).
+    #[arg(long, value_name = "N")]
+    stretch: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// Write a copy of each image with its top-1 label drawn on it.
+    #[arg(long, value_name = "DIR")]
+    annotate: Option<PathBuf>,
+    /// Refuse images with more pixels than this (decompression-bomb guard).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Load only the weights that fit the model instead of failing on a mismatch.
+    #[arg(long)]
+    non_strict: bool,
+    #[arg(required = true)]
+    inputs: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info { models, format } => info(&models, format),
+        Command::Classify(args) => classify(args),
+        Command::Convert {
+            model,
+            input,
+            output,
+            non_strict,
+        } => convert(&model, &input, &output, !non_strict),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct InfoRow {
+    model: &'static str,
+    input: usize,
+    params: u64,
+    gflops: f64,
+    torchvision_params: Option<u64>,
+    torchvision_gflops: Option<f64>,
+    paper_gflops: Option<f64>,
+    paper_params_m: Option<f64>,
+    config: resnet::ResNetConfig,
+}
+
+fn info(names: &[String], format: Format) -> Result<ExitCode> {
+    let models: Vec<ModelName> = if names.is_empty() {
+        ModelName::ALL.to_vec()
+    } else {
+        names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?
+    };
+    let rows: Vec<InfoRow> = models
+        .iter()
+        .map(|&m| {
+            let config = m.config();
+            let size = m.native_input();
+            let c = config.complexity(size, size);
+            let tv = m.torchvision_meta();
+            InfoRow {
+                model: m.as_str(),
+                input: size,
+                params: c.params,
+                gflops: c.gflops(),
+                torchvision_params: tv.map(|t| t.0),
+                torchvision_gflops: tv.map(|t| t.1),
+                paper_gflops: m.paper_gflops(),
+                paper_params_m: m.paper_params_m(),
+                config,
+            }
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        for r in &rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    writeln!(
+        out,
+        "{:<18} {:>5} {:>13} {:>13} {:>8} {:>8} {:>7} {:>9}",
+        "model", "input", "params", "torchvision", "GFLOPs", "tv", "paper", "paper M"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{:<18} {:>5} {:>13} {:>13} {:>8.3} {:>8} {:>7} {:>9}",
+            r.model,
+            r.input,
+            group(r.params),
+            opt(r.torchvision_params.map(group)),
+            r.gflops,
+            opt(r.torchvision_gflops.map(|g| format!("{g:.3}"))),
+            opt(r.paper_gflops.map(|g| format!("{g:.1}"))),
+            opt(r
+                .paper_params_m
+                .map(|p| format!("{p}M ({:.2}M)", r.params as f64 / 1e6))),
+        )?;
+    }
+    writeln!(out, "GFLOPs are multiply-accumulates at the native input size; 'tv' is torchvision's metadata, 'paper' He et al. 2015 Table 1 / Table 6.")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn download_bar() -> (ProgressBar, impl FnMut(u64, Option<u64>)) {
+    let bar = ProgressBar::hidden();
+    let b = bar.clone();
+    let update = move |done: u64, total: Option<u64>| {
+        if b.is_hidden() && done > 0 {
+            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template("downloading {bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+        }
+        if let Some(t) = total {
+            b.set_length(t);
+        }
+        b.set_position(done);
+    };
+    (bar, update)
+}
+
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
+
+/// Files as given, folders searched recursively for images (sorted), globs expanded.
+fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for i in inputs {
+        let p = PathBuf::from(i);
+        if p.is_dir() {
+            let mut found = Vec::new();
+            walk(&p, &mut found)?;
+            found.sort();
+            out.extend(found);
+        } else if !p.exists() && i.contains(['*', '?', '[']) {
+            let mut matched: Vec<PathBuf> = glob::glob(i)
+                .with_context(|| format!("bad glob {i}"))?
+                .filter_map(Result::ok)
+                .collect();
+            if matched.is_empty() {
+                bail!("{i}: the pattern matches no file");
+            }
+            matched.sort();
+            out.extend(matched);
+        } else {
+            // Missing files are reported per image later, so the rest still run.
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    image: &'a str,
+    predictions: &'a [Prediction],
+}
+
+fn classify(a: ClassifyArgs) -> Result<ExitCode> {
+    let name: ModelName = a.model.parse()?;
+    let weights = Weights::parse(&a.weights)?;
+    let resize = match (a.stretch, a.resize, a.crop) {
+        (Some(n), _, _) => Some(Resize::Stretch { size: n }),
+        (None, None, None) => None,
+        (None, r, c) => Some(Resize::ShorterSide {
+            resize: r.unwrap_or_else(|| weights::default_resize(name, &weights)),
+            crop: c.unwrap_or(224),
+        }),
+    };
+    let labels = a.classes.as_deref().map(read_labels).transpose()?;
+    let (dl_bar, mut on_download) = download_bar();
+    let opts = ClassifierOptions {
+        strict: !a.non_strict,
+        resize,
+        labels,
+        on_download: Some(&mut on_download),
+        ..Default::default()
+    };
+    let clf = Classifier::build(name, weights, opts)?.with_max_pixels(a.max_pixels);
+    dl_bar.finish_and_clear();
+    if let Some(dir) = &a.annotate {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+
+    let inputs = expand_inputs(&a.inputs)?;
+    let bar = if inputs.len() > 3 {
+        ProgressBar::new(inputs.len() as u64).with_style(
+            ProgressStyle::with_template("{pos}/{len} {wide_bar} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut failed = 0usize;
+    let mut out = std::io::stdout().lock();
+    for chunk in inputs.chunks(a.batch_size.max(1)) {
+        let mut ok = Vec::with_capacity(chunk.len());
+        for path in chunk {
+            match open_image(path, a.max_pixels) {
+                Ok(img) => ok.push((path, img)),
+                Err(e) => {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("error: {e}"));
+                }
+            }
+        }
+        let imgs: Vec<_> = ok.iter().map(|(_, i)| i.clone()).collect();
+        let preds = clf.classify_images(&imgs, a.top_k)?;
+        for ((path, img), p) in ok.iter().zip(&preds) {
+            let shown = path.display().to_string();
+            bar.suspend(|| -> Result<()> {
+                match a.format {
+                    Format::Json => writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string(&JsonLine {
+                            image: &shown,
+                            predictions: p
+                        })?
+                    )?,
+                    Format::Text => {
+                        writeln!(out, "{shown}")?;
+                        for (rank, q) in p.iter().enumerate() {
+                            writeln!(
+                                out,
+                                "  {}. {:>6.2}%  {} ({})",
+                                rank + 1,
+                                100.0 * q.probability,
+                                q.label,
+                                q.index
+                            )?;
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            if let (Some(dir), Some(top)) = (&a.annotate, p.first()) {
+                let text = format!("{}: {:.1}%", top.label, 100.0 * top.probability);
+                let dest = annotated_path(dir, path);
+                if let Err(e) = annotate(img, &text).save(&dest) {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("error: {}: cannot write: {e}", dest.display()));
+                }
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if failed > 0 {
+        eprintln!("{failed} of {} inputs failed", inputs.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn convert(model: &str, input: &Path, output: &Path, strict: bool) -> Result<ExitCode> {
+    let name: ModelName = model.parse()?;
+    let sd = weights::read_state_dict(input)?;
+    let mut config = name.config();
+    weights::fit_config(&mut config, &sd);
+    let mut m = resnet::ResNet::new(&config, &resnet::default_device())?;
+    let report = weights::load_into(&mut m, sd, strict, name.as_str())?;
+    weights::write_safetensors(output, &weights::state_dict(&mut m)?)?;
+    eprintln!("wrote {} ({} tensors loaded)", output.display(), report.loaded);
+    Ok(ExitCode::SUCCESS)
+}

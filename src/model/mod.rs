@@ -1,0 +1,16 @@
+//! ResNet model definitions.
+//!
+//! He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016
+//! (arXiv:1512.03385). A block computes `relu(F(x) + shortcut(x))`; the zoo covers
+//! torchvision's ImageNet models (v1.5: stride on the 3×3 conv), ResNeXt and Wide ResNets,
+//! the paper's CIFAR nets (6n+2 layers, option-A shortcuts) and its plain baselines.
+
+mod config;
+mod flops;
+mod params;
+mod resnet;
+
+pub use config::{BlockKind, BlockPlan, ModelName, ResNetConfig, Shortcut, ShortcutPlan, Stem};
+pub use flops::Complexity;
+pub use params::{ParamVisitor, Slot};
+pub use resnet::{Block, Downsample, ResNet};

@@ -1,0 +1,228 @@
+//! The burn module: one definition for inference and training, on any burn device.
+//!
+//! Field names follow torchvision's state-dict keys (`layer1.0.conv1.weight`); the
+//! mapping itself lives in [`super::params`].
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+use super::config::{BlockKind, BlockPlan, ResNetConfig, ShortcutPlan, Stem};
+use crate::error::{Error, Result};
+
+/// PyTorch's conv default is kaiming_normal(fan_out, relu), as torchvision's ResNet init.
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, dilation: usize, groups: usize, dev: &Device) -> Conv2d {
+    let pad = dilation * (k - 1) / 2;
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_dilation([dilation, dilation])
+        .with_groups(groups)
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .with_initializer(Initializer::KaimingNormal {
+            gain: std::f64::consts::SQRT_2,
+            fan_out_only: true,
+        })
+        .init(dev)
+}
+
+/// BatchNorm with PyTorch's defaults: eps 1e-5, momentum 0.1.
+fn bn(c: usize, zero: bool, dev: &Device) -> BatchNorm {
+    let mut b = BatchNormConfig::new(c).with_epsilon(1e-5).with_momentum(0.1).init(dev);
+    if zero {
+        b.gamma = b.gamma.map(|g| g.zeros_like());
+    }
+    b
+}
+
+/// The projection shortcut (`downsample.0` conv, `downsample.1` BN).
+#[derive(Module, Debug)]
+pub struct Downsample {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+}
+
+/// A basic or bottleneck block; `conv3`/`bn3` exist only for bottlenecks.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub conv2: Conv2d,
+    pub bn2: BatchNorm,
+    pub conv3: Option<Conv2d>,
+    pub bn3: Option<BatchNorm>,
+    pub downsample: Option<Downsample>,
+    #[module(skip)]
+    pub plan: BlockPlan,
+}
+
+impl Block {
+    fn new(kind: BlockKind, p: BlockPlan, zero_init: bool, dev: &Device) -> Self {
+        let downsample = (p.shortcut == ShortcutPlan::Projection).then(|| Downsample {
+            conv: conv(p.in_channels, p.out_channels, 1, p.stride, 1, 1, dev),
+            bn: bn(p.out_channels, false, dev),
+        });
+        match kind {
+            BlockKind::Basic => Block {
+                conv1: conv(p.in_channels, p.width, 3, p.stride, 1, 1, dev),
+                bn1: bn(p.width, false, dev),
+                conv2: conv(p.width, p.out_channels, 3, 1, 1, 1, dev),
+                bn2: bn(p.out_channels, zero_init, dev),
+                conv3: None,
+                bn3: None,
+                downsample,
+                plan: p,
+            },
+            BlockKind::Bottleneck => Block {
+                conv1: conv(p.in_channels, p.width, 1, 1, 1, 1, dev),
+                bn1: bn(p.width, false, dev),
+                conv2: conv(p.width, p.width, 3, p.stride, p.dilation, p.groups, dev),
+                bn2: bn(p.width, false, dev),
+                conv3: Some(conv(p.width, p.out_channels, 1, 1, 1, 1, dev)),
+                bn3: Some(bn(p.out_channels, zero_init, dev)),
+                downsample,
+                plan: p,
+            },
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut h = self.bn2.forward(
+            self.conv2
+                .forward(relu(self.bn1.forward(self.conv1.forward(x.clone())))),
+        );
+        if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
+            h = b3.forward(c3.forward(relu(h)));
+        }
+        let shortcut = match self.plan.shortcut {
+            ShortcutPlan::None => return relu(h),
+            ShortcutPlan::Identity => x,
+            ShortcutPlan::Projection => match &self.downsample {
+                Some(d) => d.bn.forward(d.conv.forward(x)),
+                None => unreachable!("a projection block always has a downsample"),
+            },
+            ShortcutPlan::ZeroPad => zero_pad_shortcut(x, self.plan.stride, self.plan.out_channels),
+        };
+        relu(h + shortcut)
+    }
+}
+
+/// Option A: `x[:, :, ::s, ::s]`, then zero channels split half before, half after.
+fn zero_pad_shortcut(x: Tensor<4>, stride: usize, out_channels: usize) -> Tensor<4> {
+    let x = if stride > 1 {
+        x.slice(burn::tensor::s![.., .., ..;stride as isize, ..;stride as isize])
+    } else {
+        x
+    };
+    let [n, c, h, w] = x.dims();
+    let extra = out_channels.saturating_sub(c);
+    if extra == 0 {
+        return x;
+    }
+    let dev = x.device();
+    let before = Tensor::<4>::zeros([n, extra / 2, h, w], &dev);
+    let after = Tensor::<4>::zeros([n, extra - extra / 2, h, w], &dev);
+    Tensor::cat(vec![before, x, after], 1)
+}
+
+/// A ResNet for any configuration of the zoo.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub maxpool: Option<MaxPool2d>,
+    /// `layer1`, `layer2`, … in torchvision's naming.
+    pub layers: Vec<Vec<Block>>,
+    pub fc: Linear,
+    #[module(skip)]
+    pub config: ResNetConfig,
+}
+
+impl ResNet {
+    /// Builds the network with PyTorch's default initialisation.
+    pub fn new(config: &ResNetConfig, dev: &Device) -> Result<Self> {
+        config.validate()?;
+        let (conv1, maxpool) = match config.stem {
+            Stem::ImageNet => (
+                conv(config.in_channels, config.stem_width, 7, 2, 1, 1, dev),
+                Some(
+                    MaxPool2dConfig::new([3, 3])
+                        .with_strides([2, 2])
+                        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                        .init(),
+                ),
+            ),
+            Stem::Cifar => (conv(config.in_channels, config.stem_width, 3, 1, 1, 1, dev), None),
+        };
+        let layers = config
+            .plan()
+            .into_iter()
+            .map(|stage| {
+                stage
+                    .into_iter()
+                    .map(|p| Block::new(config.block, p, config.zero_init_residual, dev))
+                    .collect()
+            })
+            .collect();
+        let fc = LinearConfig::new(config.feature_dim(), config.num_classes).init(dev);
+        Ok(ResNet {
+            conv1,
+            bn1: bn(config.stem_width, false, dev),
+            maxpool,
+            layers,
+            fc,
+            config: config.clone(),
+        })
+    }
+
+    fn check_input(&self, x: &Tensor<4>) -> Result<()> {
+        let c = x.dims()[1];
+        if c != self.config.in_channels {
+            return Err(Error::InputShape {
+                got: c,
+                want: self.config.in_channels,
+            });
+        }
+        Ok(())
+    }
+
+    fn stem(&self, x: Tensor<4>) -> Tensor<4> {
+        let h = relu(self.bn1.forward(self.conv1.forward(x)));
+        match &self.maxpool {
+            Some(p) => p.forward(h),
+            None => h,
+        }
+    }
+
+    /// The output of every stage (`layer1` … `layerN`), for detection or segmentation backbones.
+    pub fn forward_stages(&self, x: Tensor<4>) -> Result<Vec<Tensor<4>>> {
+        self.check_input(&x)?;
+        let mut h = self.stem(x);
+        let mut outs = Vec::with_capacity(self.layers.len());
+        for stage in &self.layers {
+            for block in stage {
+                h = block.forward(h);
+            }
+            outs.push(h.clone());
+        }
+        Ok(outs)
+    }
+
+    /// Global-average-pooled features `[N, feature_dim]`: the fc input.
+    pub fn forward_features(&self, x: Tensor<4>) -> Result<Tensor<2>> {
+        self.check_input(&x)?;
+        let mut h = self.stem(x);
+        for block in self.layers.iter().flatten() {
+            h = block.forward(h);
+        }
+        let [n, c, _, _] = h.dims();
+        Ok(h.mean_dim(3).mean_dim(2).reshape([n, c]))
+    }
+
+    /// Logits `[N, num_classes]`.
+    pub fn forward(&self, x: Tensor<4>) -> Result<Tensor<2>> {
+        Ok(self.fc.forward(self.forward_features(x)?))
+    }
+}

@@ -1,0 +1,154 @@
+//! torchvision-exact eval preprocessing: decode → RGB → resize → centre-crop → [0,1] →
+//! normalise, giving the same f32 tensor as `ImageClassification` on a PIL image.
+
+mod decode;
+mod resize;
+
+use burn::prelude::*;
+use image::RgbImage;
+use serde::Serialize;
+
+pub use decode::{decode, open_image, DEFAULT_MAX_PIXELS};
+pub use resize::resize_bilinear_pil;
+
+/// ImageNet's per-channel mean and std (torchvision's defaults).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// How the image is brought to the network's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    /// torchvision's `Resize(n)`: shorter side to `n`, aspect kept, then centre-crop.
+    ShorterSide { resize: usize, crop: usize },
+    /// Ikomia's direct resize to `size × size` (no crop).
+    Stretch { size: usize },
+}
+
+/// An eval transform. Build one with [`Transform::imagenet`] or [`Transform::stretch`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Transform {
+    pub resize: Resize,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// Convert to one grey channel (PIL's `convert("L")`) for 1-channel models.
+    pub grayscale: bool,
+}
+
+impl Transform {
+    /// `ImageClassification(crop_size=crop, resize_size=resize)`: 256/224 for V1, 232/224 for V2.
+    pub fn imagenet(resize: usize, crop: usize) -> Self {
+        Transform {
+            resize: Resize::ShorterSide { resize, crop },
+            mean: IMAGENET_MEAN.to_vec(),
+            std: IMAGENET_STD.to_vec(),
+            grayscale: false,
+        }
+    }
+
+    /// Direct resize to `size × size`, then normalise (Ikomia's `input_size`).
+    pub fn stretch(size: usize) -> Self {
+        Transform {
+            resize: Resize::Stretch { size },
+            ..Transform::imagenet(size, size)
+        }
+    }
+
+    pub fn with_normalization(mut self, mean: Vec<f32>, std: Vec<f32>) -> Self {
+        self.mean = mean;
+        self.std = std;
+        self
+    }
+
+    pub fn with_grayscale(mut self, g: bool) -> Self {
+        self.grayscale = g;
+        self
+    }
+
+    /// Output `(height, width)`.
+    pub fn output_size(&self) -> (usize, usize) {
+        match self.resize {
+            Resize::ShorterSide { crop, .. } => (crop, crop),
+            Resize::Stretch { size } => (size, size),
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        if self.grayscale {
+            1
+        } else {
+            3
+        }
+    }
+
+    /// The geometric part: resize and crop, still 8-bit.
+    pub fn resize_and_crop(&self, img: &RgbImage) -> RgbImage {
+        match self.resize {
+            Resize::Stretch { size } => resize_bilinear_pil(img, size as u32, size as u32),
+            Resize::ShorterSide { resize, crop } => {
+                let (w, h) = (img.width() as usize, img.height() as usize);
+                let (nw, nh) = resized_size(w, h, resize);
+                center_crop(&resize_bilinear_pil(img, nw as u32, nh as u32), crop)
+            }
+        }
+    }
+
+    /// CHW f32 values of one image.
+    pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
+        let img = self.resize_and_crop(img);
+        let plane = (img.width() * img.height()) as usize;
+        let c = self.channels();
+        let mut out = vec![0f32; c * plane];
+        for (i, px) in img.pixels().enumerate() {
+            if self.grayscale {
+                // PIL's ITU-R 601-2 luma in fixed point.
+                let l = (px[0] as u32 * 19595 + px[1] as u32 * 38470 + px[2] as u32 * 7471 + 0x8000) >> 16;
+                out[i] = (l as f32 / 255.0 - self.mean[0]) / self.std[0];
+            } else {
+                for ch in 0..3 {
+                    // Same f32 operations as to_tensor + Normalize: x/255, then (x - m)/s.
+                    out[ch * plane + i] = (px[ch] as f32 / 255.0 - self.mean[ch]) / self.std[ch];
+                }
+            }
+        }
+        out
+    }
+
+    /// A `[N, C, H, W]` batch.
+    pub fn batch(&self, imgs: &[RgbImage], device: &Device) -> Tensor<4> {
+        let (h, w) = self.output_size();
+        let mut data = Vec::with_capacity(imgs.len() * self.channels() * h * w);
+        for img in imgs {
+            data.extend(self.apply(img));
+        }
+        Tensor::from_data(TensorData::new(data, [imgs.len(), self.channels(), h, w]), device)
+    }
+}
+
+/// torchvision's `_compute_resized_output_size` for an int size: `(width, height)`.
+pub fn resized_size(w: usize, h: usize, size: usize) -> (usize, usize) {
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = ((size * long) as f64 / short as f64) as usize;
+    if w <= h {
+        (size, new_long)
+    } else {
+        (new_long, size)
+    }
+}
+
+/// torchvision's `center_crop`: zero-pad if smaller, offsets rounded half to even.
+pub fn center_crop(img: &RgbImage, crop: usize) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (pad_l, pad_t) = (crop.saturating_sub(w) / 2, crop.saturating_sub(h) / 2);
+    let (pw, ph) = (w.max(crop), h.max(crop));
+    let top = ((ph - crop) as f64 / 2.0).round_ties_even() as usize;
+    let left = ((pw - crop) as f64 / 2.0).round_ties_even() as usize;
+    RgbImage::from_fn(crop as u32, crop as u32, |x, y| {
+        let sx = (x as usize + left).checked_sub(pad_l).filter(|&v| v < w);
+        let sy = (y as usize + top).checked_sub(pad_t).filter(|&v| v < h);
+        match (sx, sy) {
+            (Some(sx), Some(sy)) => *img.get_pixel(sx as u32, sy as u32),
+            _ => image::Rgb([0, 0, 0]),
+        }
+    })
+}

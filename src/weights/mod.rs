@@ -1,0 +1,235 @@
+//! Weights: files (`.pth`, `.safetensors`), torchvision's tags and their download, and the
+//! strict key/shape check between a [`StateDict`] and a model.
+
+mod files;
+pub mod hub;
+mod pickle;
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{Param, RunningState};
+use burn::prelude::*;
+
+pub use files::{read_state_dict, write_atomic, write_safetensors, StateDict, TorchTensor, Values};
+pub use hub::WeightTag;
+
+use crate::error::{Error, Result};
+use crate::model::{ModelName, ParamVisitor, ResNet, ResNetConfig, Slot};
+
+/// Where a model's weights come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Weights {
+    /// PyTorch's default initialisation (for training from scratch).
+    Random,
+    /// A torchvision tag, downloaded once and cached.
+    Tag(WeightTag),
+    /// A local `.pth` or `.safetensors` file with torchvision keys.
+    File(PathBuf),
+}
+
+#[allow(non_upper_case_globals)]
+impl Weights {
+    pub const ImageNet1kV1: Weights = Weights::Tag(WeightTag::ImageNet1kV1);
+    pub const ImageNet1kV2: Weights = Weights::Tag(WeightTag::ImageNet1kV2);
+    pub const Default: Weights = Weights::Tag(WeightTag::Default);
+
+    /// Parses a CLI value: a tag name, or else a file path.
+    pub fn parse(s: &str) -> Result<Weights> {
+        if let Ok(tag) = s.parse::<WeightTag>() {
+            return Ok(Weights::Tag(tag));
+        }
+        if s.eq_ignore_ascii_case("random") || s.eq_ignore_ascii_case("none") {
+            return Ok(Weights::Random);
+        }
+        let p = PathBuf::from(s);
+        if p.exists() || s.contains(['/', '.']) {
+            Ok(Weights::File(p))
+        } else {
+            Err(Error::UnknownTag(s.to_string()))
+        }
+    }
+
+    /// A short description for reports: the tag or the file name.
+    pub fn describe(&self) -> String {
+        match self {
+            Weights::Random => "random".into(),
+            Weights::Tag(t) => t.as_str().into(),
+            Weights::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// What [`load_into`] did.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub loaded: usize,
+    pub missing: Vec<String>,
+    pub unexpected: Vec<String>,
+    /// `(key, model shape, file shape)`.
+    pub mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl LoadReport {
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+
+    fn render(&self) -> String {
+        let mut s = String::new();
+        let list = |v: &[String]| {
+            let mut l = v.iter().take(20).cloned().collect::<Vec<_>>().join(", ");
+            if v.len() > 20 {
+                l += &format!(", … ({} in all)", v.len());
+            }
+            l
+        };
+        if !self.missing.is_empty() {
+            s += &format!("  missing keys: {}\n", list(&self.missing));
+        }
+        if !self.unexpected.is_empty() {
+            s += &format!("  unexpected keys: {}\n", list(&self.unexpected));
+        }
+        for (k, want, got) in self.mismatched.iter().take(20) {
+            s += &format!("  shape mismatch for {k}: model {want:?}, file {got:?}\n");
+        }
+        s.trim_end().to_string()
+    }
+}
+
+struct Loader<'a> {
+    sd: &'a mut StateDict,
+    strict_report: LoadReport,
+}
+
+fn float_values(t: TorchTensor) -> Vec<f32> {
+    match t.values {
+        Values::F32(v) => v,
+        Values::I64(v) => v.into_iter().map(|x| x as f32).collect(),
+    }
+}
+
+impl ParamVisitor for Loader<'_> {
+    fn visit(&mut self, key: &str, shape: &[usize], slot: Slot<'_>) {
+        let Some(t) = self.sd.remove(key) else {
+            if !matches!(slot, Slot::BatchCounter) {
+                self.strict_report.missing.push(key.to_string());
+            }
+            return;
+        };
+        if t.shape != shape {
+            self.strict_report
+                .mismatched
+                .push((key.to_string(), shape.to_vec(), t.shape));
+            return;
+        }
+        self.strict_report.loaded += 1;
+        match slot {
+            Slot::Conv(p) => {
+                let dev = p.lazy_device();
+                let data = TensorData::new(float_values(t), shape.to_vec());
+                *p = Param::from_data(data, &dev);
+            }
+            Slot::Vector(p) => {
+                let dev = p.lazy_device();
+                *p = Param::from_data(TensorData::new(float_values(t), shape.to_vec()), &dev);
+            }
+            Slot::LinearWeight(p) => {
+                let dev = p.lazy_device();
+                let (out, inp) = (shape[0], shape[1]);
+                let v = float_values(t);
+                let mut tr = vec![0f32; v.len()];
+                for o in 0..out {
+                    for i in 0..inp {
+                        tr[i * out + o] = v[o * inp + i];
+                    }
+                }
+                *p = Param::from_data(TensorData::new(tr, [inp, out]), &dev);
+            }
+            Slot::Running(r) => {
+                let dev = r.value().device();
+                *r = RunningState::new(Tensor::from_data(
+                    TensorData::new(float_values(t), shape.to_vec()),
+                    &dev,
+                ));
+            }
+            Slot::BatchCounter => {}
+        }
+    }
+}
+
+/// Copies a state dict into the model. `strict` fails on any missing, unexpected or
+/// mis-shaped key and lists them; otherwise only what fits is loaded and reported.
+pub fn load_into(model: &mut ResNet, mut sd: StateDict, strict: bool, model_name: &str) -> Result<LoadReport> {
+    let mut loader = Loader {
+        sd: &mut sd,
+        strict_report: LoadReport::default(),
+    };
+    model.visit_params(&mut loader);
+    let mut report = loader.strict_report;
+    report.unexpected = sd.into_keys().collect();
+    if strict && !report.is_exact() {
+        return Err(Error::KeyMismatch {
+            model: model_name.to_string(),
+            report: report.render(),
+        });
+    }
+    Ok(report)
+}
+
+/// Reads a file and loads it into the model (see [`load_into`]).
+pub fn load_file(model: &mut ResNet, path: &Path, strict: bool, model_name: &str) -> Result<LoadReport> {
+    load_into(model, read_state_dict(path)?, strict, model_name)
+}
+
+/// The model's `state_dict()` with torchvision's keys, shapes and dtypes.
+pub fn state_dict(model: &mut ResNet) -> Result<StateDict> {
+    struct Saver(StateDict, Option<String>);
+    fn vec<const D: usize>(t: Tensor<D>, err: &mut Option<String>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_else(|e| {
+            *err = Some(format!("{e:?}"));
+            Vec::new()
+        })
+    }
+    impl ParamVisitor for Saver {
+        fn visit(&mut self, key: &str, shape: &[usize], slot: Slot<'_>) {
+            let values = match slot {
+                Slot::Conv(p) => Values::F32(vec(p.val(), &mut self.1)),
+                Slot::Vector(p) => Values::F32(vec(p.val(), &mut self.1)),
+                Slot::LinearWeight(p) => Values::F32(vec(p.val().transpose(), &mut self.1)),
+                Slot::Running(r) => Values::F32(vec(r.value_sync(), &mut self.1)),
+                Slot::BatchCounter => Values::I64(vec![0]),
+            };
+            self.0.insert(
+                key.to_string(),
+                TorchTensor {
+                    shape: shape.to_vec(),
+                    values,
+                },
+            );
+        }
+    }
+    let mut s = Saver(StateDict::new(), None);
+    model.visit_params(&mut s);
+    match s.1 {
+        Some(e) => Err(Error::Backend(e)),
+        None => Ok(s.0),
+    }
+}
+
+/// A file decides the head size and input channels (fine-tuned or grayscale models).
+pub fn fit_config(config: &mut ResNetConfig, sd: &StateDict) {
+    if let Some(fc) = sd.get("fc.weight").filter(|t| t.shape.len() == 2) {
+        config.num_classes = fc.shape[0];
+    }
+    if let Some(c1) = sd.get("conv1.weight").filter(|t| t.shape.len() == 4) {
+        config.in_channels = c1.shape[1];
+    }
+}
+
+/// The eval resize (shorter side) that goes with these weights: 232 for V2 tags, else 256.
+pub fn default_resize(name: ModelName, weights: &Weights) -> usize {
+    match weights {
+        Weights::Tag(t) => hub::release(name, *t).map(|r| r.resize).unwrap_or(256),
+        _ => 256,
+    }
+}
