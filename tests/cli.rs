@@ -1,0 +1,301 @@
+//! The `resnet` binary end to end: output formats, bad inputs, offline mode, `info`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::fixture;
+
+fn resnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(args)
+        .output()
+        .expect("run resnet")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB88320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// A PNG whose header claims 100000×100000 pixels (a decompression bomb's signature).
+fn bomb_png() -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32(&ihdr).to_be_bytes());
+    // One zlib-compressed row of zeros: a real bomb would hold 100000 of them.
+    let mut idat = b"IDAT".to_vec();
+    idat.extend(ROW);
+    png.extend(((idat.len() - 4) as u32).to_be_bytes());
+    png.extend(&idat);
+    png.extend(crc32(&idat).to_be_bytes());
+    png.extend(0u32.to_be_bytes());
+    png.extend(b"IEND");
+    png.extend(crc32(b"IEND").to_be_bytes());
+    png
+}
+
+/// zlib.compress(bytes(100001)): one filter byte and 100000 zero pixels.
+const ROW: &[u8] = &[
+    120, 156, 237, 193, 49, 1, 0, 0, 0, 194, 160, 245, 79, 109, 13, 15, 160, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 128, 91, 3, 134, 176, 0, 1,
+];
+
+fn r20() -> String {
+    fixture("resnet20_cifar.pth").display().to_string()
+}
+
+#[test]
+fn bad_inputs_never_stop_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let png = std::fs::read(fixture("chelsea.png")).unwrap();
+    std::fs::write(d.join("corrupt.png"), &png[..png.len() / 3]).unwrap();
+    std::fs::write(d.join("empty.jpg"), b"").unwrap();
+    std::fs::write(d.join("notes.jpg"), b"just some text, not an image").unwrap();
+    std::fs::write(d.join("bomb.png"), bomb_png()).unwrap();
+    let p = |n: &str| d.join(n).display().to_string();
+    let chelsea = fixture("chelsea.png").display().to_string();
+    let coffee = fixture("coffee.png").display().to_string();
+    let missing = p("missing.png");
+    let out = resnet(&[
+        "classify",
+        "--model",
+        "resnet20",
+        "--weights",
+        &r20(),
+        "--format",
+        "json",
+        "--batch-size",
+        "3",
+        &p("corrupt.png"),
+        &chelsea,
+        &p("empty.jpg"),
+        &p("notes.jpg"),
+        &coffee,
+        &p("bomb.png"),
+        &missing,
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "exit code must be non-zero when an input failed");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the two good images are still classified: {stdout}\n{stderr}"
+    );
+    assert!(lines[0].contains("chelsea.png") && lines[1].contains("coffee.png"));
+    for bad in ["corrupt.png", "empty.jpg", "notes.jpg", "bomb.png", "missing.png"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(bad))
+            .unwrap_or_else(|| panic!("no error line for {bad}: {stderr}"));
+        assert!(line.starts_with("error: "), "{line}");
+    }
+    assert!(stderr.contains("over the limit"), "{stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+    assert!(stderr.contains("5 of 7 inputs failed"), "{stderr}");
+}
+
+#[test]
+fn json_lines_have_exactly_the_documented_fields() {
+    let chelsea = fixture("chelsea.png").display().to_string();
+    let out = resnet(&[
+        "classify",
+        "--model",
+        "resnet20",
+        "--weights",
+        &r20(),
+        "--format",
+        "json",
+        "--top-k",
+        "3",
+        &chelsea,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let obj = v.as_object().unwrap();
+    assert_eq!(obj.keys().collect::<Vec<_>>(), ["image", "predictions"]);
+    assert_eq!(v["image"], chelsea.as_str());
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 3);
+    let mut last = 1.0;
+    for p in preds {
+        assert_eq!(
+            p.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["index", "label", "probability"]
+        );
+        let prob = p["probability"].as_f64().unwrap();
+        assert!(prob <= last && prob > 0.0);
+        last = prob;
+    }
+    // The CIFAR-10 names are built in.
+    let labels = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ];
+    assert_eq!(preds[0]["label"], labels[preds[0]["index"].as_u64().unwrap() as usize]);
+}
+
+#[test]
+fn folders_globs_custom_classes_and_annotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let classes = dir.path().join("classes.txt");
+    std::fs::write(&classes, (0..10).map(|i| format!("thing {i}\n")).collect::<String>()).unwrap();
+    let ann = dir.path().join("ann");
+    let imgs = dir.path().join("imgs/sub");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for n in [
+        "small.bmp",
+        "small_gray.png",
+        "small_lossless.webp",
+        "small_palette.gif",
+    ] {
+        std::fs::copy(fixture(n), imgs.join(n)).unwrap();
+    }
+    let glob = format!("{}/small_r*.png", fixture("").display());
+    let out = resnet(&[
+        "classify",
+        "--model",
+        "resnet20",
+        "--weights",
+        &r20(),
+        "--classes",
+        classes.to_str().unwrap(),
+        "--annotate",
+        ann.to_str().unwrap(),
+        dir.path().join("imgs").to_str().unwrap(),
+        &glob,
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // 4 from the folder, small_rgb16.png and small_rgba.png from the glob.
+    assert_eq!(stdout.lines().filter(|l| !l.starts_with(' ')).count(), 6, "{stdout}");
+    assert!(stdout.contains("thing "), "{stdout}");
+    let written = std::fs::read_dir(&ann).unwrap().count();
+    assert_eq!(written, 6);
+    let a = image::open(ann.join("small.png")).unwrap();
+    assert_eq!((a.width(), a.height()), (90, 60));
+    // The overlay changed the top band but not the bottom of the image.
+    let orig = image::open(fixture("small.bmp")).unwrap().to_rgb8();
+    let a = a.to_rgb8();
+    assert_ne!(a.get_pixel(2, 2), orig.get_pixel(2, 2));
+    assert_eq!(a.get_pixel(45, 55), orig.get_pixel(45, 55));
+}
+
+#[test]
+fn offline_mode_says_how_to_supply_a_file() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args([
+            "classify",
+            "--model",
+            "resnet18",
+            "--weights",
+            "IMAGENET1K_V1",
+            fixture("chelsea.png").to_str().unwrap(),
+        ])
+        .env("RESNET_OFFLINE", "1")
+        .env("RESNET_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("RESNET_OFFLINE") && err.contains("--weights FILE") && err.contains("resnet18-f37072fd.pth"),
+        "{err}"
+    );
+}
+
+#[test]
+fn info_matches_torchvision_and_the_paper() {
+    let out = resnet(&["info", "--format", "json"]);
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = |m: &str| {
+        rows.iter()
+            .find(|r| r["model"] == m)
+            .unwrap_or_else(|| panic!("{m} missing"))
+            .clone()
+    };
+    for (m, params, gflops) in [
+        ("resnet18", 11_689_512u64, 1.814),
+        ("resnet34", 21_797_672, 3.664),
+        ("resnet50", 25_557_032, 4.089),
+        ("resnet101", 44_549_160, 7.801),
+        ("resnet152", 60_192_808, 11.514),
+        ("wide_resnet50_2", 68_883_240, 11.398),
+        ("wide_resnet101_2", 126_886_696, 22.753),
+        ("resnext50_32x4d", 25_028_904, 4.23),
+        ("resnext101_32x8d", 88_791_336, 16.414),
+        ("resnext101_64x4d", 83_455_272, 15.46),
+    ] {
+        let r = row(m);
+        assert_eq!(r["params"].as_u64().unwrap(), params, "{m}");
+        let g = r["gflops"].as_f64().unwrap();
+        assert!((g / gflops - 1.0).abs() < 0.01, "{m}: {g} vs {gflops}");
+    }
+    for (m, paper) in [
+        ("resnet20", 0.27),
+        ("resnet32", 0.46),
+        ("resnet44", 0.66),
+        ("resnet56", 0.85),
+        ("resnet110", 1.7),
+        ("resnet1202", 19.4),
+    ] {
+        let p = row(m)["params"].as_f64().unwrap() / 1e6;
+        assert!((p - paper).abs() / paper < 0.03, "{m}: {p}M vs the paper's {paper}M");
+    }
+    assert_eq!(row("resnet50")["paper_gflops"].as_f64(), Some(3.8));
+    let text_out = text(&resnet(&["info", "resnet50"]).stdout);
+    assert!(
+        text_out.contains("25,557,032") && text_out.contains("3.8"),
+        "{text_out}"
+    );
+    assert!(!resnet(&["info", "resnet51"]).status.success());
+}
+
+#[test]
+fn convert_writes_safetensors_that_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("r20.safetensors");
+    let out = resnet(&["convert", "--model", "resnet20", &r20(), out_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let a = resnet::weights::read_state_dict(Path::new(&r20())).unwrap();
+    let b = resnet::weights::read_state_dict(&out_path).unwrap();
+    for (k, t) in &a {
+        if !k.ends_with("num_batches_tracked") {
+            assert_eq!(&b[k], t, "{k}");
+        }
+    }
+    assert_eq!(a.len(), b.len());
+}

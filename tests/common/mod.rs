@@ -1,0 +1,99 @@
+//! Shared test helpers: the fixture files and the deterministic weights of
+//! `tools/torch_reference/make_fixtures.py`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use resnet::weights::{StateDict, TorchTensor, Values};
+use resnet::ResNet;
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u32 = 0x811C9DC5;
+    for b in s.bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x01000193);
+    }
+    h as u64
+}
+
+/// Mirrors `det_tensor` in make_fixtures.py exactly (same integers, same f64 math, one rounding to f32).
+pub fn det_tensor(key: &str, shape: &[usize]) -> TorchTensor {
+    let n: usize = shape.iter().product();
+    let h = fnv1a(key);
+    if key.ends_with("num_batches_tracked") {
+        return TorchTensor {
+            shape: vec![],
+            values: Values::I64(vec![(h % 1000) as i64]),
+        };
+    }
+    let values = (0..n as u64)
+        .map(|i| {
+            let mut x = ((i ^ h).wrapping_mul(0x9E3779B1)) & 0xFFFF_FFFF;
+            x ^= x >> 15;
+            let v = (x % 11) as f64 - 5.0;
+            let y = if key.ends_with("running_var") {
+                1.0 + (v + 5.0) * 0.05
+            } else if key.ends_with("running_mean") {
+                v * 0.02
+            } else if shape.len() == 1 && key.ends_with("weight") {
+                1.0 + v * 0.02
+            } else if key.ends_with("bias") {
+                v * 0.01
+            } else {
+                let fan_in = n / shape[0];
+                v * (0.2 / fan_in as f64).sqrt()
+            };
+            y as f32
+        })
+        .collect();
+    TorchTensor {
+        shape: shape.to_vec(),
+        values: Values::F32(values),
+    }
+}
+
+/// The deterministic state dict for a model, with torchvision keys.
+pub fn det_state_dict(model: &mut ResNet) -> StateDict {
+    model
+        .state_dict_shapes()
+        .into_iter()
+        .map(|(k, s)| {
+            let t = det_tensor(&k, &s);
+            (k, t)
+        })
+        .collect()
+}
+
+/// `reference.safetensors` as name → (shape, values).
+pub fn reference() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let sd = resnet::weights::read_state_dict(&fixture("reference.safetensors")).expect("reference fixture");
+    sd.into_iter()
+        .map(|(k, t)| match t.values {
+            Values::F32(v) => (k, (t.shape, v)),
+            Values::I64(_) => panic!("{k}: expected f32"),
+        })
+        .collect()
+}
+
+pub fn manifest() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("reference.json")).unwrap()).unwrap()
+}
+
+/// ‖a − b‖₂ / ‖b‖₂.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
