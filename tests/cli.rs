@@ -63,6 +63,14 @@ fn r20() -> String {
     fixture("resnet20_cifar.pth").display().to_string()
 }
 
+/// `resnet classify` with the CIFAR resnet20 fixture weights.
+fn classify_r20(args: &[&str]) -> Output {
+    let weights = r20();
+    let mut all = vec!["classify", "--model", "resnet20", "--weights", weights.as_str()];
+    all.extend_from_slice(args);
+    resnet(&all)
+}
+
 #[test]
 fn bad_inputs_never_stop_the_batch() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,12 +84,7 @@ fn bad_inputs_never_stop_the_batch() {
     let chelsea = fixture("chelsea.png").display().to_string();
     let coffee = fixture("coffee.png").display().to_string();
     let missing = p("missing.png");
-    let out = resnet(&[
-        "classify",
-        "--model",
-        "resnet20",
-        "--weights",
-        &r20(),
+    let out = classify_r20(&[
         "--format",
         "json",
         "--batch-size",
@@ -118,18 +121,7 @@ fn bad_inputs_never_stop_the_batch() {
 #[test]
 fn json_lines_have_exactly_the_documented_fields() {
     let chelsea = fixture("chelsea.png").display().to_string();
-    let out = resnet(&[
-        "classify",
-        "--model",
-        "resnet20",
-        "--weights",
-        &r20(),
-        "--format",
-        "json",
-        "--top-k",
-        "3",
-        &chelsea,
-    ]);
+    let out = classify_r20(&["--format", "json", "--top-k", "3", &chelsea]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     let obj = v.as_object().unwrap();
@@ -148,18 +140,7 @@ fn json_lines_have_exactly_the_documented_fields() {
         last = prob;
     }
     // The CIFAR-10 names are built in.
-    let labels = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ];
+    let labels = resnet::classify::CIFAR10_LABELS;
     assert_eq!(preds[0]["label"], labels[preds[0]["index"].as_u64().unwrap() as usize]);
 }
 
@@ -180,12 +161,7 @@ fn folders_globs_custom_classes_and_annotations() {
         std::fs::copy(fixture(n), imgs.join(n)).unwrap();
     }
     let glob = format!("{}/small_r*.png", fixture("").display());
-    let out = resnet(&[
-        "classify",
-        "--model",
-        "resnet20",
-        "--weights",
-        &r20(),
+    let out = classify_r20(&[
         "--classes",
         classes.to_str().unwrap(),
         "--annotate",
