@@ -29,16 +29,16 @@ pub trait ParamVisitor {
 }
 
 fn visit_conv(v: &mut impl ParamVisitor, prefix: &str, c: &mut Conv2d) {
-    let shape = c.weight.shape().dims::<4>();
+    let shape = c.weight.lazy_shape().dims::<4>();
     v.visit(&format!("{prefix}.weight"), &shape, Slot::Conv(&mut c.weight));
     if let Some(b) = c.bias.as_mut() {
-        let shape = b.shape().dims::<1>();
+        let shape = b.lazy_shape().dims::<1>();
         v.visit(&format!("{prefix}.bias"), &shape, Slot::Vector(b));
     }
 }
 
 fn visit_bn(v: &mut impl ParamVisitor, prefix: &str, b: &mut BatchNorm) {
-    let shape = b.gamma.shape().dims::<1>();
+    let shape = b.gamma.lazy_shape().dims::<1>();
     v.visit(&format!("{prefix}.weight"), &shape, Slot::Vector(&mut b.gamma));
     v.visit(&format!("{prefix}.bias"), &shape, Slot::Vector(&mut b.beta));
     v.visit(
@@ -78,7 +78,7 @@ impl ResNet {
                 }
             }
         }
-        let [fin, fout] = self.fc.weight.shape().dims::<2>();
+        let [fin, fout] = self.fc.weight.lazy_shape().dims::<2>();
         v.visit("fc.weight", &[fout, fin], Slot::LinearWeight(&mut self.fc.weight));
         if let Some(b) = self.fc.bias.as_mut() {
             v.visit("fc.bias", &[fout], Slot::Vector(b));

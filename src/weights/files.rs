@@ -1,6 +1,7 @@
 //! Reading `.pth` (zip + safe pickle) and `.safetensors` into a [`StateDict`], and writing
 //! `.safetensors` with torchvision's keys.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -58,17 +59,25 @@ fn read_pth(path: &Path, bytes: &[u8]) -> Result<StateDict> {
         .map(str::to_string)
         .ok_or_else(|| bad(path, "no data.pkl in the archive: not a torch.save file"))?;
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
-    let mut read_entry = |name: &str| -> Result<Vec<u8>> {
+    let mut read_entry = |name: &str| -> Result<Cow<'_, [u8]>> {
         let mut f = zip
             .by_name(name)
             .map_err(|e| bad(path, format!("missing archive entry {name}: {e}")))?;
+        // torch.save stores entries uncompressed: borrow them instead of copying 100 MB.
+        if f.compression() == zip::CompressionMethod::Stored {
+            let (start, len) = (f.data_start() as usize, f.size() as usize);
+            return bytes
+                .get(start..start.saturating_add(len))
+                .map(Cow::Borrowed)
+                .ok_or_else(|| bad(path, format!("{name} runs past the end of the file (truncated file?)")));
+        }
         let mut buf = Vec::with_capacity(f.size() as usize);
         f.read_to_end(&mut buf)
             .map_err(|e| bad(path, format!("cannot read {name}: {e} (truncated file?)")))?;
-        Ok(buf)
+        Ok(Cow::Owned(buf))
     };
     if let Ok(order) = read_entry(&format!("{prefix}byteorder")) {
-        if order != b"little" {
+        if *order != *b"little" {
             return Err(bad(path, "big-endian checkpoints are not supported"));
         }
     }
@@ -95,7 +104,7 @@ fn read_pth(path: &Path, bytes: &[u8]) -> Result<StateDict> {
             "the pickle is not a dict of tensors; save model.state_dict(), not the model",
         ));
     };
-    let mut storages: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut storages: BTreeMap<String, Cow<'_, [u8]>> = BTreeMap::new();
     let mut out = StateDict::new();
     for (k, v) in items {
         let Value::Str(key) = k else {
@@ -134,6 +143,20 @@ fn gather(t: &TensorRef, storage: &[u8]) -> std::result::Result<TorchTensor, Str
             storage.len()
         ));
     }
+    // State dicts are almost always contiguous: convert the bytes in one pass.
+    let mut contiguous = true;
+    let mut expect = 1;
+    for (&s, &st) in t.shape.iter().zip(&t.stride).rev() {
+        contiguous &= s <= 1 || st == expect;
+        expect *= s;
+    }
+    if contiguous {
+        let bytes = &storage[t.offset * es..(t.offset + n) * es];
+        return Ok(TorchTensor {
+            shape: t.shape.clone(),
+            values: convert(t.dtype, bytes),
+        });
+    }
     let mut idx = Vec::with_capacity(n);
     let mut pos = vec![0usize; t.shape.len()];
     for _ in 0..n {
@@ -146,50 +169,40 @@ fn gather(t: &TensorRef, storage: &[u8]) -> std::result::Result<TorchTensor, Str
             pos[d] = 0;
         }
     }
-    let at = |i: usize| &storage[i * es..(i + 1) * es];
-    let values = match t.dtype {
-        DType::F32 => Values::F32(
-            idx.iter()
-                .map(|&i| f32::from_le_bytes(at(i).try_into().unwrap_or_default()))
-                .collect(),
-        ),
-        DType::F64 => Values::F32(
-            idx.iter()
-                .map(|&i| f64::from_le_bytes(at(i).try_into().unwrap_or_default()) as f32)
-                .collect(),
-        ),
+    let mut bytes = Vec::with_capacity(n * es);
+    for i in idx {
+        bytes.extend_from_slice(&storage[i * es..(i + 1) * es]);
+    }
+    Ok(TorchTensor {
+        shape: t.shape.clone(),
+        values: convert(t.dtype, &bytes),
+    })
+}
+
+/// Little-endian elements to our value types.
+fn convert(dtype: DType, d: &[u8]) -> Values {
+    fn le<const N: usize>(c: &[u8]) -> [u8; N] {
+        c.try_into().unwrap_or([0; N])
+    }
+    match dtype {
+        DType::F32 => Values::F32(d.chunks_exact(4).map(|c| f32::from_le_bytes(le(c))).collect()),
+        DType::F64 => Values::F32(d.chunks_exact(8).map(|c| f64::from_le_bytes(le(c)) as f32).collect()),
         DType::F16 => Values::F32(
-            idx.iter()
-                .map(|&i| half::f16::from_le_bytes(at(i).try_into().unwrap_or_default()).to_f32())
+            d.chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes(le(c)).to_f32())
                 .collect(),
         ),
         DType::BF16 => Values::F32(
-            idx.iter()
-                .map(|&i| half::bf16::from_le_bytes(at(i).try_into().unwrap_or_default()).to_f32())
+            d.chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes(le(c)).to_f32())
                 .collect(),
         ),
-        DType::I64 => Values::I64(
-            idx.iter()
-                .map(|&i| i64::from_le_bytes(at(i).try_into().unwrap_or_default()))
-                .collect(),
-        ),
-        DType::I32 => Values::I64(
-            idx.iter()
-                .map(|&i| i32::from_le_bytes(at(i).try_into().unwrap_or_default()) as i64)
-                .collect(),
-        ),
-        DType::I16 => Values::I64(
-            idx.iter()
-                .map(|&i| i16::from_le_bytes(at(i).try_into().unwrap_or_default()) as i64)
-                .collect(),
-        ),
-        DType::I8 => Values::I64(idx.iter().map(|&i| at(i)[0] as i8 as i64).collect()),
-        DType::U8 | DType::Bool => Values::I64(idx.iter().map(|&i| at(i)[0] as i64).collect()),
-    };
-    Ok(TorchTensor {
-        shape: t.shape.clone(),
-        values,
-    })
+        DType::I64 => Values::I64(d.chunks_exact(8).map(|c| i64::from_le_bytes(le(c))).collect()),
+        DType::I32 => Values::I64(d.chunks_exact(4).map(|c| i32::from_le_bytes(le(c)) as i64).collect()),
+        DType::I16 => Values::I64(d.chunks_exact(2).map(|c| i16::from_le_bytes(le(c)) as i64).collect()),
+        DType::I8 => Values::I64(d.iter().map(|&b| b as i8 as i64).collect()),
+        DType::U8 | DType::Bool => Values::I64(d.iter().map(|&b| b as i64).collect()),
+    }
 }
 
 fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<StateDict> {
@@ -201,40 +214,20 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<StateDict> {
     })?;
     let mut out = StateDict::new();
     for (key, view) in st.tensors() {
-        let d = view.data();
-        let values = match view.dtype() {
-            Dtype::F32 => Values::F32(
-                d.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            Dtype::F64 => Values::F32(
-                d.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default()) as f32)
-                    .collect(),
-            ),
-            Dtype::F16 => Values::F32(
-                d.chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            ),
-            Dtype::BF16 => Values::F32(
-                d.chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            ),
-            Dtype::I64 => Values::I64(
-                d.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()))
-                    .collect(),
-            ),
-            Dtype::I32 => Values::I64(
-                d.chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                    .collect(),
-            ),
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F64 => DType::F64,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            Dtype::I64 => DType::I64,
+            Dtype::I32 => DType::I32,
+            Dtype::I16 => DType::I16,
+            Dtype::I8 => DType::I8,
+            Dtype::U8 => DType::U8,
+            Dtype::BOOL => DType::Bool,
             other => return Err(bad(path, format!("`{key}` has unsupported dtype {other:?}"))),
         };
+        let values = convert(dtype, view.data());
         out.insert(
             key,
             TorchTensor {
