@@ -306,20 +306,23 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
     };
     let mut failed = 0usize;
     let mut out = std::io::stdout().lock();
+    let mut written = std::collections::HashSet::new();
     for chunk in inputs.chunks(a.batch_size.max(1)) {
-        let mut ok = Vec::with_capacity(chunk.len());
+        let (mut paths, mut imgs) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
         for path in chunk {
             match open_image(path, a.max_pixels) {
-                Ok(img) => ok.push((path, img)),
+                Ok(img) => {
+                    paths.push(path);
+                    imgs.push(img);
+                }
                 Err(e) => {
                     failed += 1;
                     bar.suspend(|| eprintln!("error: {e}"));
                 }
             }
         }
-        let imgs: Vec<_> = ok.iter().map(|(_, i)| i.clone()).collect();
         let preds = clf.classify_images(&imgs, a.top_k)?;
-        for ((path, img), p) in ok.iter().zip(&preds) {
+        for ((path, img), p) in paths.iter().zip(&imgs).zip(&preds) {
             let shown = path.display().to_string();
             bar.suspend(|| -> Result<()> {
                 match a.format {
@@ -349,7 +352,7 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
             })?;
             if let (Some(dir), Some(top)) = (&a.annotate, p.first()) {
                 let text = format!("{}: {:.1}%", top.label, 100.0 * top.probability);
-                let dest = annotated_path(dir, path);
+                let dest = annotated_path(dir, path, &mut written);
                 if let Err(e) = annotate(img, &text).save(&dest) {
                     failed += 1;
                     bar.suspend(|| eprintln!("error: {}: cannot write: {e}", dest.display()));

@@ -160,6 +160,9 @@ fn folders_globs_custom_classes_and_annotations() {
     ] {
         std::fs::copy(fixture(n), imgs.join(n)).unwrap();
     }
+    // Same stem as small.bmp: its annotation must not overwrite the other.
+    std::fs::create_dir_all(dir.path().join("imgs/other")).unwrap();
+    std::fs::copy(fixture("small_rgba.png"), dir.path().join("imgs/other/small.png")).unwrap();
     let glob = format!("{}/small_r*.png", fixture("").display());
     let out = classify_r20(&[
         "--classes",
@@ -171,12 +174,14 @@ fn folders_globs_custom_classes_and_annotations() {
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    // 4 from the folder, small_rgb16.png and small_rgba.png from the glob.
-    assert_eq!(stdout.lines().filter(|l| !l.starts_with(' ')).count(), 6, "{stdout}");
+    // 5 from the folder, small_rgb16.png and small_rgba.png from the glob.
+    assert_eq!(stdout.lines().filter(|l| !l.starts_with(' ')).count(), 7, "{stdout}");
     assert!(stdout.contains("thing "), "{stdout}");
     let written = std::fs::read_dir(&ann).unwrap().count();
-    assert_eq!(written, 6);
-    let a = image::open(ann.join("small.png")).unwrap();
+    assert_eq!(written, 7);
+    assert!(ann.join("small-2.png").exists());
+    // Sorted walk: imgs/other/small.png comes first and takes small.png.
+    let a = image::open(ann.join("small-2.png")).unwrap();
     assert_eq!((a.width(), a.height()), (90, 60));
     // The overlay changed the top band but not the bottom of the image.
     let orig = image::open(fixture("small.bmp")).unwrap().to_rgb8();

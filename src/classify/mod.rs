@@ -2,6 +2,7 @@
 
 mod annotate;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -269,11 +270,19 @@ fn default_labels(config: &ResNetConfig) -> Vec<String> {
     }
 }
 
-/// Where `--annotate DIR` writes the copy of `input`: `DIR/<stem>.png`.
-pub fn annotated_path(dir: &Path, input: &Path) -> PathBuf {
+/// Where `--annotate DIR` writes the copy of `input`: `DIR/<stem>.png`, or `<stem>-2.png`,
+/// … when an earlier input of this run had the same stem.
+pub fn annotated_path(dir: &Path, input: &Path, taken: &mut HashSet<PathBuf>) -> PathBuf {
     let stem = input
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".into());
-    dir.join(format!("{stem}.png"))
+    let mut dest = dir.join(format!("{stem}.png"));
+    for n in 2.. {
+        if taken.insert(dest.clone()) {
+            break;
+        }
+        dest = dir.join(format!("{stem}-{n}.png"));
+    }
+    dest
 }
