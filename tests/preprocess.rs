@@ -6,8 +6,10 @@
 
 mod common;
 
-use common::{fixture, manifest, max_abs, reference};
+use common::{bomb_png, fixture, manifest, max_abs, reference};
+use resnet::preprocess::decode;
 use resnet::preprocess::{open_image, Transform, DEFAULT_MAX_PIXELS};
+use resnet::Error;
 
 /// JPEG bound: at most 4 levels on any pixel (1 level = 1/255/0.224 = 0.0175 after
 /// normalising); measured 2 levels (0.034) on rocket.jpg and 3 (0.052) on the small one.
@@ -62,4 +64,39 @@ fn resize_size_follows_torchvision() {
     assert_eq!(resized_size(451, 300, 256), (384, 256));
     assert_eq!(resized_size(300, 451, 232), (232, 348));
     assert_eq!(resized_size(640, 427, 256), (383, 256));
+}
+
+#[test]
+fn bad_images_are_errors_not_panics() {
+    let png = std::fs::read(fixture("chelsea.png")).unwrap();
+    let jpg = std::fs::read(fixture("rocket.jpg")).unwrap();
+    let cases: [(&str, &[u8]); 5] = [
+        ("empty", b""),
+        ("text", b"hello, I am not an image"),
+        ("truncated png", &png[..png.len() / 2]),
+        ("truncated jpeg header", &jpg[..200]),
+        ("png header only", &png[..40]),
+    ];
+    for (name, bytes) in cases {
+        match decode(bytes, name, DEFAULT_MAX_PIXELS) {
+            Err(Error::Image { path, reason }) => assert!(path == name && !reason.is_empty()),
+            other => panic!(
+                "{name}: expected an image error, got {:?}",
+                other.map(|i| i.dimensions())
+            ),
+        }
+    }
+    match decode(&bomb_png(), "bomb", DEFAULT_MAX_PIXELS) {
+        Err(Error::TooManyPixels {
+            width: 100_000,
+            height: 100_000,
+            ..
+        }) => {}
+        other => panic!("bomb: {:?}", other.map(|i| i.dimensions())),
+    }
+    // The same guard on a real photo with a small limit.
+    assert!(matches!(
+        decode(&png, "chelsea", 1000),
+        Err(Error::TooManyPixels { .. })
+    ));
 }

@@ -383,3 +383,56 @@ impl ModelName {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dilation_replaces_stride_as_torchvision_does() {
+        let c = ModelName::Resnet50
+            .config()
+            .with_replace_stride_with_dilation(vec![false, true, true]);
+        let plan = c.plan();
+        let first = |s: usize| (plan[s][0].stride, plan[s][0].dilation);
+        let later = |s: usize| (plan[s][1].stride, plan[s][1].dilation);
+        assert_eq!([first(1), first(2), first(3)], [(2, 1), (1, 1), (1, 2)]);
+        assert_eq!([later(2), later(3)], [(1, 2), (1, 4)]);
+        assert_eq!(plan[2][0].shortcut, ShortcutPlan::Projection);
+    }
+
+    #[test]
+    fn shortcut_options() {
+        let shortcuts = |s| ModelName::Resnet20.config().with_shortcut(s).plan().concat();
+        let count = |s, p| shortcuts(s).iter().filter(|b| b.shortcut == p).count();
+        assert_eq!(count(Shortcut::A, ShortcutPlan::ZeroPad), 2);
+        assert_eq!(count(Shortcut::B, ShortcutPlan::Projection), 2);
+        assert_eq!(count(Shortcut::C, ShortcutPlan::Projection), 9);
+        assert_eq!(
+            ModelName::Plain20
+                .config()
+                .plan()
+                .concat()
+                .iter()
+                .filter(|b| b.shortcut == ShortcutPlan::None)
+                .count(),
+            9
+        );
+    }
+
+    #[test]
+    fn invalid_configs_are_errors() {
+        let basic_dilated = ModelName::Resnet18
+            .config()
+            .with_replace_stride_with_dilation(vec![false, false, true]);
+        assert!(basic_dilated.validate().is_err());
+        assert!(ModelName::Resnet18.config().with_num_classes(0).validate().is_err());
+        assert!(ModelName::Resnet50
+            .config()
+            .with_replace_stride_with_dilation(vec![true])
+            .validate()
+            .is_err());
+        assert!("resnet51".parse::<ModelName>().is_err());
+        assert_eq!("ResNet50".parse::<ModelName>().unwrap(), ModelName::Resnet50);
+    }
+}

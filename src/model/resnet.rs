@@ -226,3 +226,31 @@ impl ResNet {
         Ok(self.fc.forward(self.forward_features(x)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelName;
+
+    #[test]
+    fn zero_init_residual_zeroes_the_last_bn_of_each_block() {
+        let dev = crate::default_device();
+        let c = ModelName::Resnet50.config().with_zero_init_residual(true);
+        let m = ResNet::new(&c, &dev).unwrap();
+        for b in m.layers.iter().flatten() {
+            let g = b.bn3.as_ref().unwrap().gamma.val().abs().sum().into_scalar::<f32>();
+            assert_eq!(g, 0.0);
+            assert!(b.bn2.gamma.val().sum().into_scalar::<f32>() > 0.0);
+        }
+    }
+
+    #[test]
+    fn wrong_channel_count_is_an_error() {
+        let dev = crate::default_device();
+        let m = ResNet::new(&ModelName::Resnet20.config().with_in_channels(1), &dev).unwrap();
+        let x = Tensor::<4>::zeros([1, 3, 32, 32], &dev);
+        assert!(matches!(m.forward(x), Err(Error::InputShape { got: 3, want: 1 })));
+        let y = m.forward(Tensor::<4>::zeros([2, 1, 28, 28], &dev)).unwrap();
+        assert_eq!(y.dims(), [2, 10]);
+    }
+}
