@@ -59,6 +59,10 @@ pub enum Error {
     #[error("{path}: cannot write image: {reason}")]
     ImageWrite { path: PathBuf, reason: String },
 
+    // ---- data
+    #[error("dataset: {0}")]
+    Dataset(String),
+
     // ---- tensors
     #[error("tensor backend error: {0}")]
     Backend(String),

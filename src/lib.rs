@@ -5,6 +5,7 @@
 //! weight files and tags go through [`weights`] into the model and back out.
 
 pub mod classify;
+pub mod data;
 pub mod error;
 pub mod model;
 pub mod preprocess;

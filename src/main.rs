@@ -217,18 +217,13 @@ fn download_bar() -> (ProgressBar, impl FnMut(u64, Option<u64>)) {
     (bar, update)
 }
 
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
-
 /// Files as given, folders searched recursively for images (sorted), globs expanded.
 fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for i in inputs {
         let p = PathBuf::from(i);
         if p.is_dir() {
-            let mut found = Vec::new();
-            walk(&p, &mut found)?;
-            found.sort();
-            out.extend(found);
+            out.extend(resnet::data::image_files(&p)?);
         } else if !p.exists() && i.contains(['*', '?', '[']) {
             let mut matched: Vec<PathBuf> = glob::glob(i)
                 .with_context(|| format!("bad glob {i}"))?
@@ -245,22 +240,6 @@ fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let p = e?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 #[derive(Serialize)]

@@ -1,6 +1,7 @@
 //! torchvision-exact eval preprocessing: decode → RGB → resize → centre-crop → [0,1] →
 //! normalise, giving the same f32 tensor as `ImageClassification` on a PIL image.
 
+mod augment;
 mod decode;
 mod resize;
 
@@ -8,8 +9,19 @@ use burn::prelude::*;
 use image::RgbImage;
 use serde::Serialize;
 
+pub use augment::{to_chw, Augment};
 pub use decode::{decode, open_image, DEFAULT_MAX_PIXELS};
-pub use resize::resize_bilinear_pil;
+pub use resize::{resize_bilinear_pil, resize_u8};
+
+/// File extensions treated as images when walking folders.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
+
+/// Whether `path` has an image extension (case-insensitive).
+pub fn is_image_file(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
 
 /// ImageNet's per-channel mean and std (torchvision's defaults).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];

@@ -68,58 +68,67 @@ fn clip8(v: i32) -> u8 {
 
 /// Resizes as `PIL.Image.resize((w, h), Image.BILINEAR)` does for an RGB image.
 pub fn resize_bilinear_pil(src: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
-    let (in_w, in_h) = (src.width() as usize, src.height() as usize);
-    let (ow, oh) = (out_w as usize, out_h as usize);
+    let data = resize_u8(
+        src.as_raw(),
+        src.width() as usize,
+        src.height() as usize,
+        3,
+        out_w as usize,
+        out_h as usize,
+    );
+    RgbImage::from_raw(out_w, out_h, data).unwrap_or_default()
+}
+
+/// The same on interleaved 8-bit pixels with `c` channels (`L` or `RGB` in PIL terms).
+pub fn resize_u8(src: &[u8], in_w: usize, in_h: usize, c: usize, ow: usize, oh: usize) -> Vec<u8> {
     if (ow, oh) == (in_w, in_h) {
-        return src.clone();
+        return src.to_vec();
     }
     if ow == 0 || oh == 0 || in_w == 0 || in_h == 0 {
-        return RgbImage::new(out_w, out_h);
+        return vec![0; ow * oh * c];
     }
     let vert = coeffs(in_h, oh);
     // Only the rows the vertical pass reads go through the horizontal pass.
     let first = vert.bounds[0].0;
     let last = vert.bounds[oh - 1].0 + vert.bounds[oh - 1].1;
-    let src = src.as_raw();
 
     let (tmp, tmp_w) = if ow != in_w {
         let h = coeffs(in_w, ow);
-        let mut out = vec![0u8; (last - first) * ow * 3];
+        let mut out = vec![0u8; (last - first) * ow * c];
         for y in first..last {
-            let row = &src[y * in_w * 3..(y + 1) * in_w * 3];
-            let orow = &mut out[(y - first) * ow * 3..(y - first + 1) * ow * 3];
+            let row = &src[y * in_w * c..(y + 1) * in_w * c];
+            let orow = &mut out[(y - first) * ow * c..(y - first + 1) * ow * c];
             for (xx, &(xmin, n)) in h.bounds.iter().enumerate() {
                 let k = &h.k[xx * h.ksize..xx * h.ksize + n];
-                for c in 0..3 {
+                for ch in 0..c {
                     let mut ss: i32 = 1 << (PRECISION_BITS - 1);
                     for (x, &kx) in k.iter().enumerate() {
-                        ss += row[(x + xmin) * 3 + c] as i32 * kx;
+                        ss += row[(x + xmin) * c + ch] as i32 * kx;
                     }
-                    orow[xx * 3 + c] = clip8(ss);
+                    orow[xx * c + ch] = clip8(ss);
                 }
             }
         }
         (out, ow)
     } else {
-        (src[first * in_w * 3..last * in_w * 3].to_vec(), in_w)
+        (src[first * in_w * c..last * in_w * c].to_vec(), in_w)
     };
 
-    let out = if oh != in_h {
-        let mut out = vec![0u8; oh * tmp_w * 3];
-        for (yy, &(ymin, n)) in vert.bounds.iter().enumerate() {
-            let k = &vert.k[yy * vert.ksize..yy * vert.ksize + n];
-            let ymin = ymin - first;
-            for i in 0..tmp_w * 3 {
-                let mut ss: i32 = 1 << (PRECISION_BITS - 1);
-                for (y, &ky) in k.iter().enumerate() {
-                    ss += tmp[(y + ymin) * tmp_w * 3 + i] as i32 * ky;
-                }
-                out[yy * tmp_w * 3 + i] = clip8(ss);
+    if oh == in_h {
+        return tmp;
+    }
+    let stride = tmp_w * c;
+    let mut out = vec![0u8; oh * stride];
+    for (yy, &(ymin, n)) in vert.bounds.iter().enumerate() {
+        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + n];
+        let ymin = ymin - first;
+        for i in 0..stride {
+            let mut ss: i32 = 1 << (PRECISION_BITS - 1);
+            for (y, &ky) in k.iter().enumerate() {
+                ss += tmp[(y + ymin) * stride + i] as i32 * ky;
             }
+            out[yy * stride + i] = clip8(ss);
         }
-        out
-    } else {
-        tmp
-    };
-    RgbImage::from_raw(out_w, out_h, out).unwrap_or_default()
+    }
+    out
 }
