@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod model;
 pub mod preprocess;
+pub mod train;
 pub mod weights;
 
 pub use classify::{Classifier, Prediction};

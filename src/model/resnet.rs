@@ -37,6 +37,36 @@ fn bn(c: usize, zero: bool, dev: &Device) -> BatchNorm {
     b
 }
 
+/// BatchNorm as PyTorch runs it: batch statistics in training (on an autodiff device, layer
+/// not frozen), with the running variance updated from the *unbiased* batch variance
+/// (burn's own BatchNorm uses the biased one); running statistics in evaluation.
+pub fn batch_norm(b: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    if !(x.device().is_autodiff() && b.training.is_enabled()) {
+        return b.forward(x);
+    }
+    let [n, _, h, w] = x.dims();
+    let count = (n * h * w) as f64;
+    let r = burn::tensor::module::batch_norm_train(x, b.gamma.val(), b.beta.val(), b.epsilon);
+    let dev = r.mean.device();
+    let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+    let m = b.momentum;
+    let mean = b
+        .running_mean
+        .value_sync()
+        .to_device(&dev)
+        .mul_scalar(1.0 - m)
+        .add(r.mean.mul_scalar(m));
+    let var = b
+        .running_var
+        .value_sync()
+        .to_device(&dev)
+        .mul_scalar(1.0 - m)
+        .add(r.variance.mul_scalar(m * unbiased));
+    b.running_mean.update(mean.detach());
+    b.running_var.update(var.detach());
+    r.output
+}
+
 /// The projection shortcut (`downsample.0` conv, `downsample.1` BN).
 #[derive(Module, Debug)]
 pub struct Downsample {
@@ -89,18 +119,16 @@ impl Block {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut h = self.bn2.forward(
-            self.conv2
-                .forward(relu(self.bn1.forward(self.conv1.forward(x.clone())))),
-        );
+        let h = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
+        let mut h = batch_norm(&self.bn2, self.conv2.forward(h));
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            h = b3.forward(c3.forward(relu(h)));
+            h = batch_norm(b3, c3.forward(relu(h)));
         }
         let shortcut = match self.plan.shortcut {
             ShortcutPlan::None => return relu(h),
             ShortcutPlan::Identity => x,
             ShortcutPlan::Projection => match &self.downsample {
-                Some(d) => d.bn.forward(d.conv.forward(x)),
+                Some(d) => batch_norm(&d.bn, d.conv.forward(x)),
                 None => unreachable!("a projection block always has a downsample"),
             },
             ShortcutPlan::ZeroPad => zero_pad_shortcut(x, self.plan.stride, self.plan.out_channels),
@@ -189,7 +217,7 @@ impl ResNet {
     }
 
     fn stem(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = relu(self.bn1.forward(self.conv1.forward(x)));
+        let h = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
         match &self.maxpool {
             Some(p) => p.forward(h),
             None => h,

@@ -250,6 +250,30 @@ def main():
                                        "params": sum(p.numel() for p in m.parameters())})
             print(f"{case:18s} logits rms {y.pow(2).mean().sqrt():.3f} max {y.abs().max():.3f}")
 
+    # Two SGD steps in train mode (batch statistics, running-stat updates, nesterov momentum,
+    # weight decay): our optimizer and BatchNorm must land on the same numbers.
+    for opt_name, make_opt in [
+        ("sgd", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)),
+        ("adamw", lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.05)),
+    ]:
+        m = set_det_weights(CifarResNet(3, "A")).train()
+        x0 = tensors["pre/chelsea.png/stretch32"]
+        x = torch.stack([x0, x0.flip(-1), x0.flip(-2), -x0])
+        y = torch.tensor([3, 5, 0, 9])
+        opt = make_opt(m.parameters())
+        losses = []
+        for _ in range(2):
+            opt.zero_grad()
+            loss = F.cross_entropy(m(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        sd = m.state_dict()
+        for k in ["conv1.weight", "bn1.running_mean", "bn1.running_var", "layer3.2.bn2.weight", "fc.weight", "fc.bias"]:
+            tensors[f"train/{opt_name}/{k}"] = sd[k].detach().clone().contiguous()
+        tensors[f"train/{opt_name}/loss"] = torch.tensor(losses, dtype=torch.float32)
+        print(f"train {opt_name}: losses {losses}")
+
     # Real torch.save files, and the same weights as safetensors.
     m = set_det_weights(CifarResNet(3, "A"))
     torch.save(m.state_dict(), FIX / "resnet20_cifar.pth")

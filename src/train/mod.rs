@@ -1,0 +1,643 @@
+//! Training and fine-tuning: the loop, checkpoints, metrics and resume.
+//!
+//! Everything a run writes lives in its folder and is written atomically: `config.json`,
+//! `classes.txt`, `metrics.csv`, `last.safetensors`/`best.safetensors` (torchvision keys),
+//! `optimizer.safetensors` and `state.json`, written last, which marks an epoch complete.
+
+mod optim;
+mod schedule;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
+pub use schedule::{LrPlan, Schedule};
+
+use crate::data::{self, Dataset, Loader, Prepare};
+use crate::error::{io_err, Error, Result};
+use crate::model::{ModelName, ResNet};
+use crate::preprocess::{to_chw, Augment, Transform};
+use crate::weights::{self, write_atomic};
+
+/// Where the data comes from (`--data`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "path", rename_all = "lowercase")]
+pub enum DataSpec {
+    /// `DIR/train/<class>` + `DIR/val/<class>`, or `DIR/<class>` split by `val_split`.
+    Folder(PathBuf),
+    /// A folder of IDX files (`train-images-idx3-ubyte[.gz]`, `t10k-…`).
+    Idx(PathBuf),
+    /// A CIFAR-10/100 binary folder.
+    Cifar(PathBuf),
+}
+
+impl DataSpec {
+    /// `DIR`, `idx:PATH`, `cifar10:PATH` or `cifar100:PATH`.
+    pub fn parse(s: &str) -> Self {
+        if let Some(p) = s.strip_prefix("idx:") {
+            DataSpec::Idx(p.into())
+        } else if let Some(p) = s.strip_prefix("cifar10:").or_else(|| s.strip_prefix("cifar100:")) {
+            DataSpec::Cifar(p.into())
+        } else {
+            DataSpec::Folder(s.into())
+        }
+    }
+}
+
+/// Fashion-MNIST's class names, used for IDX folders whose path names it.
+pub const FASHION_MNIST_LABELS: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// Every setting of a run; saved as `config.json` and reused by `--resume`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub data: DataSpec,
+    pub model: String,
+    /// A weights tag or file to fine-tune from; `fc` is replaced when the classes differ.
+    pub weights: Option<String>,
+    pub freeze_backbone: bool,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: OptimizerConfig,
+    pub lr: LrPlan,
+    pub label_smoothing: f64,
+    pub augment: Augment,
+    /// Evaluation transform for image folders (resize, crop); in-memory sets are used as they are.
+    pub eval_resize: usize,
+    pub eval_crop: usize,
+    pub in_channels: usize,
+    /// Normalisation; `None` computes the training set's own mean and std (in-memory sets)
+    /// or uses ImageNet's (folders).
+    pub mean_std: Option<(Vec<f32>, Vec<f32>)>,
+    pub val_split: f64,
+    pub seed: u64,
+    pub workers: usize,
+}
+
+/// What the loop reports; the CLI turns it into progress bars and lines.
+#[derive(Clone, Debug)]
+pub enum Event {
+    EpochStart {
+        epoch: usize,
+        batches: usize,
+    },
+    Batch {
+        epoch: usize,
+        batch: usize,
+        loss: f32,
+        accuracy: f64,
+        images_per_sec: f64,
+        lr: f64,
+    },
+    Skipped(String),
+    Evaluating {
+        epoch: usize,
+    },
+    EpochEnd(EpochMetrics),
+}
+
+/// One row of `metrics.csv`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub seconds: f64,
+}
+
+const METRICS_HEADER: &str = "epoch,lr,train_loss,train_acc,val_loss,top1,top5,seconds";
+
+impl EpochMetrics {
+    fn csv(&self) -> String {
+        format!(
+            "{},{:.6e},{:.6},{:.6},{:.6},{:.6},{:.6},{:.2}",
+            self.epoch, self.lr, self.train_loss, self.train_acc, self.val_loss, self.top1, self.top5, self.seconds
+        )
+    }
+}
+
+/// Progress saved after each completed epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    pub best_top1: f64,
+    pub history: Vec<EpochMetrics>,
+}
+
+/// Evaluation results with the confusion matrix `cm[true][pred]`.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub confusion: Vec<Vec<u64>>,
+    pub skipped: usize,
+}
+
+/// Train and validation sets, plus the split indices when one folder was split.
+pub struct Splits {
+    pub train: Dataset,
+    pub val: Dataset,
+    pub split: Option<(Vec<usize>, Vec<usize>)>,
+}
+
+/// Train and validation sets as the config describes them.
+pub fn load_data(c: &TrainConfig) -> Result<Splits> {
+    match &c.data {
+        DataSpec::Idx(dir) => {
+            let find = |stem: &str| -> Result<PathBuf> {
+                [format!("{stem}.gz"), stem.to_string()]
+                    .iter()
+                    .map(|n| dir.join(n))
+                    .find(|p| p.exists())
+                    .ok_or_else(|| Error::Dataset(format!("{} has no {stem}[.gz]", dir.display())))
+            };
+            let names: Vec<String> = if dir.to_string_lossy().to_lowercase().contains("fashion") {
+                FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect()
+            } else {
+                Vec::new()
+            };
+            let train = data::read_idx(
+                &find("train-images-idx3-ubyte")?,
+                &find("train-labels-idx1-ubyte")?,
+                names.clone(),
+            )?;
+            let val = data::read_idx(
+                &find("t10k-images-idx3-ubyte")?,
+                &find("t10k-labels-idx1-ubyte")?,
+                names,
+            )?;
+            Ok(Splits {
+                train,
+                val,
+                split: None,
+            })
+        }
+        DataSpec::Cifar(dir) => Ok(Splits {
+            train: data::read_cifar(dir, true)?,
+            val: data::read_cifar(dir, false)?,
+            split: None,
+        }),
+        DataSpec::Folder(dir) => {
+            if dir.join("train").is_dir() {
+                let train = data::image_folder(&dir.join("train"), None)?;
+                let val_dir = dir.join("val");
+                if !val_dir.is_dir() {
+                    return Err(Error::Dataset(format!(
+                        "{} has train/ but no val/; add it, or put the class folders directly in {} and use --val-split",
+                        dir.display(),
+                        dir.display()
+                    )));
+                }
+                let val = data::image_folder(&val_dir, Some(&train.classes))?;
+                Ok(Splits {
+                    train,
+                    val,
+                    split: None,
+                })
+            } else {
+                let all = data::image_folder(dir, None)?;
+                all.check_nonempty("whole")?;
+                let (t, v) = data::split_stratified(&all, c.val_split, c.seed);
+                Ok(Splits {
+                    train: all.subset(&t),
+                    val: all.subset(&v),
+                    split: Some((t, v)),
+                })
+            }
+        }
+    }
+}
+
+/// Per-channel mean and std of an in-memory training set (over at most 10k samples).
+fn dataset_mean_std(ds: &Dataset, channels: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mut sum = vec![0f64; channels];
+    let mut sq = vec![0f64; channels];
+    let mut n = 0f64;
+    let step = (ds.len() / 10_000).max(1);
+    for i in (0..ds.len()).step_by(step) {
+        let px = ds.pixels(i)?;
+        let x = to_chw(&px, channels, &vec![0.0; channels], &vec![1.0; channels]);
+        let plane = x.len() / channels;
+        for c in 0..channels {
+            for &v in &x[c * plane..(c + 1) * plane] {
+                sum[c] += v as f64;
+                sq[c] += (v as f64) * (v as f64);
+            }
+        }
+        n += plane as f64;
+    }
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std: Vec<f32> = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| (q / n - (*m as f64).powi(2)).sqrt() as f32)
+        .collect();
+    Ok((mean, std))
+}
+
+/// A trainer bound to a run folder.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub run_dir: PathBuf,
+    pub model: ResNet,
+    optimizer: Optimizer,
+    pub state: RunState,
+    train: Arc<Dataset>,
+    val: Arc<Dataset>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    device: Device,
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Config(e.to_string()))?;
+    write_atomic(path, s.as_bytes())
+}
+
+impl Trainer {
+    /// Starts a new run in `run_dir` (created; an existing run there is refused).
+    pub fn new(config: TrainConfig, run_dir: &Path) -> Result<Self> {
+        if run_dir.join("state.json").exists() {
+            return Err(Error::Config(format!(
+                "{} already holds a run; pass --resume {} to continue it, or choose another --out",
+                run_dir.display(),
+                run_dir.display()
+            )));
+        }
+        std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+        let mut t = Self::build(config, run_dir)?;
+        write_json(&run_dir.join("config.json"), &RunFile::new(&t.config, &t.mean, &t.std))?;
+        write_atomic(
+            &run_dir.join("classes.txt"),
+            (t.train.classes.join("\n") + "\n").as_bytes(),
+        )?;
+        write_atomic(&run_dir.join("metrics.csv"), format!("{METRICS_HEADER}\n").as_bytes())?;
+        t.load_initial_weights()?;
+        Ok(t)
+    }
+
+    /// Continues the run in `run_dir` from its last completed epoch.
+    pub fn resume(run_dir: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(run_dir.join("config.json")).map_err(io_err(run_dir.join("config.json")))?;
+        let file: RunFile = serde_json::from_str(&text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
+        let mut t = Self::build(file.config, run_dir)?;
+        t.mean = file.mean;
+        t.std = file.std;
+        let state_path = run_dir.join("state.json");
+        if !state_path.exists() {
+            // Killed before the first epoch finished: start over from the initial weights.
+            t.load_initial_weights()?;
+            return Ok(t);
+        }
+        let s = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
+        t.state = serde_json::from_str(&s).map_err(|e| Error::Config(format!("state.json: {e}")))?;
+        let name = t.config.model.clone();
+        weights::load_file(&mut t.model, &run_dir.join("last.safetensors"), true, &name)?;
+        t.optimizer.load(&run_dir.join("optimizer.safetensors"), &t.device)?;
+        // metrics.csv may hold a row of an epoch whose checkpoint never completed.
+        let rows: String = t.state.history.iter().map(|m| m.csv() + "\n").collect();
+        write_atomic(
+            &run_dir.join("metrics.csv"),
+            format!("{METRICS_HEADER}\n{rows}").as_bytes(),
+        )?;
+        Ok(t)
+    }
+
+    fn build(config: TrainConfig, run_dir: &Path) -> Result<Self> {
+        let Splits { train, val, split } = load_data(&config)?;
+        train.check_nonempty("training")?;
+        val.check_nonempty("validation")?;
+        if let Some(split) = split {
+            write_json(&run_dir.join("split.json"), &split)?;
+        }
+        let name: ModelName = config.model.parse()?;
+        let model_config = name
+            .config()
+            .with_num_classes(train.classes.len())
+            .with_in_channels(config.in_channels);
+        let device = crate::default_device().autodiff();
+        // Seeded so that the same --seed gives the same initial weights.
+        device.seed(config.seed);
+        let model = ResNet::new(&model_config, &device)?;
+        let (mean, std) = match (&config.mean_std, &train.items) {
+            (Some((m, s)), _) => (m.clone(), s.clone()),
+            (None, data::Items::Memory { .. }) => dataset_mean_std(&train, config.in_channels)?,
+            (None, data::Items::Files(_)) => (
+                crate::preprocess::IMAGENET_MEAN[..config.in_channels.min(3)].to_vec(),
+                crate::preprocess::IMAGENET_STD[..config.in_channels.min(3)].to_vec(),
+            ),
+        };
+        let optimizer = Optimizer::new(config.optimizer.clone());
+        Ok(Trainer {
+            config,
+            run_dir: run_dir.to_path_buf(),
+            model,
+            optimizer,
+            state: RunState::default(),
+            train: Arc::new(train),
+            val: Arc::new(val),
+            mean,
+            std,
+            device,
+        })
+    }
+
+    fn load_initial_weights(&mut self) -> Result<()> {
+        let Some(w) = self.config.weights.clone() else {
+            return Ok(());
+        };
+        let name: ModelName = self.config.model.parse()?;
+        let path = match weights::Weights::parse(&w)? {
+            weights::Weights::File(p) => p,
+            weights::Weights::Tag(tag) => {
+                let r = weights::hub::release(name, tag)?;
+                weights::hub::fetch(r.url, &weights::hub::cache_dir(), &mut |_, _| {})?
+            }
+            weights::Weights::Random => return Ok(()),
+        };
+        let mut sd = weights::read_state_dict(&path)?;
+        // A new head for new classes: keep our freshly initialised fc.
+        let classes = self.train.classes.len();
+        if sd.get("fc.weight").is_some_and(|t| t.shape.first() != Some(&classes)) {
+            sd.remove("fc.weight");
+            sd.remove("fc.bias");
+        }
+        let report = weights::load_into(&mut self.model, sd, false, &self.config.model)?;
+        if !report.mismatched.is_empty() || report.missing.iter().any(|k| !k.starts_with("fc.")) {
+            return Err(Error::KeyMismatch {
+                model: self.config.model.clone(),
+                report: format!("{:?} {:?}", report.missing, report.mismatched),
+            });
+        }
+        if self.config.freeze_backbone {
+            self.freeze_backbone();
+        }
+        Ok(())
+    }
+
+    /// Trains only `fc`: the rest keeps its weights and BatchNorm statistics.
+    fn freeze_backbone(&mut self) {
+        let m = &mut self.model;
+        m.conv1 = m.conv1.clone().freeze();
+        m.bn1 = m.bn1.clone().freeze();
+        m.layers = m.layers.clone().freeze();
+    }
+
+    pub fn train_set(&self) -> &Dataset {
+        &self.train
+    }
+    pub fn val_set(&self) -> &Dataset {
+        &self.val
+    }
+
+    fn train_prepare(&self) -> Prepare {
+        let (aug, c, mean, std) = (
+            self.config.augment,
+            self.config.in_channels,
+            self.mean.clone(),
+            self.std.clone(),
+        );
+        Arc::new(move |px, rng| to_chw(&aug.apply(px, rng), c, &mean, &std))
+    }
+
+    fn eval_prepare(&self) -> Prepare {
+        let (c, mean, std) = (self.config.in_channels, self.mean.clone(), self.std.clone());
+        let files = matches!(self.val.items, data::Items::Files(_));
+        let t = Transform::imagenet(self.config.eval_resize, self.config.eval_crop);
+        Arc::new(move |px, _| {
+            if files {
+                let img =
+                    image::RgbImage::from_raw(px.width as u32, px.height as u32, px.data.clone()).unwrap_or_default();
+                let out = t.resize_and_crop(&img);
+                let p = data::Pixels {
+                    width: out.width() as usize,
+                    height: out.height() as usize,
+                    channels: 3,
+                    data: out.into_raw(),
+                };
+                to_chw(&p, c, &mean, &std)
+            } else {
+                to_chw(px, c, &mean, &std)
+            }
+        })
+    }
+
+    fn batch_tensor(&self, b: &data::Batch, device: &Device) -> Tensor<4> {
+        let n = b.labels.len();
+        let c = self.config.in_channels;
+        let hw = b.sample_len / c;
+        let side = (hw as f64).sqrt() as usize;
+        Tensor::from_data(
+            TensorData::new(b.images.clone(), [n, c, side, hw / side.max(1)]),
+            device,
+        )
+    }
+
+    /// Runs the remaining epochs, reporting through `on_event`.
+    pub fn run(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<()> {
+        let per_epoch = self.train.len().div_ceil(self.config.batch_size.max(1));
+        for epoch in self.state.epochs_done..self.config.epochs {
+            let start = Instant::now();
+            let order = data::epoch_order(self.train.len(), self.config.seed, epoch, true);
+            let loader = Loader::new(
+                self.train.clone(),
+                order,
+                self.config.batch_size,
+                self.train_prepare(),
+                self.config.seed,
+                epoch,
+                self.config.workers,
+            );
+            on_event(Event::EpochStart {
+                epoch,
+                batches: loader.len(),
+            });
+            let ce = CrossEntropyLossConfig::new()
+                .with_smoothing((self.config.label_smoothing > 0.0).then_some(self.config.label_smoothing as f32))
+                .init(&self.device);
+            let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+            let mut lr = self.config.lr.lr;
+            for (i, batch) in loader.enumerate() {
+                for s in &batch.skipped {
+                    on_event(Event::Skipped(s.clone()));
+                }
+                if batch.labels.is_empty() {
+                    continue;
+                }
+                let t0 = Instant::now();
+                lr = self.config.lr.at(epoch, i, per_epoch);
+                let x = self.batch_tensor(&batch, &self.device);
+                let ys: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+                let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [batch.labels.len()]), &self.device);
+                let logits = self.model.forward(x)?;
+                let loss = ce.forward(logits.clone(), y);
+                let lv: f32 = loss.clone().into_scalar();
+                if !lv.is_finite() {
+                    return Err(Error::Config(format!(
+                        "the loss became {lv} at epoch {} batch {}; stopped. The last good checkpoint ({}) is intact; lower --lr or check the data",
+                        epoch + 1,
+                        i + 1,
+                        self.run_dir.join("last.safetensors").display()
+                    )));
+                }
+                let grads = loss.backward();
+                self.optimizer.step(&mut self.model, &grads, lr);
+                let pred = logits
+                    .inner()
+                    .argmax(1)
+                    .into_data()
+                    .convert::<i64>()
+                    .try_into_vec::<i64>()
+                    .unwrap_or_default();
+                let n = batch.labels.len();
+                correct += pred
+                    .iter()
+                    .zip(&batch.labels)
+                    .filter(|(p, l)| **p as usize == **l)
+                    .count();
+                seen += n;
+                loss_sum += lv as f64 * n as f64;
+                on_event(Event::Batch {
+                    epoch,
+                    batch: i,
+                    loss: lv,
+                    accuracy: correct as f64 / seen as f64,
+                    images_per_sec: n as f64 / t0.elapsed().as_secs_f64(),
+                    lr,
+                });
+            }
+            on_event(Event::Evaluating { epoch });
+            let ev = self.evaluate()?;
+            let m = EpochMetrics {
+                epoch: epoch + 1,
+                lr,
+                train_loss: loss_sum / seen.max(1) as f64,
+                train_acc: correct as f64 / seen.max(1) as f64,
+                val_loss: ev.loss,
+                top1: ev.top1,
+                top5: ev.top5,
+                seconds: start.elapsed().as_secs_f64(),
+            };
+            self.checkpoint(&m)?;
+            on_event(Event::EpochEnd(m));
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, m: &EpochMetrics) -> Result<()> {
+        let dir = &self.run_dir;
+        let sd = weights::state_dict(&mut self.model)?;
+        weights::write_safetensors(&dir.join("last.safetensors"), &sd)?;
+        if m.top1 > self.state.best_top1 || self.state.history.is_empty() {
+            self.state.best_top1 = m.top1;
+            weights::write_safetensors(&dir.join("best.safetensors"), &sd)?;
+        }
+        self.optimizer.save(&dir.join("optimizer.safetensors"))?;
+        self.state.history.push(m.clone());
+        self.state.epochs_done = m.epoch;
+        let rows: String = self.state.history.iter().map(|m| m.csv() + "\n").collect();
+        write_atomic(&dir.join("metrics.csv"), format!("{METRICS_HEADER}\n{rows}").as_bytes())?;
+        // Last: this marks the epoch complete for --resume.
+        write_json(&dir.join("state.json"), &self.state)
+    }
+
+    /// Loss, top-1/top-5 and the confusion matrix on the validation set.
+    pub fn evaluate(&self) -> Result<Evaluation> {
+        let model = self.model.valid();
+        let dev = crate::default_device();
+        let order = data::epoch_order(self.val.len(), 0, 0, false);
+        let loader = Loader::new(
+            self.val.clone(),
+            order,
+            256,
+            self.eval_prepare(),
+            0,
+            0,
+            self.config.workers,
+        );
+        evaluate_batches(&model, loader, self.val.classes.len(), &dev, |b, d| {
+            self.batch_tensor(b, d)
+        })
+    }
+}
+
+/// Evaluates a model over batches.
+pub fn evaluate_batches(
+    model: &ResNet,
+    loader: Loader,
+    classes: usize,
+    dev: &Device,
+    to_tensor: impl Fn(&data::Batch, &Device) -> Tensor<4>,
+) -> Result<Evaluation> {
+    let mut cm = vec![vec![0u64; classes]; classes];
+    let (mut loss, mut top1, mut top5, mut n, mut skipped) = (0f64, 0usize, 0usize, 0usize, 0usize);
+    for b in loader {
+        skipped += b.skipped.len();
+        if b.labels.is_empty() {
+            continue;
+        }
+        let logits = crate::classify::rows(model.forward(to_tensor(&b, dev))?)?;
+        for (row, &label) in logits.iter().zip(&b.labels) {
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+            loss += lse - row[label] as f64;
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            top1 += (idx[0] == label) as usize;
+            top5 += idx.iter().take(5).any(|&i| i == label) as usize;
+            cm[label][idx[0]] += 1;
+            n += 1;
+        }
+    }
+    let n = n.max(1) as f64;
+    Ok(Evaluation {
+        loss: loss / n,
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+        confusion: cm,
+        skipped,
+    })
+}
+
+/// `config.json`: the settings plus what was derived (normalisation) and the versions.
+#[derive(Serialize, Deserialize)]
+struct RunFile {
+    config: TrainConfig,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    resnet_version: String,
+    burn_version: String,
+}
+
+impl RunFile {
+    fn new(config: &TrainConfig, mean: &[f32], std: &[f32]) -> Self {
+        RunFile {
+            config: config.clone(),
+            mean: mean.to_vec(),
+            std: std.to_vec(),
+            resnet_version: env!("CARGO_PKG_VERSION").into(),
+            burn_version: "0.22.1".into(),
+        }
+    }
+}

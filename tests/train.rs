@@ -1,0 +1,264 @@
+//! Training: PyTorch-exact steps, a real (small) Fashion-MNIST run, SIGKILL + resume, NaN stop.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::prelude::*;
+use common::{det_state_dict, max_abs, reference, rel_l2};
+use resnet::train::{Optimizer, OptimizerConfig, OptimizerKind};
+use resnet::{weights, ModelName, ResNet};
+
+fn one_training_run(kind: OptimizerKind, lr: f64, wd: f64) {
+    let reference = reference();
+    let dev = resnet::default_device().autodiff();
+    let mut model = ResNet::new(&ModelName::Resnet20.config(), &dev).unwrap();
+    let sd = det_state_dict(&mut model);
+    weights::load_into(&mut model, sd, true, "resnet20").unwrap();
+    let (_, x0) = &reference["pre/chelsea.png/stretch32"];
+    let x0 = Tensor::<3>::from_data(TensorData::new(x0.clone(), [3, 32, 32]), &dev);
+    let x = Tensor::stack(
+        vec![x0.clone(), x0.clone().flip([2]), x0.clone().flip([1]), x0.neg()],
+        0,
+    );
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![3i64, 5, 0, 9], [4]), &dev);
+    let mut opt = Optimizer::new(OptimizerConfig {
+        kind,
+        nesterov: true,
+        weight_decay: wd,
+        ..OptimizerConfig::default()
+    });
+    let ce = burn::nn::loss::CrossEntropyLossConfig::new().init(&dev);
+    let mut losses = vec![];
+    for _ in 0..2 {
+        let loss = ce.forward(model.forward(x.clone()).unwrap(), y.clone());
+        losses.push(loss.clone().into_scalar::<f32>());
+        let grads = loss.backward();
+        opt.step(&mut model, &grads, lr);
+    }
+    let name = match kind {
+        OptimizerKind::Sgd => "sgd",
+        OptimizerKind::AdamW => "adamw",
+    };
+    let want_loss = &reference[&format!("train/{name}/loss")].1;
+    assert!(
+        max_abs(&losses, want_loss) < 1e-4,
+        "{name}: losses {losses:?} vs {want_loss:?}"
+    );
+    let got = weights::state_dict(&mut model).unwrap();
+    for k in [
+        "conv1.weight",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "layer3.2.bn2.weight",
+        "fc.weight",
+        "fc.bias",
+    ] {
+        let want = &reference[&format!("train/{name}/{k}")].1;
+        let resnet::weights::Values::F32(v) = &got[k].values else {
+            panic!()
+        };
+        let err = rel_l2(v, want);
+        println!("{name} {k}: rel L2 {err:.2e}");
+        assert!(err < 1e-4, "{name} {k}: relative error {err:e}");
+    }
+}
+
+#[test]
+fn sgd_nesterov_steps_match_pytorch() {
+    one_training_run(OptimizerKind::Sgd, 0.1, 5e-4);
+}
+
+#[test]
+fn adamw_steps_match_pytorch() {
+    one_training_run(OptimizerKind::AdamW, 0.01, 0.05);
+}
+
+/// The first `n` training and `m` test images of Debian's Fashion-MNIST, as IDX files.
+fn fashion_slice(dir: &Path, n: usize, m: usize) -> PathBuf {
+    let root = Path::new("/usr/share/datasets/fashion-mnist");
+    let out = dir.join("fashion-slice");
+    std::fs::create_dir_all(&out).unwrap();
+    for (split, count) in [("train", n), ("t10k", m)] {
+        let ds = resnet::data::read_idx(
+            &root.join(format!("{split}-images-idx3-ubyte.gz")),
+            &root.join(format!("{split}-labels-idx1-ubyte.gz")),
+            vec![],
+        )
+        .unwrap();
+        let mut img = vec![0, 0, 8, 3];
+        for d in [count as u32, 28, 28] {
+            img.extend(d.to_be_bytes());
+        }
+        let mut lab = vec![0, 0, 8, 1];
+        lab.extend((count as u32).to_be_bytes());
+        for i in 0..count {
+            img.extend(ds.pixels(i).unwrap().data);
+            lab.push(ds.labels[i] as u8);
+        }
+        std::fs::write(out.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
+        std::fs::write(out.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
+    }
+    out
+}
+
+fn train_cmd(data: &Path, out: &Path, epochs: usize, lr: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_resnet"));
+    c.args([
+        "train",
+        "--data",
+        &format!("idx:{}", data.display()),
+        "--model",
+        "resnet20",
+        "--in-channels",
+        "1",
+    ])
+    .args([
+        "--recipe",
+        "cifar",
+        "--input-size",
+        "28",
+        "--pad",
+        "2",
+        "--batch-size",
+        "64",
+        "--nesterov",
+    ])
+    .args([
+        "--weight-decay",
+        "5e-4",
+        "--schedule",
+        "cosine",
+        "--lr",
+        lr,
+        "--seed",
+        "3",
+    ])
+    .args(["--epochs", &epochs.to_string(), "--out", out.to_str().unwrap()]);
+    c
+}
+
+/// metrics.csv without the wall-time column.
+fn metrics(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect()
+}
+
+#[test]
+fn train_kill_resume_matches_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fashion_slice(tmp.path(), 512, 256);
+
+    // Uninterrupted.
+    let full = tmp.path().join("full");
+    let out = train_cmd(&data, &full, 3, "0.05").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = metrics(&full);
+    assert_eq!(want.len(), 4, "{want:?}");
+    for f in [
+        "config.json",
+        "classes.txt",
+        "best.safetensors",
+        "last.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ] {
+        assert!(full.join(f).is_file(), "{f} missing");
+    }
+    let row = |i: usize| -> Vec<f64> { want[i].split(',').map(|v| v.parse().unwrap()).collect() };
+    assert!(row(3)[2] < row(1)[2], "train loss should fall: {want:?}");
+    assert!(row(3)[5] > 0.3, "val top-1 after 3 epochs on 512 images: {want:?}");
+    assert_eq!(
+        std::fs::read_to_string(full.join("classes.txt"))
+            .unwrap()
+            .lines()
+            .next(),
+        Some("T-shirt/top")
+    );
+
+    // Killed with SIGKILL during epoch 2, then resumed.
+    let run = tmp.path().join("killed");
+    let mut child = train_cmd(&data, &run, 3, "0.05").stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(run.join("state.json")).is_ok_and(|s| s.contains("\"epochs_done\": 1")) {
+        assert!(start.elapsed() < Duration::from_secs(300), "epoch 1 never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(metrics(&run).len() < 4, "the kill came too late to test anything");
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["train", "--resume", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming after epoch"));
+    assert_eq!(
+        metrics(&run),
+        want,
+        "a resumed run must end exactly like an uninterrupted one"
+    );
+
+    // The run's weights classify with the run's classes.
+    let best = full.join("best.safetensors");
+    let classes = full.join("classes.txt");
+    let img = common::fixture("small_gray.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["classify", "--model", "resnet20", "--weights", best.to_str().unwrap()])
+        .args(["--classes", classes.to_str().unwrap(), img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // An existing run is never overwritten by a new one.
+    let out = train_cmd(&data, &full, 3, "0.05").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fashion_slice(tmp.path(), 256, 64);
+    let run = tmp.path().join("nan");
+    let out = train_cmd(&data, &run, 2, "1e30").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the loss became"), "{err}");
+    assert!(!run.join("state.json").exists());
+}
+
+#[test]
+fn empty_and_missing_datasets_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("imgs");
+    std::fs::create_dir_all(d.join("a")).unwrap();
+    std::fs::create_dir_all(d.join("b")).unwrap();
+    std::fs::copy(common::fixture("small.bmp"), d.join("a/x.bmp")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["train", "--data", d.to_str().unwrap(), "--model", "resnet18", "--out"])
+        .arg(tmp.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("class `b` has no samples"), "{err}");
+
+    std::fs::create_dir_all(tmp.path().join("split/train/a")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["train", "--data", tmp.path().join("split").to_str().unwrap(), "--out"])
+        .arg(tmp.path().join("run2"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no val/"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
