@@ -45,6 +45,8 @@ enum Command {
     Classify(ClassifyArgs),
     /// Train or fine-tune on an image folder, IDX files or CIFAR batches.
     Train(Box<TrainArgs>),
+    /// Evaluate on a labelled set: top-1/top-5, per-class precision/recall/F1, confusion matrix.
+    Eval(EvalArgs),
     /// Convert a .pth or .safetensors state dict to .safetensors with torchvision keys.
     Convert {
         #[arg(long, default_value = "resnet50")]
@@ -144,6 +146,28 @@ struct TrainArgs {
 }
 
 #[derive(clap::Args)]
+struct EvalArgs {
+    #[arg(long, default_value = "resnet50")]
+    model: String,
+    /// A tag or a file; a file in a `resnet train` run folder brings the run's normalisation.
+    #[arg(long, default_value = "DEFAULT")]
+    weights: String,
+    /// DIR/<class>/… (or DIR/val/<class>/…), idx:DIR (its t10k files) or cifar10:DIR (test batch).
+    #[arg(long)]
+    data: String,
+    /// Class names, one per line, in the model's index order.
+    #[arg(long)]
+    classes: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// Where confusion.csv, confusion.png and summary.json go.
+    #[arg(long, default_value = "eval")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+}
+
+#[derive(clap::Args)]
 struct ClassifyArgs {
     #[arg(long, default_value = "resnet50")]
     model: String,
@@ -187,6 +211,7 @@ fn main() -> ExitCode {
         Command::Info { models, format } => info(&models, format),
         Command::Classify(args) => classify(args),
         Command::Train(args) => train(*args),
+        Command::Eval(args) => eval(args),
         Command::Convert {
             model,
             input,
@@ -602,5 +627,133 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         100.0 * trainer.state.best_top1,
         trainer.run_dir.join("best.safetensors").display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    use resnet::train::{eval as ev, plots, DataSpec, RunFile};
+    let name: ModelName = a.model.parse()?;
+    let weights = Weights::parse(&a.weights)?;
+    let run = match &weights {
+        Weights::File(p) => RunFile::beside(p),
+        _ => None,
+    };
+    let mut classes = match (&a.classes, &run) {
+        (Some(f), _) => Some(read_labels(f)?),
+        (None, Some(_)) => match &weights {
+            Weights::File(p) => p
+                .parent()
+                .map(|d| d.join("classes.txt"))
+                .filter(|f| f.exists())
+                .map(|f| read_labels(&f))
+                .transpose()?,
+            _ => None,
+        },
+        _ => None,
+    };
+    let spec = DataSpec::parse(&a.data);
+    let ds = match &spec {
+        DataSpec::Idx(dir) => {
+            let names = if dir.to_string_lossy().to_lowercase().contains("fashion") {
+                resnet::train::FASHION_MNIST_LABELS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else {
+                vec![]
+            };
+            let find = |stem: &str| {
+                [format!("{stem}.gz"), stem.to_string()]
+                    .into_iter()
+                    .map(|n| dir.join(n))
+                    .find(|p| p.exists())
+            };
+            let (Some(i), Some(l)) = (find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte")) else {
+                bail!(
+                    "{} has no t10k-images-idx3-ubyte[.gz] / t10k-labels-idx1-ubyte[.gz]",
+                    dir.display()
+                );
+            };
+            resnet::data::read_idx(&i, &l, names)?
+        }
+        DataSpec::Cifar(dir) => resnet::data::read_cifar(dir, false)?,
+        DataSpec::Folder(dir) => {
+            let dir = if dir.join("val").is_dir() {
+                dir.join("val")
+            } else {
+                dir.clone()
+            };
+            resnet::data::image_folder(&dir, classes.as_deref())?
+        }
+    };
+    ds.check_nonempty("evaluation")?;
+    let classes = classes.take().unwrap_or_else(|| ds.classes.clone());
+    let opts = ClassifierOptions {
+        labels: Some(classes.clone()),
+        ..Default::default()
+    };
+    let clf = Classifier::build(name, weights.clone(), opts)?;
+    let channels = clf.model().config.in_channels;
+    let files = matches!(ds.items, resnet::data::Items::Files(_));
+    let prepare = match &run {
+        Some(r) => ev::prepare(
+            files.then(|| resnet::preprocess::Transform::imagenet(r.config.eval_resize, r.config.eval_crop)),
+            channels,
+            r.mean.clone(),
+            r.std.clone(),
+        ),
+        None => {
+            let t = clf.transform();
+            ev::prepare(files.then(|| t.clone()), channels, t.mean.clone(), t.std.clone())
+        }
+    };
+    let bar = ProgressBar::new_spinner().with_message(format!("evaluating {} images", ds.len()));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let result = ev::evaluate(clf.model(), std::sync::Arc::new(ds), prepare, channels, a.workers)?;
+    bar.finish_and_clear();
+    let report = result.per_class(&classes);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    weights::write_atomic(&a.out.join("confusion.csv"), result.confusion_csv(&classes).as_bytes())?;
+    plots::confusion(&a.out.join("confusion.png"), &result.confusion, &classes)?;
+    let summary = serde_json::json!({
+        "model": name.as_str(),
+        "weights": weights.describe(),
+        "samples": result.samples,
+        "skipped": result.skipped,
+        "loss": result.loss,
+        "top1": result.top1,
+        "top5": result.top5,
+        "per_class": report,
+        "confusion": result.confusion,
+    });
+    weights::write_atomic(
+        &a.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    if a.format == Format::Json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{} images: top-1 {:.2}%  top-5 {:.2}%  loss {:.4}",
+            result.samples,
+            100.0 * result.top1,
+            100.0 * result.top5,
+            result.loss
+        );
+        println!(
+            "{:<24} {:>9} {:>9} {:>9} {:>8}",
+            "class", "precision", "recall", "f1", "support"
+        );
+        for r in &report {
+            println!(
+                "{:<24} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+                r.class, r.precision, r.recall, r.f1, r.support
+            );
+        }
+        println!("wrote {}/confusion.csv, confusion.png, summary.json", a.out.display());
+    }
+    if result.skipped > 0 {
+        eprintln!("{} unreadable images were skipped", result.skipped);
+    }
     Ok(ExitCode::SUCCESS)
 }

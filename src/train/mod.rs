@@ -4,7 +4,9 @@
 //! `classes.txt`, `metrics.csv`, `last.safetensors`/`best.safetensors` (torchvision keys),
 //! `optimizer.safetensors` and `state.json`, written last, which marks an epoch complete.
 
+pub mod eval;
 mod optim;
+pub mod plots;
 mod schedule;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use eval::{ClassReport, Evaluation};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use schedule::{LrPlan, Schedule};
 
@@ -142,16 +145,6 @@ pub struct RunState {
     pub epochs_done: usize,
     pub best_top1: f64,
     pub history: Vec<EpochMetrics>,
-}
-
-/// Evaluation results with the confusion matrix `cm[true][pred]`.
-#[derive(Clone, Debug)]
-pub struct Evaluation {
-    pub loss: f64,
-    pub top1: f64,
-    pub top5: f64,
-    pub confusion: Vec<Vec<u64>>,
-    pub skipped: usize,
 }
 
 /// Train and validation sets, plus the split indices when one folder was split.
@@ -422,35 +415,13 @@ impl Trainer {
     }
 
     fn eval_prepare(&self) -> Prepare {
-        let (c, mean, std) = (self.config.in_channels, self.mean.clone(), self.std.clone());
         let files = matches!(self.val.items, data::Items::Files(_));
         let t = Transform::imagenet(self.config.eval_resize, self.config.eval_crop);
-        Arc::new(move |px, _| {
-            if files {
-                let img =
-                    image::RgbImage::from_raw(px.width as u32, px.height as u32, px.data.clone()).unwrap_or_default();
-                let out = t.resize_and_crop(&img);
-                let p = data::Pixels {
-                    width: out.width() as usize,
-                    height: out.height() as usize,
-                    channels: 3,
-                    data: out.into_raw(),
-                };
-                to_chw(&p, c, &mean, &std)
-            } else {
-                to_chw(px, c, &mean, &std)
-            }
-        })
-    }
-
-    fn batch_tensor(&self, b: &data::Batch, device: &Device) -> Tensor<4> {
-        let n = b.labels.len();
-        let c = self.config.in_channels;
-        let hw = b.sample_len / c;
-        let side = (hw as f64).sqrt() as usize;
-        Tensor::from_data(
-            TensorData::new(b.images.clone(), [n, c, side, hw / side.max(1)]),
-            device,
+        eval::prepare(
+            files.then_some(t),
+            self.config.in_channels,
+            self.mean.clone(),
+            self.std.clone(),
         )
     }
 
@@ -487,7 +458,7 @@ impl Trainer {
                 }
                 let t0 = Instant::now();
                 lr = self.config.lr.at(epoch, i, per_epoch);
-                let x = self.batch_tensor(&batch, &self.device);
+                let x = eval::batch_tensor(&batch, self.config.in_channels, &self.device);
                 let ys: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
                 let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [batch.labels.len()]), &self.device);
                 let logits = self.model.forward(x)?;
@@ -539,13 +510,13 @@ impl Trainer {
                 top5: ev.top5,
                 seconds: start.elapsed().as_secs_f64(),
             };
-            self.checkpoint(&m)?;
+            self.checkpoint(&m, &ev)?;
             on_event(Event::EpochEnd(m));
         }
         Ok(())
     }
 
-    fn checkpoint(&mut self, m: &EpochMetrics) -> Result<()> {
+    fn checkpoint(&mut self, m: &EpochMetrics, ev: &Evaluation) -> Result<()> {
         let dir = &self.run_dir;
         let sd = weights::state_dict(&mut self.model)?;
         weights::write_safetensors(&dir.join("last.safetensors"), &sd)?;
@@ -558,79 +529,41 @@ impl Trainer {
         self.state.epochs_done = m.epoch;
         let rows: String = self.state.history.iter().map(|m| m.csv() + "\n").collect();
         write_atomic(&dir.join("metrics.csv"), format!("{METRICS_HEADER}\n{rows}").as_bytes())?;
+        plots::curves(&dir.join("curves.png"), &self.state.history)?;
+        plots::confusion(&dir.join("confusion.png"), &ev.confusion, &self.val.classes)?;
         // Last: this marks the epoch complete for --resume.
         write_json(&dir.join("state.json"), &self.state)
     }
 
     /// Loss, top-1/top-5 and the confusion matrix on the validation set.
     pub fn evaluate(&self) -> Result<Evaluation> {
-        let model = self.model.valid();
-        let dev = crate::default_device();
-        let order = data::epoch_order(self.val.len(), 0, 0, false);
-        let loader = Loader::new(
+        eval::evaluate(
+            &self.model.valid(),
             self.val.clone(),
-            order,
-            256,
             self.eval_prepare(),
-            0,
-            0,
+            self.config.in_channels,
             self.config.workers,
-        );
-        evaluate_batches(&model, loader, self.val.classes.len(), &dev, |b, d| {
-            self.batch_tensor(b, d)
-        })
+        )
     }
-}
-
-/// Evaluates a model over batches.
-pub fn evaluate_batches(
-    model: &ResNet,
-    loader: Loader,
-    classes: usize,
-    dev: &Device,
-    to_tensor: impl Fn(&data::Batch, &Device) -> Tensor<4>,
-) -> Result<Evaluation> {
-    let mut cm = vec![vec![0u64; classes]; classes];
-    let (mut loss, mut top1, mut top5, mut n, mut skipped) = (0f64, 0usize, 0usize, 0usize, 0usize);
-    for b in loader {
-        skipped += b.skipped.len();
-        if b.labels.is_empty() {
-            continue;
-        }
-        let logits = crate::classify::rows(model.forward(to_tensor(&b, dev))?)?;
-        for (row, &label) in logits.iter().zip(&b.labels) {
-            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-            loss += lse - row[label] as f64;
-            let mut idx: Vec<usize> = (0..row.len()).collect();
-            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            top1 += (idx[0] == label) as usize;
-            top5 += idx.iter().take(5).any(|&i| i == label) as usize;
-            cm[label][idx[0]] += 1;
-            n += 1;
-        }
-    }
-    let n = n.max(1) as f64;
-    Ok(Evaluation {
-        loss: loss / n,
-        top1: top1 as f64 / n,
-        top5: top5 as f64 / n,
-        confusion: cm,
-        skipped,
-    })
 }
 
 /// `config.json`: the settings plus what was derived (normalisation) and the versions.
 #[derive(Serialize, Deserialize)]
-struct RunFile {
-    config: TrainConfig,
-    mean: Vec<f32>,
-    std: Vec<f32>,
-    resnet_version: String,
-    burn_version: String,
+pub struct RunFile {
+    pub config: TrainConfig,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub resnet_version: String,
+    pub burn_version: String,
 }
 
 impl RunFile {
+    /// The run that wrote `weights` (its folder holds `config.json`), if any.
+    pub fn beside(weights: &Path) -> Option<RunFile> {
+        let text = std::fs::read_to_string(weights.parent()?.join("config.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     fn new(config: &TrainConfig, mean: &[f32], std: &[f32]) -> Self {
         RunFile {
             config: config.clone(),
