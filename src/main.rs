@@ -653,29 +653,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     };
     let spec = DataSpec::parse(&a.data);
     let ds = match &spec {
-        DataSpec::Idx(dir) => {
-            let names = if dir.to_string_lossy().to_lowercase().contains("fashion") {
-                resnet::train::FASHION_MNIST_LABELS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            } else {
-                vec![]
-            };
-            let find = |stem: &str| {
-                [format!("{stem}.gz"), stem.to_string()]
-                    .into_iter()
-                    .map(|n| dir.join(n))
-                    .find(|p| p.exists())
-            };
-            let (Some(i), Some(l)) = (find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte")) else {
-                bail!(
-                    "{} has no t10k-images-idx3-ubyte[.gz] / t10k-labels-idx1-ubyte[.gz]",
-                    dir.display()
-                );
-            };
-            resnet::data::read_idx(&i, &l, names)?
-        }
+        DataSpec::Idx(dir) => resnet::train::read_idx_split(dir, "t10k")?,
         DataSpec::Cifar(dir) => resnet::data::read_cifar(dir, false)?,
         DataSpec::Folder(dir) => {
             let dir = if dir.join("val").is_dir() {
@@ -730,27 +708,35 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         &a.out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
+    let mut out = std::io::stdout().lock();
     if a.format == Format::Json {
-        println!("{summary}");
+        writeln!(out, "{summary}")?;
     } else {
-        println!(
+        writeln!(
+            out,
             "{} images: top-1 {:.2}%  top-5 {:.2}%  loss {:.4}",
             result.samples,
             100.0 * result.top1,
             100.0 * result.top5,
             result.loss
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "{:<24} {:>9} {:>9} {:>9} {:>8}",
             "class", "precision", "recall", "f1", "support"
-        );
+        )?;
         for r in &report {
-            println!(
+            writeln!(
+                out,
                 "{:<24} {:>9.4} {:>9.4} {:>9.4} {:>8}",
                 r.class, r.precision, r.recall, r.f1, r.support
-            );
+            )?;
         }
-        println!("wrote {}/confusion.csv, confusion.png, summary.json", a.out.display());
+        writeln!(
+            out,
+            "wrote {}/confusion.csv, confusion.png, summary.json",
+            a.out.display()
+        )?;
     }
     if result.skipped > 0 {
         eprintln!("{} unreadable images were skipped", result.skipped);

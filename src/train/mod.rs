@@ -147,6 +147,28 @@ pub struct RunState {
     pub history: Vec<EpochMetrics>,
 }
 
+/// `PREFIX-images-idx3-ubyte[.gz]` and `PREFIX-labels-idx1-ubyte[.gz]` from an IDX folder
+/// (`train` or `t10k`); Fashion-MNIST's class names when the path names it.
+pub fn read_idx_split(dir: &Path, prefix: &str) -> Result<Dataset> {
+    let find = |stem: String| -> Result<PathBuf> {
+        [format!("{stem}.gz"), stem.clone()]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.exists())
+            .ok_or_else(|| Error::Dataset(format!("{} has no {stem}[.gz]", dir.display())))
+    };
+    let names: Vec<String> = if dir.to_string_lossy().to_lowercase().contains("fashion") {
+        FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    data::read_idx(
+        &find(format!("{prefix}-images-idx3-ubyte"))?,
+        &find(format!("{prefix}-labels-idx1-ubyte"))?,
+        names,
+    )
+}
+
 /// Train and validation sets, plus the split indices when one folder was split.
 pub struct Splits {
     pub train: Dataset,
@@ -158,28 +180,8 @@ pub struct Splits {
 pub fn load_data(c: &TrainConfig) -> Result<Splits> {
     match &c.data {
         DataSpec::Idx(dir) => {
-            let find = |stem: &str| -> Result<PathBuf> {
-                [format!("{stem}.gz"), stem.to_string()]
-                    .iter()
-                    .map(|n| dir.join(n))
-                    .find(|p| p.exists())
-                    .ok_or_else(|| Error::Dataset(format!("{} has no {stem}[.gz]", dir.display())))
-            };
-            let names: Vec<String> = if dir.to_string_lossy().to_lowercase().contains("fashion") {
-                FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect()
-            } else {
-                Vec::new()
-            };
-            let train = data::read_idx(
-                &find("train-images-idx3-ubyte")?,
-                &find("train-labels-idx1-ubyte")?,
-                names.clone(),
-            )?;
-            let val = data::read_idx(
-                &find("t10k-images-idx3-ubyte")?,
-                &find("t10k-labels-idx1-ubyte")?,
-                names,
-            )?;
+            let train = read_idx_split(dir, "train")?;
+            let val = read_idx_split(dir, "t10k")?;
             Ok(Splits {
                 train,
                 val,
