@@ -216,6 +216,25 @@ fn train_kill_resume_matches_uninterrupted_run() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // Fine-tuning with a frozen backbone changes fc only: weights and BN statistics stay put.
+    let ft = tmp.path().join("frozen");
+    let out = train_cmd(&data, &ft, 1, "0.05")
+        .args(["--weights", best.to_str().unwrap(), "--freeze-backbone"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = weights::read_state_dict(&best).unwrap();
+    let after = weights::read_state_dict(&ft.join("last.safetensors")).unwrap();
+    for k in [
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer3.2.bn2.running_var",
+        "layer2.0.conv2.weight",
+    ] {
+        assert_eq!(before[k], after[k], "{k} changed although frozen");
+    }
+    assert_ne!(before["fc.weight"], after["fc.weight"], "fc must train");
+
     // An existing run is never overwritten by a new one.
     let out = train_cmd(&data, &full, 3, "0.05").output().unwrap();
     assert!(!out.status.success());

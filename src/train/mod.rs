@@ -289,6 +289,7 @@ impl Trainer {
         )?;
         write_atomic(&run_dir.join("metrics.csv"), format!("{METRICS_HEADER}\n").as_bytes())?;
         t.load_initial_weights()?;
+        t.apply_freeze();
         Ok(t)
     }
 
@@ -303,6 +304,7 @@ impl Trainer {
         if !state_path.exists() {
             // Killed before the first epoch finished: start over from the initial weights.
             t.load_initial_weights()?;
+            t.apply_freeze();
             return Ok(t);
         }
         let s = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
@@ -310,6 +312,7 @@ impl Trainer {
         let name = t.config.model.clone();
         weights::load_file(&mut t.model, &run_dir.join("last.safetensors"), true, &name)?;
         t.optimizer.load(&run_dir.join("optimizer.safetensors"), &t.device)?;
+        t.apply_freeze();
         // metrics.csv may hold a row of an epoch whose checkpoint never completed.
         let rows: String = t.state.history.iter().map(|m| m.csv() + "\n").collect();
         write_atomic(
@@ -385,14 +388,15 @@ impl Trainer {
                 report: format!("{:?} {:?}", report.missing, report.mismatched),
             });
         }
-        if self.config.freeze_backbone {
-            self.freeze_backbone();
-        }
         Ok(())
     }
 
-    /// Trains only `fc`: the rest keeps its weights and BatchNorm statistics.
-    fn freeze_backbone(&mut self) {
+    /// With `--freeze-backbone`, trains only `fc`: the rest keeps its weights and BatchNorm
+    /// statistics. Called after weights are loaded, since loading makes fresh parameters.
+    fn apply_freeze(&mut self) {
+        if !self.config.freeze_backbone {
+            return;
+        }
         let m = &mut self.model;
         m.conv1 = m.conv1.clone().freeze();
         m.bn1 = m.bn1.clone().freeze();

@@ -133,10 +133,6 @@ struct Stepper<'a> {
     lr: f64,
 }
 
-fn is_bn_or_bias(key: &str, slot: &Slot<'_>) -> bool {
-    key.ends_with(".bias") || matches!(slot, Slot::Vector(_))
-}
-
 impl Stepper<'_> {
     fn update<const D: usize>(&mut self, key: &str, p: &mut Param<Tensor<D>>, decay: bool) {
         let Some(grad) = p.val().grad(self.grads) else {
@@ -194,7 +190,8 @@ impl Stepper<'_> {
 
 impl ParamVisitor for Stepper<'_> {
     fn visit(&mut self, key: &str, _shape: &[usize], slot: Slot<'_>) {
-        let decay = !(self.opt.config.no_wd_on_bn_bias && is_bn_or_bias(key, &slot));
+        // BN weights/biases and conv/fc biases are exactly the 1-D parameters.
+        let decay = !(self.opt.config.no_wd_on_bn_bias && matches!(slot, Slot::Vector(_)));
         match slot {
             Slot::Conv(p) => self.update(key, p, decay),
             Slot::Vector(p) => self.update(key, p, decay),
