@@ -295,6 +295,7 @@ impl ModelName {
         use BlockKind::*;
         use ModelName::*;
         let tv = ResNetConfig::imagenet;
+        let cifar = ResNetConfig::cifar;
         let grouped = |layers, groups, wpg| ResNetConfig {
             groups,
             width_per_group: wpg,
@@ -312,23 +313,19 @@ impl ModelName {
             Resnext50_32x4d => grouped([3, 4, 6, 3], 32, 4),
             Resnext101_32x8d => grouped([3, 4, 23, 3], 32, 8),
             Resnext101_64x4d => grouped([3, 4, 23, 3], 64, 4),
-            Resnet20 | Plain20 => self.cifar_config(3),
-            Resnet32 | Plain32 => self.cifar_config(5),
-            Resnet44 | Plain44 => self.cifar_config(7),
-            Resnet56 | Plain56 => self.cifar_config(9),
-            Resnet110 | Plain110 => self.cifar_config(18),
-            Resnet1202 => self.cifar_config(200),
+            Resnet20 => cifar(3),
+            Resnet32 => cifar(5),
+            Resnet44 => cifar(7),
+            Resnet56 => cifar(9),
+            Resnet110 => cifar(18),
+            Resnet1202 => cifar(200),
+            Plain20 => plain(cifar(3)),
+            Plain32 => plain(cifar(5)),
+            Plain44 => plain(cifar(7)),
+            Plain56 => plain(cifar(9)),
+            Plain110 => plain(cifar(18)),
             Plain18 => plain(tv(Basic, [2, 2, 2, 2])),
             Plain34 => plain(tv(Basic, [3, 4, 6, 3])),
-        }
-    }
-
-    fn cifar_config(self, n: usize) -> ResNetConfig {
-        let c = ResNetConfig::cifar(n);
-        if self.as_str().starts_with("plain") {
-            ResNetConfig { residual: false, ..c }
-        } else {
-            c
         }
     }
 

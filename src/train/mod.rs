@@ -138,6 +138,12 @@ impl EpochMetrics {
     }
 }
 
+/// `metrics.csv`: the header and one row per completed epoch (written whole, atomically).
+fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let rows: String = history.iter().map(|m| m.csv() + "\n").collect();
+    write_atomic(&dir.join("metrics.csv"), format!("{METRICS_HEADER}\n{rows}").as_bytes())
+}
+
 /// Progress saved after each completed epoch.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RunState {
@@ -287,7 +293,7 @@ impl Trainer {
             &run_dir.join("classes.txt"),
             (t.train.classes.join("\n") + "\n").as_bytes(),
         )?;
-        write_atomic(&run_dir.join("metrics.csv"), format!("{METRICS_HEADER}\n").as_bytes())?;
+        write_metrics(run_dir, &[])?;
         t.load_initial_weights()?;
         t.apply_freeze();
         Ok(t)
@@ -314,11 +320,7 @@ impl Trainer {
         t.optimizer.load(&run_dir.join("optimizer.safetensors"), &t.device)?;
         t.apply_freeze();
         // metrics.csv may hold a row of an epoch whose checkpoint never completed.
-        let rows: String = t.state.history.iter().map(|m| m.csv() + "\n").collect();
-        write_atomic(
-            &run_dir.join("metrics.csv"),
-            format!("{METRICS_HEADER}\n{rows}").as_bytes(),
-        )?;
+        write_metrics(run_dir, &t.state.history)?;
         Ok(t)
     }
 
@@ -533,8 +535,7 @@ impl Trainer {
         self.optimizer.save(&dir.join("optimizer.safetensors"))?;
         self.state.history.push(m.clone());
         self.state.epochs_done = m.epoch;
-        let rows: String = self.state.history.iter().map(|m| m.csv() + "\n").collect();
-        write_atomic(&dir.join("metrics.csv"), format!("{METRICS_HEADER}\n{rows}").as_bytes())?;
+        write_metrics(dir, &self.state.history)?;
         plots::curves(&dir.join("curves.png"), &self.state.history)?;
         plots::confusion(&dir.join("confusion.png"), &ev.confusion, &self.val.classes)?;
         // Last: this marks the epoch complete for --resume.
