@@ -15,6 +15,9 @@ use resnet::preprocess::{open_image, Resize, DEFAULT_MAX_PIXELS};
 use resnet::weights::{self, Weights};
 use resnet::{Classifier, Prediction};
 
+/// `--weights`' default: a built-in model's own weights, else torchvision's DEFAULT tag.
+const DEFAULT_WEIGHTS: &str = "DEFAULT";
+
 #[derive(Parser)]
 #[command(
     name = "resnet",
@@ -150,7 +153,7 @@ struct EvalArgs {
     #[arg(long, default_value = "resnet50")]
     model: String,
     /// A tag or a file; a file in a `resnet train` run folder brings the run's normalisation.
-    #[arg(long, default_value = "DEFAULT")]
+    #[arg(long, default_value = DEFAULT_WEIGHTS)]
     weights: String,
     /// DIR/<class>/… (or DIR/val/<class>/…), idx:DIR (its t10k files) or cifar10:DIR (test batch).
     #[arg(long)]
@@ -169,10 +172,13 @@ struct EvalArgs {
 
 #[derive(clap::Args)]
 struct ClassifyArgs {
+    /// A torchvision/paper architecture (resnet50, resnet20, …) or a built-in model
+    /// (fashion-mnist-resnet20, which works offline).
     #[arg(long, default_value = "resnet50")]
     model: String,
-    /// IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT, or a .pth/.safetensors file.
-    #[arg(long, default_value = "DEFAULT")]
+    /// IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT, or a .pth/.safetensors file; a file in a
+    /// `resnet train` run folder brings the run's preprocessing and classes.
+    #[arg(long, default_value = DEFAULT_WEIGHTS)]
     weights: String,
     /// Class names, one per line (default: ImageNet-1k, or CIFAR-10 for the CIFAR models).
     #[arg(long)]
@@ -362,9 +368,17 @@ struct JsonLine<'a> {
     predictions: &'a [Prediction],
 }
 
+/// `--model` and `--weights`: a built-in model's name brings its own weights unless others are named.
+fn model_and_weights(model: &str, weights: &str) -> Result<(ModelName, Weights)> {
+    match weights::bundled(model) {
+        Some(b) if weights == DEFAULT_WEIGHTS => Ok((b.arch, Weights::Bundled(b))),
+        Some(b) => Ok((b.arch, Weights::parse(weights)?)),
+        None => Ok((model.parse()?, Weights::parse(weights)?)),
+    }
+}
+
 fn classify(a: ClassifyArgs) -> Result<ExitCode> {
-    let name: ModelName = a.model.parse()?;
-    let weights = Weights::parse(&a.weights)?;
+    let (name, weights) = model_and_weights(&a.model, &a.weights)?;
     let resize = match (a.stretch, a.resize, a.crop) {
         (Some(n), _, _) => Some(Resize::Stretch { size: n }),
         (None, None, None) => None,
@@ -542,7 +556,8 @@ fn train_config(a: &TrainArgs) -> Result<resnet::train::TrainConfig> {
         } else {
             Augment::imagenet(input)
         },
-        eval_resize: input * 256 / 224,
+        // The CIFAR recipe trains on whole images, so eval takes them whole too (no zoom).
+        eval_resize: if cifar { input } else { input * 256 / 224 },
         eval_crop: input,
         in_channels: a.in_channels,
         mean_std: None,
@@ -631,25 +646,11 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
 }
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
-    use resnet::train::{eval as ev, plots, DataSpec, RunFile};
-    let name: ModelName = a.model.parse()?;
-    let weights = Weights::parse(&a.weights)?;
-    let run = match &weights {
-        Weights::File(p) => RunFile::beside(p),
-        _ => None,
-    };
-    let mut classes = match (&a.classes, &run) {
-        (Some(f), _) => Some(read_labels(f)?),
-        (None, Some(_)) => match &weights {
-            Weights::File(p) => p
-                .parent()
-                .map(|d| d.join("classes.txt"))
-                .filter(|f| f.exists())
-                .map(|f| read_labels(&f))
-                .transpose()?,
-            _ => None,
-        },
-        _ => None,
+    use resnet::train::{eval as ev, plots, DataSpec};
+    let (name, weights) = model_and_weights(&a.model, &a.weights)?;
+    let known = match &a.classes {
+        Some(f) => Some(read_labels(f)?),
+        None => resnet::classify::weights_meta(name, &weights)?.classes,
     };
     let spec = DataSpec::parse(&a.data);
     let ds = match &spec {
@@ -661,11 +662,11 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
             } else {
                 dir.clone()
             };
-            resnet::data::image_folder(&dir, classes.as_deref())?
+            resnet::data::image_folder(&dir, known.as_deref())?
         }
     };
     ds.check_nonempty("evaluation")?;
-    let classes = classes.take().unwrap_or_else(|| ds.classes.clone());
+    let classes = known.unwrap_or_else(|| ds.classes.clone());
     let opts = ClassifierOptions {
         labels: Some(classes.clone()),
         ..Default::default()
@@ -673,18 +674,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let clf = Classifier::build(name, weights.clone(), opts)?;
     let channels = clf.model().config.in_channels;
     let files = matches!(ds.items, resnet::data::Items::Files(_));
-    let prepare = match &run {
-        Some(r) => ev::prepare(
-            files.then(|| resnet::preprocess::Transform::imagenet(r.config.eval_resize, r.config.eval_crop)),
-            channels,
-            r.mean.clone(),
-            r.std.clone(),
-        ),
-        None => {
-            let t = clf.transform();
-            ev::prepare(files.then(|| t.clone()), channels, t.mean.clone(), t.std.clone())
-        }
-    };
+    let prepare = ev::prepare(clf.transform().clone(), files, channels);
     let bar = ProgressBar::new_spinner().with_message(format!("evaluating {} images", ds.len()));
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let result = ev::evaluate(clf.model(), std::sync::Arc::new(ds), prepare, channels, a.workers)?;

@@ -54,7 +54,7 @@ fn idx_plain_and_gzip() {
 fn fashion_mnist_test_set_from_debian() {
     let root = Path::new("/usr/share/datasets/fashion-mnist");
     assert!(root.is_dir(), "install Debian's dataset-fashion-mnist (.ci/run does)");
-    let classes = resnet::train::FASHION_MNIST_LABELS;
+    let classes = resnet::weights::FASHION_MNIST_LABELS;
     let ds = read_idx(
         &root.join("t10k-images-idx3-ubyte.gz"),
         &root.join("t10k-labels-idx1-ubyte.gz"),

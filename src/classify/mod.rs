@@ -134,32 +134,28 @@ impl Classifier {
 
     pub fn build(name: ModelName, weights: Weights, opts: ClassifierOptions<'_>) -> Result<Self> {
         let mut config = name.config();
-        let mut default_resize = 256;
-        let (state_dict, weights_path) = match &weights {
-            Weights::Random => (None, None),
-            Weights::File(p) => (Some(weights::read_state_dict(p)?), Some(p.clone())),
-            Weights::Tag(tag) => {
-                let release = hub::release(name, *tag)?;
-                default_resize = release.resize;
-                let mut noop = |_: u64, _: Option<u64>| {};
-                let progress = opts.on_download.unwrap_or(&mut noop);
-                let path = hub::fetch(release.url, &hub::cache_dir(), progress)?;
-                (Some(weights::read_state_dict(&path)?), Some(path))
-            }
-        };
+        let mut noop = |_: u64, _: Option<u64>| {};
+        let state_dict = weights.state_dict(name, opts.on_download.unwrap_or(&mut noop))?;
         if let Some(sd) = &state_dict {
             weights::fit_config(&mut config, sd);
         }
         let mut model = ResNet::new(&config, &opts.device)?;
         if let Some(sd) = state_dict {
-            let label = match &weights_path {
-                Some(p) => format!("{name} (from {})", p.display()),
-                None => name.to_string(),
+            let label = match &weights {
+                Weights::File(p) => format!("{name} (from {})", p.display()),
+                w => format!("{name} ({})", w.describe()),
             };
             weights::load_into(&mut model, sd, opts.strict, &label)?;
         }
-        let transform = default_transform(&config, default_resize, opts.resize);
-        let labels = match opts.labels {
+        let meta = weights_meta(name, &weights)?;
+        let mut transform = meta
+            .transform
+            .unwrap_or_else(|| default_transform(&config, weights::default_resize(name, &weights)));
+        if let Some(r) = opts.resize {
+            transform.resize = r;
+        }
+        transform.grayscale = config.in_channels == 1;
+        let labels = match opts.labels.or(meta.classes) {
             Some(l) => {
                 if l.len() != config.num_classes {
                     return Err(Error::Config(format!(
@@ -252,14 +248,40 @@ pub fn rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {
     Ok(v.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
 }
 
-fn default_transform(config: &ResNetConfig, resize: usize, over: Option<Resize>) -> Transform {
-    let t = match (over, config.stem) {
-        (Some(Resize::ShorterSide { resize, crop }), _) => Transform::imagenet(resize, crop),
-        (Some(Resize::Stretch { size }), _) => Transform::stretch(size),
-        (None, Stem::ImageNet) => Transform::imagenet(resize, 224),
-        (None, Stem::Cifar) => Transform::stretch(32),
-    };
-    t.with_grayscale(config.in_channels == 1)
+fn default_transform(config: &ResNetConfig, resize: usize) -> Transform {
+    match config.stem {
+        Stem::ImageNet => Transform::imagenet(resize, 224),
+        Stem::Cifar => Transform::stretch(32),
+    }
+}
+
+/// What weights say about their inputs and outputs, like torchvision's `weights.transforms()`
+/// and `weights.meta["categories"]`: a built-in model's own, or those of the `resnet train`
+/// run whose folder holds the file (its `config.json` and `classes.txt`).
+#[derive(Clone, Debug, Default)]
+pub struct WeightsMeta {
+    pub transform: Option<Transform>,
+    pub classes: Option<Vec<String>>,
+}
+
+pub fn weights_meta(name: ModelName, weights: &Weights) -> Result<WeightsMeta> {
+    Ok(match weights {
+        Weights::Bundled(b) => WeightsMeta {
+            transform: Some(Transform::imagenet(b.size, b.size).with_normalization(b.mean.to_vec(), b.std.to_vec())),
+            classes: Some(b.classes.iter().map(|s| s.to_string()).collect()),
+        },
+        Weights::File(p) => match crate::train::RunFile::beside(p) {
+            Some(run) if run.config.model == name.as_str() => {
+                let classes = p.parent().map(|d| d.join("classes.txt")).filter(|f| f.exists());
+                WeightsMeta {
+                    transform: Some(run.eval_transform()),
+                    classes: classes.as_deref().map(read_labels).transpose()?,
+                }
+            }
+            _ => WeightsMeta::default(),
+        },
+        _ => WeightsMeta::default(),
+    })
 }
 
 fn default_labels(config: &ResNetConfig) -> Vec<String> {

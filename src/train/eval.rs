@@ -80,22 +80,22 @@ impl Evaluation {
     }
 }
 
-/// The eval preparation: for decoded files, resize and crop first (`transform`); in-memory
-/// images are used at their size. Then normalise to `channels` channels.
-pub fn prepare(transform: Option<Transform>, channels: usize, mean: Vec<f32>, std: Vec<f32>) -> Prepare {
-    Arc::new(move |px: &Pixels, _| match &transform {
-        Some(t) => {
-            let img = image::RgbImage::from_raw(px.width as u32, px.height as u32, px.data.clone()).unwrap_or_default();
-            let out = t.resize_and_crop(&img);
-            let p = Pixels {
-                width: out.width() as usize,
-                height: out.height() as usize,
-                channels: 3,
-                data: out.into_raw(),
-            };
-            to_chw(&p, channels, &mean, &std)
+/// The eval preparation: decoded files (`files`) are resized and cropped by `t` first;
+/// in-memory images (IDX, CIFAR) are used at their size. Then `t` normalises to `channels`.
+pub fn prepare(t: Transform, files: bool, channels: usize) -> Prepare {
+    Arc::new(move |px: &Pixels, _| {
+        if !files {
+            return to_chw(px, channels, &t.mean, &t.std);
         }
-        None => to_chw(px, channels, &mean, &std),
+        let img = image::RgbImage::from_raw(px.width as u32, px.height as u32, px.data.clone()).unwrap_or_default();
+        let out = t.resize_and_crop(&img);
+        let p = Pixels {
+            width: out.width() as usize,
+            height: out.height() as usize,
+            channels: 3,
+            data: out.into_raw(),
+        };
+        to_chw(&p, channels, &t.mean, &t.std)
     })
 }
 

@@ -25,7 +25,7 @@ use crate::data::{self, Dataset, Loader, Prepare};
 use crate::error::{io_err, Error, Result};
 use crate::model::{ModelName, ResNet};
 use crate::preprocess::{to_chw, Augment, Transform};
-use crate::weights::{self, write_atomic};
+use crate::weights::{self, write_atomic, FASHION_MNIST_LABELS};
 
 /// Where the data comes from (`--data`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,20 +51,6 @@ impl DataSpec {
         }
     }
 }
-
-/// Fashion-MNIST's class names, used for IDX folders whose path names it.
-pub const FASHION_MNIST_LABELS: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
 
 /// Every setting of a run; saved as `config.json` and reused by `--resume`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,6 +98,15 @@ pub enum Event {
         epoch: usize,
     },
     EpochEnd(EpochMetrics),
+}
+
+impl TrainConfig {
+    /// Resize the shorter side, centre-crop, normalise; grey for 1-channel models.
+    pub fn eval_transform(&self, mean: &[f32], std: &[f32]) -> Transform {
+        Transform::imagenet(self.eval_resize, self.eval_crop)
+            .with_normalization(mean.to_vec(), std.to_vec())
+            .with_grayscale(self.in_channels == 1)
+    }
 }
 
 /// One row of `metrics.csv`.
@@ -368,15 +363,9 @@ impl Trainer {
             return Ok(());
         };
         let name: ModelName = self.config.model.parse()?;
-        let path = match weights::Weights::parse(&w)? {
-            weights::Weights::File(p) => p,
-            weights::Weights::Tag(tag) => {
-                let r = weights::hub::release(name, tag)?;
-                weights::hub::fetch(r.url, &weights::hub::cache_dir(), &mut |_, _| {})?
-            }
-            weights::Weights::Random => return Ok(()),
+        let Some(mut sd) = weights::Weights::parse(&w)?.state_dict(name, &mut |_, _| {})? else {
+            return Ok(());
         };
-        let mut sd = weights::read_state_dict(&path)?;
         // A new head for new classes: keep our freshly initialised fc.
         let classes = self.train.classes.len();
         if sd.get("fc.weight").is_some_and(|t| t.shape.first() != Some(&classes)) {
@@ -424,13 +413,8 @@ impl Trainer {
 
     fn eval_prepare(&self) -> Prepare {
         let files = matches!(self.val.items, data::Items::Files(_));
-        let t = Transform::imagenet(self.config.eval_resize, self.config.eval_crop);
-        eval::prepare(
-            files.then_some(t),
-            self.config.in_channels,
-            self.mean.clone(),
-            self.std.clone(),
-        )
+        let t = self.config.eval_transform(&self.mean, &self.std);
+        eval::prepare(t, files, self.config.in_channels)
     }
 
     /// Runs the remaining epochs, reporting through `on_event`.
@@ -569,6 +553,11 @@ impl RunFile {
     pub fn beside(weights: &Path) -> Option<RunFile> {
         let text = std::fs::read_to_string(weights.parent()?.join("config.json")).ok()?;
         serde_json::from_str(&text).ok()
+    }
+
+    /// The eval transform the run validated with, for classifying files with its weights.
+    pub fn eval_transform(&self) -> Transform {
+        self.config.eval_transform(&self.mean, &self.std)
     }
 
     fn new(config: &TrainConfig, mean: &[f32], std: &[f32]) -> Self {

@@ -38,15 +38,20 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 /// Reads a `.pth` or `.safetensors` file, picked by its first bytes.
 pub fn read_state_dict(path: &Path) -> Result<StateDict> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
+    parse_state_dict(path, &bytes)
+}
+
+/// [`read_state_dict`] on bytes already in memory; `path` only names them in errors.
+pub fn parse_state_dict(path: &Path, bytes: &[u8]) -> Result<StateDict> {
     if bytes.starts_with(b"PK\x03\x04") {
-        read_pth(path, &bytes)
+        read_pth(path, bytes)
     } else if bytes.len() >= 2 && bytes[0] == 0x80 && bytes[1] <= 5 {
         Err(bad(
             path,
             "this is torch's legacy (pre-1.6) format; re-save it with torch>=1.6: torch.save(torch.load(f), f)",
         ))
     } else {
-        read_safetensors(path, &bytes)
+        read_safetensors(path, bytes)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Weights: files (`.pth`, `.safetensors`), torchvision's tags and their download, and the
 //! strict key/shape check between a [`StateDict`] and a model.
 
+mod bundled;
 mod files;
 pub mod hub;
 mod pickle;
@@ -10,7 +11,8 @@ use std::path::{Path, PathBuf};
 use burn::module::{Param, RunningState};
 use burn::prelude::*;
 
-pub use files::{read_state_dict, write_atomic, write_safetensors, StateDict, TorchTensor, Values};
+pub use bundled::{bundled, Bundled, BUNDLED, FASHION_MNIST_LABELS};
+pub use files::{parse_state_dict, read_state_dict, write_atomic, write_safetensors, StateDict, TorchTensor, Values};
 pub use hub::WeightTag;
 
 use crate::error::{Error, Result};
@@ -25,6 +27,8 @@ pub enum Weights {
     Tag(WeightTag),
     /// A local `.pth` or `.safetensors` file with torchvision keys.
     File(PathBuf),
+    /// Weights built into the binary (`fashion-mnist-resnet20`).
+    Bundled(&'static Bundled),
 }
 
 #[allow(non_upper_case_globals)]
@@ -33,10 +37,13 @@ impl Weights {
     pub const ImageNet1kV2: Weights = Weights::Tag(WeightTag::ImageNet1kV2);
     pub const Default: Weights = Weights::Tag(WeightTag::Default);
 
-    /// Parses a CLI value: a tag name, or else a file path.
+    /// Parses a CLI value: a tag name, a built-in model's name, or else a file path.
     pub fn parse(s: &str) -> Result<Weights> {
         if let Ok(tag) = s.parse::<WeightTag>() {
             return Ok(Weights::Tag(tag));
+        }
+        if let Some(b) = bundled(s) {
+            return Ok(Weights::Bundled(b));
         }
         if s.eq_ignore_ascii_case("random") || s.eq_ignore_ascii_case("none") {
             return Ok(Weights::Random);
@@ -55,7 +62,22 @@ impl Weights {
             Weights::Random => "random".into(),
             Weights::Tag(t) => t.as_str().into(),
             Weights::File(p) => p.display().to_string(),
+            Weights::Bundled(b) => b.name.into(),
         }
+    }
+
+    /// The state dict these weights name for `model`, downloading a tag if needed (`progress`
+    /// sees the bytes); `None` for random weights.
+    pub fn state_dict(&self, model: ModelName, progress: hub::Progress<'_>) -> Result<Option<StateDict>> {
+        Ok(Some(match self {
+            Weights::Random => return Ok(None),
+            Weights::File(p) => read_state_dict(p)?,
+            Weights::Tag(tag) => {
+                let path = hub::fetch(hub::release(model, *tag)?.url, &hub::cache_dir(), progress)?;
+                read_state_dict(&path)?
+            }
+            Weights::Bundled(b) => parse_state_dict(Path::new(b.name), b.safetensors)?,
+        }))
     }
 }
 
