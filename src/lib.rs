@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod model;
 pub mod preprocess;

@@ -15,6 +15,9 @@ use resnet::preprocess::{open_image, Resize, DEFAULT_MAX_PIXELS};
 use resnet::weights::{self, Weights};
 use resnet::{Classifier, Prediction};
 
+#[path = "cli/bench.rs"]
+mod bench;
+
 /// `--weights`' default: a built-in model's own weights, else torchvision's DEFAULT tag.
 const DEFAULT_WEIGHTS: &str = "DEFAULT";
 
@@ -50,6 +53,8 @@ enum Command {
     Train(Box<TrainArgs>),
     /// Evaluate on a labelled set: top-1/top-5, per-class precision/recall/F1, confusion matrix.
     Eval(EvalArgs),
+    /// Inference latency per model and batch size (median, min, max), GFLOP/s and peak RSS.
+    Bench(bench::BenchArgs),
     /// Convert a .pth or .safetensors state dict to .safetensors with torchvision keys.
     Convert {
         #[arg(long, default_value = "resnet50")]
@@ -60,6 +65,12 @@ enum Command {
         #[arg(long)]
         non_strict: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum EngineKind {
+    Fast,
+    Burn,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -168,6 +179,12 @@ struct EvalArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Inference threads (default: RAYON_NUM_THREADS, else every core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// `fast`: the CPU engine (BN folded, fused, AVX-512 when present); `burn`: the reference path.
+    #[arg(long, value_enum, default_value = "fast")]
+    engine: EngineKind,
 }
 
 #[derive(clap::Args)]
@@ -207,6 +224,12 @@ struct ClassifyArgs {
     /// Load only the weights that fit the model instead of failing on a mismatch.
     #[arg(long)]
     non_strict: bool,
+    /// Inference threads (default: RAYON_NUM_THREADS, else every core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// `fast`: the CPU engine (BN folded, fused, AVX-512 when present); `burn`: the reference path.
+    #[arg(long, value_enum, default_value = "fast")]
+    engine: EngineKind,
     #[arg(required = true)]
     inputs: Vec<String>,
 }
@@ -218,6 +241,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify(args),
         Command::Train(args) => train(*args),
         Command::Eval(args) => eval(args),
+        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Convert {
             model,
             input,
@@ -310,7 +334,7 @@ fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -394,6 +418,8 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
         resize,
         labels,
         on_download: Some(&mut on_download),
+        engine: a.engine == EngineKind::Fast,
+        threads: a.threads,
         ..Default::default()
     };
     let clf = Classifier::build(name, weights, opts)?.with_max_pixels(a.max_pixels);
@@ -669,15 +695,17 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let classes = known.unwrap_or_else(|| ds.classes.clone());
     let opts = ClassifierOptions {
         labels: Some(classes.clone()),
+        engine: a.engine == EngineKind::Fast,
+        threads: a.threads,
         ..Default::default()
     };
     let clf = Classifier::build(name, weights.clone(), opts)?;
-    let channels = clf.model().config.in_channels;
+    let channels = clf.config().in_channels;
     let files = matches!(ds.items, resnet::data::Items::Files(_));
     let prepare = ev::prepare(clf.transform().clone(), files, channels);
     let bar = ProgressBar::new_spinner().with_message(format!("evaluating {} images", ds.len()));
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let result = ev::evaluate(clf.model(), std::sync::Arc::new(ds), prepare, channels, a.workers)?;
+    let result = ev::evaluate(&clf, std::sync::Arc::new(ds), prepare, channels, a.workers)?;
     bar.finish_and_clear();
     let report = result.per_class(&classes);
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use burn::prelude::*;
+use resnet::classify::Logits;
 use resnet::preprocess::{open_image, to_chw, DEFAULT_MAX_PIXELS};
 use resnet::train::RunFile;
 use resnet::weights::{bundled, Bundled};
@@ -117,10 +117,7 @@ fn built_in() -> Classifier {
 /// Logits for test image `index`, straight from the IDX bytes.
 fn idx_logits(clf: &Classifier, test: &resnet::data::Dataset, index: usize) -> Vec<f32> {
     let chw = to_chw(&test.pixels(index).unwrap(), 1, model().mean, model().std);
-    let x = Tensor::<4>::from_data(TensorData::new(chw, [1, 1, 28, 28]), clf.device());
-    resnet::classify::rows(clf.model().forward(x).unwrap())
-        .unwrap()
-        .remove(0)
+    clf.logits_nchw(chw, [1, 1, 28, 28]).unwrap().remove(0)
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -142,7 +139,7 @@ fn built_in_model_scores_what_its_run_recorded_on_the_test_set() {
     let test = Arc::new(fashion_test_set());
     let clf = built_in();
     let t = clf.transform().clone();
-    let ev = resnet::train::eval::evaluate(clf.model(), test, resnet::train::eval::prepare(t, false, 1), 1, 2).unwrap();
+    let ev = resnet::train::eval::evaluate(&clf, test, resnet::train::eval::prepare(t, false, 1), 1, 2).unwrap();
     let run = root().join("runs/fashion-mnist-resnet20");
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let recorded = metrics

@@ -44,6 +44,14 @@ fn check(case: &str) {
         (want.iter().map(|v| v * v).sum::<f32>() / want.len() as f32).sqrt()
     );
     assert!(rel < 1e-4, "{case}: relative L2 error {rel:e} ≥ 1e-4");
+
+    // The fast CPU engine, on the same weights and input.
+    let engine = resnet::engine::Engine::new(&config, &det_state_dict(&mut model), 0).unwrap();
+    let x = &reference[entry["input"].as_str().unwrap()].1;
+    let y = engine.forward(x, [1, shape[0], shape[1], shape[2]]).unwrap();
+    let rel = rel_l2(&y, want);
+    println!("{case} engine: rel L2 {rel:.2e}, max |Δ| {:.2e}", max_abs(&y, want));
+    assert!(rel < 1e-4, "{case} engine: relative L2 error {rel:e} ≥ 1e-4");
     assert_eq!(
         entry["params"].as_u64().unwrap(),
         config.complexity(32, 32).params,

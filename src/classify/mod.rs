@@ -11,6 +11,7 @@ use serde::Serialize;
 
 pub use annotate::annotate;
 
+use crate::engine::Engine;
 use crate::error::{io_err, Error, Result};
 use crate::model::{ModelName, ResNet, ResNetConfig, Stem};
 use crate::preprocess::{open_image, Resize, Transform, DEFAULT_MAX_PIXELS};
@@ -82,6 +83,10 @@ pub struct ClassifierOptions<'a> {
     pub device: Device,
     /// Called while a weights tag downloads: `(bytes, total)`.
     pub on_download: Option<hub::Progress<'a>>,
+    /// Run on the fast CPU engine when the device is the CPU (default `true`).
+    pub engine: bool,
+    /// The engine's threads: 0 means `RAYON_NUM_THREADS`, else every core.
+    pub threads: usize,
 }
 
 impl Default for ClassifierOptions<'_> {
@@ -92,6 +97,8 @@ impl Default for ClassifierOptions<'_> {
             labels: None,
             device: crate::default_device(),
             on_download: None,
+            engine: true,
+            threads: 0,
         }
     }
 }
@@ -117,7 +124,10 @@ impl Default for ClassifierOptions<'_> {
 /// # Ok::<(), resnet::Error>(())
 /// ```
 pub struct Classifier {
-    model: ResNet,
+    /// The burn model: the reference path, and the one GPU backends run.
+    model: Option<ResNet>,
+    /// The fast CPU engine, used instead of `model` on the CPU backend.
+    engine: Option<Engine>,
     name: ModelName,
     weights: Weights,
     transform: Transform,
@@ -139,14 +149,24 @@ impl Classifier {
         if let Some(sd) = &state_dict {
             weights::fit_config(&mut config, sd);
         }
+        let label = match &weights {
+            Weights::File(p) => format!("{name} (from {})", p.display()),
+            w => format!("{name} ({})", w.describe()),
+        };
         let mut model = ResNet::new(&config, &opts.device)?;
-        if let Some(sd) = state_dict {
-            let label = match &weights {
-                Weights::File(p) => format!("{name} (from {})", p.display()),
-                w => format!("{name} ({})", w.describe()),
-            };
+        let sd = match state_dict {
+            Some(sd) => sd,
+            None => weights::state_dict(&mut model)?,
+        };
+        // The engine needs every weight; a non-strict load with gaps stays on the burn model.
+        let complete = weights::check_keys(&mut model, &sd, opts.strict, &label)?.is_exact();
+        let (model, engine) = if opts.engine && on_cpu(&opts.device) && complete {
+            drop(model);
+            (None, Some(Engine::new(&config, &sd, opts.threads)?))
+        } else {
             weights::load_into(&mut model, sd, opts.strict, &label)?;
-        }
+            (Some(model), None)
+        };
         let meta = weights_meta(name, &weights)?;
         let mut transform = meta
             .transform
@@ -170,6 +190,7 @@ impl Classifier {
         };
         Ok(Classifier {
             model,
+            engine,
             name,
             weights,
             transform,
@@ -185,11 +206,20 @@ impl Classifier {
         self
     }
 
-    pub fn model(&self) -> &ResNet {
-        &self.model
+    /// The burn model, when the classifier runs on it (GPU backends, or `engine: false`).
+    pub fn model(&self) -> Option<&ResNet> {
+        self.model.as_ref()
     }
-    pub fn model_mut(&mut self) -> &mut ResNet {
-        &mut self.model
+    /// The fast CPU engine, when the classifier runs on it (the default on CPU).
+    pub fn engine(&self) -> Option<&Engine> {
+        self.engine.as_ref()
+    }
+    pub fn config(&self) -> &ResNetConfig {
+        match (&self.engine, &self.model) {
+            (Some(e), _) => e.config(),
+            (None, Some(m)) => &m.config,
+            (None, None) => unreachable!("a classifier has a model or an engine"),
+        }
     }
     pub fn name(&self) -> ModelName {
         self.name
@@ -223,8 +253,8 @@ impl Classifier {
         if imgs.is_empty() {
             return Ok(Vec::new());
         }
-        let x = self.transform.batch(imgs, &self.device);
-        rows(self.model.forward(x)?)
+        let (x, dims) = self.transform.batch_values(imgs);
+        self.logits_nchw(x, dims)
     }
 
     /// Pooled features (the fc input), one row per image: image embeddings.
@@ -232,8 +262,58 @@ impl Classifier {
         if imgs.is_empty() {
             return Ok(Vec::new());
         }
-        let x = self.transform.batch(imgs, &self.device);
-        rows(self.model.forward_features(x)?)
+        let (x, dims) = self.transform.batch_values(imgs);
+        match (&self.engine, &self.model) {
+            (Some(e), _) => Ok(split_rows(e.forward_features(&x, dims)?, e.config().feature_dim())),
+            (None, Some(m)) => rows(m.forward_features(Tensor::from_data(TensorData::new(x, dims), &self.device))?),
+            (None, None) => unreachable!("a classifier has a model or an engine"),
+        }
+    }
+}
+
+/// Logits from already-preprocessed NCHW values.
+pub trait Logits {
+    fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>>;
+}
+
+impl Logits for Classifier {
+    fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>> {
+        match (&self.engine, &self.model) {
+            (Some(e), _) => e.logits_nchw(x, dims),
+            (None, Some(m)) => m.logits_nchw(x, dims),
+            (None, None) => unreachable!("a classifier has a model or an engine"),
+        }
+    }
+}
+
+impl Logits for Engine {
+    fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>> {
+        Ok(split_rows(self.forward(&x, dims)?, self.config().num_classes))
+    }
+}
+
+/// On the model's own device (a GPU backend's too).
+impl Logits for ResNet {
+    fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>> {
+        let dev = self.conv1.weight.val().device();
+        rows(self.forward(Tensor::from_data(TensorData::new(x, dims), &dev))?)
+    }
+}
+
+fn split_rows(v: Vec<f32>, k: usize) -> Vec<Vec<f32>> {
+    v.chunks(k.max(1)).map(<[f32]>::to_vec).collect()
+}
+
+/// Whether `dev` is burn's CPU backend, where the fast engine replaces it.
+fn on_cpu(dev: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        *dev == Device::flex()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = dev;
+        false
     }
 }
 

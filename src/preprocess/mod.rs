@@ -128,12 +128,18 @@ impl Transform {
 
     /// A `[N, C, H, W]` batch.
     pub fn batch(&self, imgs: &[RgbImage], device: &Device) -> Tensor<4> {
+        let (data, dims) = self.batch_values(imgs);
+        Tensor::from_data(TensorData::new(data, dims), device)
+    }
+
+    /// [`Transform::batch`] as plain NCHW values and their `[n, c, h, w]`.
+    pub fn batch_values(&self, imgs: &[RgbImage]) -> (Vec<f32>, [usize; 4]) {
         let (h, w) = self.output_size();
         let mut data = Vec::with_capacity(imgs.len() * self.channels() * h * w);
         for img in imgs {
             data.extend(self.apply(img));
         }
-        Tensor::from_data(TensorData::new(data, [imgs.len(), self.channels(), h, w]), device)
+        (data, [imgs.len(), self.channels(), h, w])
     }
 }
 

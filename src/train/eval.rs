@@ -6,9 +6,9 @@ use std::sync::Arc;
 use burn::prelude::*;
 use serde::Serialize;
 
+use crate::classify::Logits;
 use crate::data::{self, Batch, Dataset, Loader, Pixels, Prepare};
 use crate::error::Result;
-use crate::model::ResNet;
 use crate::preprocess::{to_chw, Transform};
 
 /// Evaluation results.
@@ -99,26 +99,26 @@ pub fn prepare(t: Transform, files: bool, channels: usize) -> Prepare {
     })
 }
 
-/// A batch as a `[n, c, h, w]` tensor (square images).
-pub fn batch_tensor(b: &Batch, channels: usize, device: &Device) -> Tensor<4> {
-    let n = b.labels.len();
+/// A batch's `[n, c, h, w]` (square images).
+pub fn batch_dims(b: &Batch, channels: usize) -> [usize; 4] {
     let hw = b.sample_len / channels.max(1);
     let side = (hw as f64).sqrt().round() as usize;
-    Tensor::from_data(
-        TensorData::new(b.images.clone(), [n, channels, side, hw / side.max(1)]),
-        device,
-    )
+    [b.labels.len(), channels, side, hw / side.max(1)]
 }
 
-/// Runs `model` (in eval mode) over the whole dataset.
+/// A batch as a `[n, c, h, w]` tensor.
+pub fn batch_tensor(b: &Batch, channels: usize, device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(b.images.clone(), batch_dims(b, channels)), device)
+}
+
+/// Runs `model` (a burn model in eval mode, the fast engine or a classifier) over the whole dataset.
 pub fn evaluate(
-    model: &ResNet,
+    model: &dyn Logits,
     ds: Arc<Dataset>,
     prepare: Prepare,
     channels: usize,
     workers: usize,
 ) -> Result<Evaluation> {
-    let dev = crate::default_device();
     let classes = ds.classes.len();
     let order = data::epoch_order(ds.len(), 0, 0, false);
     let loader = Loader::new(ds, order, 256, prepare, 0, 0, workers);
@@ -129,7 +129,8 @@ pub fn evaluate(
         if b.labels.is_empty() {
             continue;
         }
-        let logits = crate::classify::rows(model.forward(batch_tensor(&b, channels, &dev))?)?;
+        let dims = batch_dims(&b, channels);
+        let logits = model.logits_nchw(b.images, dims)?;
         for (row, &label) in logits.iter().zip(&b.labels) {
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;

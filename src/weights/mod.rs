@@ -198,6 +198,41 @@ pub fn load_into(model: &mut ResNet, mut sd: StateDict, strict: bool, model_name
     Ok(report)
 }
 
+/// The key and shape check of [`load_into`] without loading anything (the model's parameters
+/// stay uninitialised): for runners that take the state dict themselves.
+pub fn check_keys(model: &mut ResNet, sd: &StateDict, strict: bool, model_name: &str) -> Result<LoadReport> {
+    struct Checker<'a>(&'a StateDict, LoadReport, std::collections::BTreeSet<&'a str>);
+    impl<'a> ParamVisitor for Checker<'a> {
+        fn visit(&mut self, key: &str, shape: &[usize], slot: Slot<'_>) {
+            match self.0.get_key_value(key) {
+                None if matches!(slot, Slot::BatchCounter) => {}
+                None => self.1.missing.push(key.to_string()),
+                Some((k, t)) => {
+                    self.2.remove(k.as_str());
+                    if t.shape != shape {
+                        self.1
+                            .mismatched
+                            .push((key.to_string(), shape.to_vec(), t.shape.clone()));
+                    } else {
+                        self.1.loaded += 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut c = Checker(sd, LoadReport::default(), sd.keys().map(String::as_str).collect());
+    model.visit_params(&mut c);
+    let mut report = c.1;
+    report.unexpected = c.2.into_iter().map(str::to_string).collect();
+    if strict && !report.is_exact() {
+        return Err(Error::KeyMismatch {
+            model: model_name.to_string(),
+            report: report.render(),
+        });
+    }
+    Ok(report)
+}
+
 /// Reads a file and loads it into the model (see [`load_into`]).
 pub fn load_file(model: &mut ResNet, path: &Path, strict: bool, model_name: &str) -> Result<LoadReport> {
     load_into(model, read_state_dict(path)?, strict, model_name)

@@ -1,0 +1,153 @@
+//! `resnet bench`: inference latency per model and batch size, on random weights.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use resnet::engine::Engine;
+use resnet::model::ModelName;
+use resnet::{weights, ResNet};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Models, comma-separated.
+    #[arg(long, default_value = "resnet50,resnet18", value_delimiter = ',')]
+    pub model: Vec<String>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, default_value = "1,8", value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Worker threads (default: RAYON_NUM_THREADS, else every core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Input side (square).
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    /// Timed runs per case, after two warm-up runs.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// `fast` (the CPU engine), `burn` (the reference path) or both.
+    #[arg(long, default_value = "fast", value_delimiter = ',')]
+    pub engine: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    model: String,
+    engine: String,
+    batch: usize,
+    size: usize,
+    threads: usize,
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    ms_per_image: f64,
+    gflops: f64,
+    peak_rss_mb: f64,
+}
+
+/// Peak resident memory so far (Linux `VmHWM`), in MB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn time(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut v = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if !a.json {
+        println!(
+            "{:<16} {:>6} {:>5} {:>5} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>8} {:>8}",
+            "model", "engine", "batch", "size", "threads", "median ms", "min", "max", "ms/img", "GFLOP/s", "RSS MB"
+        );
+    }
+    for m in &a.model {
+        let name: ModelName = m.parse()?;
+        let config = name.config();
+        let dev = resnet::default_device();
+        let mut reference = ResNet::new(&config, &dev)?;
+        let sd = weights::state_dict(&mut reference)?;
+        let flops = 2.0 * config.complexity(a.size, a.size).macs as f64;
+        for engine in &a.engine {
+            let fast = match engine.as_str() {
+                "fast" => Some(Engine::new(&config, &sd, a.threads)?),
+                "burn" => None,
+                e => anyhow::bail!("unknown engine {e}; use fast or burn"),
+            };
+            let threads = fast.as_ref().map_or(rayon::current_num_threads(), Engine::threads);
+            for &batch in &a.batch {
+                let dims = [batch, config.in_channels, a.size, a.size];
+                let x: Vec<f32> = (0..dims.iter().product::<usize>())
+                    .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                    .collect();
+                let times = match &fast {
+                    Some(e) => time(a.iters, || {
+                        std::hint::black_box(e.forward(&x, dims)?);
+                        Ok(())
+                    })?,
+                    None => {
+                        use burn::prelude::*;
+                        let t = Tensor::<4>::from_data(TensorData::new(x.clone(), dims), &dev);
+                        time(a.iters, || {
+                            std::hint::black_box(reference.forward(t.clone())?.into_data());
+                            Ok(())
+                        })?
+                    }
+                };
+                let median = times[times.len() / 2];
+                let row = Row {
+                    model: m.clone(),
+                    engine: engine.clone(),
+                    batch,
+                    size: a.size,
+                    threads,
+                    median_ms: median,
+                    min_ms: times[0],
+                    max_ms: times[times.len() - 1],
+                    ms_per_image: median / batch as f64,
+                    gflops: flops * batch as f64 / (median * 1e6),
+                    peak_rss_mb: peak_rss_mb(),
+                };
+                if a.json {
+                    println!("{}", serde_json::to_string(&row)?);
+                } else {
+                    println!(
+                        "{:<16} {:>6} {:>5} {:>5} {:>7} | {:>9.2} {:>9.2} {:>9.2} {:>9.2} | {:>8.1} {:>8.0}",
+                        row.model,
+                        row.engine,
+                        row.batch,
+                        row.size,
+                        row.threads,
+                        row.median_ms,
+                        row.min_ms,
+                        row.max_ms,
+                        row.ms_per_image,
+                        row.gflops,
+                        row.peak_rss_mb
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! Convolutions on NHWC activations as GEMMs over output pixels:
+//! `out[pixel, cout] = patch[pixel, (ky, kx, cin)] · W[(ky, kx, cin), cout]`.
+//!
+//! A stride-1 1×1 conv reads its input rows in place (no im2col); every other conv gathers the
+//! patches of a block of output pixels into a per-thread buffer that stays in L2, then runs the
+//! kernel on it. Work is split over pixel blocks and, when they are few (batch 1, late stages),
+//! over column panels too, so both threads stay busy.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::kernel::{self, Epilogue, Kernel, PackedB};
+
+/// A conv's geometry, as `nn.Conv2d` takes it (padding is `dilation · (k - 1) / 2`).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+impl ConvSpec {
+    pub fn new(cin: usize, cout: usize, k: usize, stride: usize) -> Self {
+        ConvSpec {
+            cin,
+            cout,
+            k,
+            stride,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+}
+
+/// A BatchNorm's `(weight, bias, running_mean, running_var)`.
+pub type BnStats<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32]);
+
+/// A conv with its BatchNorm folded in, weights packed per group.
+pub struct Conv {
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub dilation: usize,
+    pub groups: usize,
+    /// One per group: `[k·k·cin/groups, cout/groups]`.
+    pub weights: Vec<PackedB>,
+    pub bias: Vec<f32>,
+}
+
+/// An NHWC activation's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Shape {
+    pub fn len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn pixels(&self) -> usize {
+        self.n * self.h * self.w
+    }
+}
+
+/// `RESNET_PROFILE=1` prints each conv's time and GFLOP/s to stderr (read once).
+fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("RESNET_PROFILE").is_some())
+}
+
+thread_local! {
+    /// Each thread's patch buffer, grown once and reused by every later conv and call.
+    static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Raw pointers shared across the worker threads; every task writes disjoint rows/columns.
+#[derive(Clone, Copy)]
+struct Ptr<T>(T);
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+
+impl Conv {
+    /// From torch's `[cout, cin/groups, k, k]` weight and the BN that follows it.
+    pub fn fold(
+        weight: &[f32],
+        spec: ConvSpec,
+        bn: Option<BnStats<'_>>,
+        conv_bias: Option<&[f32]>,
+        kernel: Kernel,
+    ) -> Self {
+        let ConvSpec {
+            cin,
+            cout,
+            k,
+            stride,
+            dilation,
+            groups,
+        } = spec;
+        let (cin_g, cout_g) = (cin / groups, cout / groups);
+        let kk = k * k * cin_g;
+        // BN(eval): y = (x - mean) / sqrt(var + eps) · γ + β  =  x · s + (β - mean · s).
+        let mut scale = vec![1f64; cout];
+        let mut bias = vec![0f64; cout];
+        if let Some(b) = conv_bias {
+            bias.iter_mut().zip(b).for_each(|(o, &v)| *o = v as f64);
+        }
+        if let Some((gamma, beta, mean, var)) = bn {
+            for o in 0..cout {
+                let s = gamma[o] as f64 / (var[o] as f64 + 1e-5).sqrt();
+                scale[o] = s;
+                bias[o] = (bias[o] - mean[o] as f64) * s + beta[o] as f64;
+            }
+        }
+        let weights = (0..groups)
+            .map(|g| {
+                let mut b = vec![0f32; kk * cout_g];
+                for oc in 0..cout_g {
+                    let o = g * cout_g + oc;
+                    for ic in 0..cin_g {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let w = weight[((o * cin_g + ic) * k + ky) * k + kx] as f64 * scale[o];
+                                b[((ky * k + kx) * cin_g + ic) * cout_g + oc] = w as f32;
+                            }
+                        }
+                    }
+                }
+                PackedB::new(&b, kk, cout_g, kernel)
+            })
+            .collect();
+        Conv {
+            cin,
+            cout,
+            k,
+            stride,
+            pad: dilation * (k - 1) / 2,
+            dilation,
+            groups,
+            weights,
+            bias: bias.into_iter().map(|b| b as f32).collect(),
+        }
+    }
+
+    pub fn out_shape(&self, s: Shape) -> Shape {
+        let span = self.dilation * (self.k - 1) + 1;
+        Shape {
+            n: s.n,
+            h: (s.h + 2 * self.pad - span) / self.stride + 1,
+            w: (s.w + 2 * self.pad - span) / self.stride + 1,
+            c: self.cout,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.weights.iter().map(PackedB::bytes).sum::<usize>() + self.bias.len() * 4
+    }
+
+    /// `out = act(conv(x) + bias [+ residual])`; `residual` has `out`'s shape.
+    pub fn run(
+        &self,
+        x: &[f32],
+        xs: Shape,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        pool: &rayon::ThreadPool,
+    ) -> Shape {
+        let os = self.out_shape(xs);
+        debug_assert!(x.len() >= xs.len() && out.len() >= os.len());
+        let m = os.pixels();
+        let kk = self.k * self.k * (self.cin / self.groups);
+        let direct = self.k == 1 && self.stride == 1 && self.groups == 1;
+        // Pixel blocks: a block's patches (rows × K) stay within ~1 MB of L2, and there are a
+        // multiple of the thread count of them. When that gives too few tasks (batch 1, late
+        // stages), column panels are split instead, keeping several panels per task so the
+        // packed rows are reused and each weight panel is read once.
+        let threads = pool.current_num_threads().max(1);
+        let cap = ((1 << 16) / (kk * self.groups).max(1)).clamp(4 * kernel::MR, kernel::MR * 16);
+        let rows = cap.min(m).div_ceil(kernel::MR) * kernel::MR;
+        let blocks = m.div_ceil(rows);
+        let panels = self.weights[0].panels();
+        let want = 4 * threads;
+        let splits = if blocks >= want {
+            1
+        } else {
+            want.div_ceil(blocks).min((panels / 2).max(1))
+        };
+        let per = panels.div_ceil(splits);
+        let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
+        let rp = Ptr(residual.map(|r| r.as_ptr()));
+        let task = |t: usize| {
+            let (b, s) = (t / splits, t % splits);
+            let (r0, r1) = (b * rows, ((b + 1) * rows).min(m));
+            let p = s * per..((s + 1) * per).min(panels);
+            if p.is_empty() {
+                return;
+            }
+            let (xp, op, rp) = (xp, op, rp);
+            PATCHES.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let (a, lda) = if direct {
+                    (unsafe { xp.0.add(r0 * self.cin) }, self.cin)
+                } else {
+                    let need = (r1 - r0) * kk * self.groups;
+                    if buf.len() < need {
+                        buf.resize(need, 0.0);
+                    }
+                    self.patches(x, xs, os, r0..r1, &mut buf[..need]);
+                    (buf.as_ptr(), kk * self.groups)
+                };
+                let cout_g = self.cout / self.groups;
+                for (g, w) in self.weights.iter().enumerate() {
+                    let col = g * cout_g;
+                    let ep = Epilogue {
+                        bias: &self.bias[col..col + cout_g],
+                        residual: rp.0.map(|r| (unsafe { r.add(r0 * self.cout + col) }, self.cout)),
+                        relu,
+                    };
+                    // SAFETY: rows r0..r1 and this group's columns of `out` belong to this task alone.
+                    unsafe {
+                        kernel::gemm(
+                            r1 - r0,
+                            a.add(g * kk),
+                            lda,
+                            w,
+                            op.0.add(r0 * self.cout + col),
+                            self.cout,
+                            ep,
+                            p.clone(),
+                        )
+                    };
+                }
+            });
+        };
+        let tasks = blocks * splits;
+        let t0 = std::time::Instant::now();
+        if tasks == 1 {
+            task(0);
+        } else {
+            pool.install(|| (0..tasks).into_par_iter().for_each(task));
+        }
+        if profiling() {
+            let secs = t0.elapsed().as_secs_f64();
+            let flops = 2.0 * (m * kk * self.cout) as f64;
+            eprintln!(
+                "conv k{} s{} g{} {}x{}x{} -> {}  m={m} k={kk} n={}  {:.3} ms  {:.1} GFLOP/s  tasks {tasks}",
+                self.k,
+                self.stride,
+                self.groups,
+                xs.h,
+                xs.w,
+                xs.c,
+                os.c,
+                self.cout,
+                secs * 1e3,
+                flops / secs / 1e9
+            );
+        }
+        os
+    }
+
+    /// im2col for output pixels `rows`: each row is `(group, ky, kx, cin of the group)`, so a
+    /// group's patch is one contiguous run; zeros outside the image.
+    fn patches(&self, x: &[f32], xs: Shape, os: Shape, rows: std::ops::Range<usize>, buf: &mut [f32]) {
+        let (c, g) = (self.cin / self.groups, self.groups);
+        let kk = self.k * self.k * c;
+        for (r, p) in rows.enumerate() {
+            let (n, rest) = (p / (os.h * os.w), p % (os.h * os.w));
+            let (oy, ox) = (rest / os.w, rest % os.w);
+            let dst = &mut buf[r * kk * g..(r + 1) * kk * g];
+            for ky in 0..self.k {
+                let iy = (oy * self.stride + ky * self.dilation) as isize - self.pad as isize;
+                for kx in 0..self.k {
+                    let ix = (ox * self.stride + kx * self.dilation) as isize - self.pad as isize;
+                    let inside = iy >= 0 && ix >= 0 && iy < xs.h as isize && ix < xs.w as isize;
+                    let s = if inside {
+                        ((n * xs.h + iy as usize) * xs.w + ix as usize) * self.cin
+                    } else {
+                        0
+                    };
+                    for gi in 0..g {
+                        let d = &mut dst[gi * kk + (ky * self.k + kx) * c..][..c];
+                        if inside {
+                            d.copy_from_slice(&x[s + gi * c..s + gi * c + c]);
+                        } else {
+                            d.fill(0.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `nn.MaxPool2d(3, 2, 1)` on NHWC (padding never wins, as in PyTorch).
+pub fn max_pool_3x3s2(x: &[f32], xs: Shape, out: &mut [f32], pool: &rayon::ThreadPool) -> Shape {
+    let os = Shape {
+        n: xs.n,
+        h: (xs.h + 2 - 3) / 2 + 1,
+        w: (xs.w + 2 - 3) / 2 + 1,
+        c: xs.c,
+    };
+    let c = xs.c;
+    pool.install(|| {
+        out[..os.len()]
+            .par_chunks_mut(os.w * c)
+            .enumerate()
+            .for_each(|(row, o)| {
+                let (n, oy) = (row / os.h, row % os.h);
+                o.fill(f32::NEG_INFINITY);
+                for ox in 0..os.w {
+                    let d = &mut o[ox * c..(ox + 1) * c];
+                    for ky in 0..3 {
+                        let iy = (oy * 2 + ky) as isize - 1;
+                        if iy < 0 || iy >= xs.h as isize {
+                            continue;
+                        }
+                        for kx in 0..3 {
+                            let ix = (ox * 2 + kx) as isize - 1;
+                            if ix < 0 || ix >= xs.w as isize {
+                                continue;
+                            }
+                            let s = ((n * xs.h + iy as usize) * xs.w + ix as usize) * c;
+                            d.iter_mut().zip(&x[s..s + c]).for_each(|(a, &b)| *a = a.max(b));
+                        }
+                    }
+                }
+            })
+    });
+    os
+}
+
+/// Global average pool: `[n, h, w, c]` → `[n, c]`.
+pub fn global_avg_pool(x: &[f32], xs: Shape, out: &mut [f32]) {
+    let (hw, c) = (xs.h * xs.w, xs.c);
+    for n in 0..xs.n {
+        let o = &mut out[n * c..(n + 1) * c];
+        o.fill(0.0);
+        for p in 0..hw {
+            let s = (n * hw + p) * c;
+            o.iter_mut().zip(&x[s..s + c]).for_each(|(a, &b)| *a += b);
+        }
+        let inv = 1.0 / hw as f32;
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// Option A's shortcut: `x[:, ::s, ::s, :]` with `pad` zero channels before and the rest after.
+pub fn zero_pad_shortcut(x: &[f32], xs: Shape, stride: usize, cout: usize, out: &mut [f32]) -> Shape {
+    let os = Shape {
+        n: xs.n,
+        h: xs.h.div_ceil(stride),
+        w: xs.w.div_ceil(stride),
+        c: cout,
+    };
+    let before = (cout - xs.c) / 2;
+    for n in 0..os.n {
+        for oy in 0..os.h {
+            for ox in 0..os.w {
+                let d = &mut out[((n * os.h + oy) * os.w + ox) * cout..][..cout];
+                d.fill(0.0);
+                let s = ((n * xs.h + oy * stride) * xs.w + ox * stride) * xs.c;
+                d[before..before + xs.c].copy_from_slice(&x[s..s + xs.c]);
+            }
+        }
+    }
+    os
+}

@@ -1,0 +1,345 @@
+//! The matrix kernel: `C[m × n] = A[m × k] · B[k × n]` with a fused epilogue
+//! (`+ bias`, `+ residual`, ReLU), B pre-packed once at load time.
+//!
+//! Why our own: the `gemm` crate packs B on every call, cannot fuse an epilogue, and on stable
+//! Rust runs AVX2 kernels only unless built with its `x86-v4` feature for every user. Here the
+//! AVX-512 micro-kernel (14 rows × 32 columns, 28 accumulators in zmm registers) is picked at run
+//! time; other CPUs use `gemm` (AVX2/FMA, NEON, scalar) on the same packed layout's source matrix.
+
+/// Columns per packed panel: two 16-lane vectors.
+pub const NR: usize = 32;
+/// Rows per micro-kernel call.
+pub const MR: usize = 14;
+/// Depth per pass: a `KC × NR` slice of B (32 KB) stays in L1 while every row tile uses it.
+const KC: usize = 256;
+
+thread_local! {
+    /// Each thread's packed rows of A, reused across calls.
+    static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Copies `m` rows × `kc` columns of A into `MR`-row tiles laid out `[tile][k][MR]`, so the
+/// kernel's broadcasts read one sequential stream; rows past `m` in the last tile are zero.
+unsafe fn pack_a(m: usize, a: *const f32, lda: usize, kc: usize, out: &mut [f32]) {
+    for t in 0..m.div_ceil(MR) {
+        let tile = &mut out[t * MR * kc..(t + 1) * MR * kc];
+        for r in 0..MR {
+            let row = t * MR + r;
+            if row < m {
+                let src = std::slice::from_raw_parts(a.add(row * lda), kc);
+                for (k, &v) in src.iter().enumerate() {
+                    tile[k * MR + r] = v;
+                }
+            } else {
+                for k in 0..kc {
+                    tile[k * MR + r] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// B (`k × n`, e.g. conv weights as `[kh·kw·cin, cout]`), packed into `NR`-column panels,
+/// zero-padded on the right; plus the row-major source for the portable path.
+pub struct PackedB {
+    pub k: usize,
+    pub n: usize,
+    /// `panels × k × NR` floats: panel `j` holds columns `j·NR .. j·NR+NR`, row by row.
+    panels: Vec<f32>,
+    /// Row-major `k × n`, only kept when the portable path is in use.
+    rows: Vec<f32>,
+}
+
+impl PackedB {
+    /// Packs a row-major `k × n` matrix for `kernel`.
+    pub fn new(b: &[f32], k: usize, n: usize, kernel: Kernel) -> Self {
+        assert_eq!(b.len(), k * n);
+        let np = n.div_ceil(NR);
+        let (panels, rows) = if kernel.avx512() {
+            let mut p = vec![0f32; np * k * NR];
+            for j in 0..np {
+                let cols = (n - j * NR).min(NR);
+                for r in 0..k {
+                    let dst = &mut p[(j * k + r) * NR..][..cols];
+                    dst.copy_from_slice(&b[r * n + j * NR..][..cols]);
+                }
+            }
+            (p, Vec::new())
+        } else {
+            (Vec::new(), b.to_vec())
+        };
+        PackedB { k, n, panels, rows }
+    }
+
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    pub fn bytes(&self) -> usize {
+        (self.panels.len() + self.rows.len()) * 4
+    }
+}
+
+/// What happens to each output value before it is stored.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    /// One per output column (BatchNorm folded into the conv).
+    pub bias: &'a [f32],
+    /// Added before the ReLU: `(pointer to row 0 col 0 of this tile's columns, row stride)`.
+    pub residual: Option<(*const f32, usize)>,
+    pub relu: bool,
+}
+
+/// Which matrix kernel an engine uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 when the CPU has it (`RESNET_KERNEL=portable` says no), else portable.
+    #[default]
+    Auto,
+    /// The `gemm` crate's kernels, on any CPU.
+    Portable,
+}
+
+impl Kernel {
+    pub fn avx512(self) -> bool {
+        self == Kernel::Auto && avx512_available()
+    }
+}
+
+/// Whether this CPU runs the AVX-512 kernel (and `RESNET_KERNEL=portable` is not set).
+pub fn avx512_available() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        if std::env::var("RESNET_KERNEL").is_ok_and(|v| v == "portable") {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// `C[rows, cols of panels p0..p1] = A · B + epilogue` for `m` rows.
+///
+/// # Safety
+/// `a` points at `m` rows of `b.k` floats with stride `lda`; `c` at `m` rows with stride `ldc`
+/// covering columns `0..b.n` (the caller offsets it to the group's first column); a residual
+/// likewise covers `m` rows and `b.n` columns.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(
+    m: usize,
+    a: *const f32,
+    lda: usize,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    ep: Epilogue<'_>,
+    panels: std::ops::Range<usize>,
+) {
+    if m == 0 || panels.is_empty() {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if !b.panels.is_empty() {
+        PACKED_A.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let tiles = m.div_ceil(MR);
+            let need = tiles * MR * KC.min(b.k);
+            if buf.len() < need {
+                buf.resize(need, 0.0);
+            }
+            let mut k0 = 0;
+            while k0 < b.k {
+                let kc = KC.min(b.k - k0);
+                pack_a(m, a.add(k0), lda, kc, &mut buf[..tiles * MR * kc]);
+                let last = k0 + kc == b.k;
+                for j in panels.clone() {
+                    let col0 = j * NR;
+                    let ncols = (b.n - col0).min(NR);
+                    let bp = b.panels.as_ptr().add((j * b.k + k0) * NR);
+                    let bias = &ep.bias[col0..col0 + ncols];
+                    for t in 0..tiles {
+                        let i = t * MR;
+                        let rows = (m - i).min(MR);
+                        let res = ep.residual.map(|(r, ldr)| (r.add(i * ldr + col0), ldr));
+                        avx512::tile(
+                            rows,
+                            kc,
+                            buf.as_ptr().add(t * MR * kc),
+                            bp,
+                            c.add(i * ldc + col0),
+                            ldc,
+                            ncols,
+                            k0 > 0,
+                            last.then_some((bias, res, ep.relu)),
+                        );
+                    }
+                }
+                k0 += kc;
+            }
+        });
+        return;
+    }
+    portable(m, a, lda, b, c, ldc, ep, panels);
+}
+
+/// Through the `gemm` crate: C is pre-filled with bias (+ residual), accumulated into, then ReLU'd.
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable(
+    m: usize,
+    a: *const f32,
+    lda: usize,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    ep: Epilogue<'_>,
+    panels: std::ops::Range<usize>,
+) {
+    let col0 = panels.start * NR;
+    let col1 = (panels.end * NR).min(b.n);
+    let n = col1 - col0;
+    for r in 0..m {
+        let row = std::slice::from_raw_parts_mut(c.add(r * ldc + col0), n);
+        row.copy_from_slice(&ep.bias[col0..col1]);
+        if let Some((res, ldr)) = ep.residual {
+            let rr = std::slice::from_raw_parts(res.add(r * ldr + col0), n);
+            row.iter_mut().zip(rr).for_each(|(o, x)| *o += x);
+        }
+    }
+    ::gemm::gemm(
+        m,
+        n,
+        b.k,
+        c.add(col0),
+        1,
+        ldc as isize,
+        true,
+        a,
+        1,
+        lda as isize,
+        b.rows.as_ptr().add(col0),
+        1,
+        b.n as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        ::gemm::Parallelism::None,
+    );
+    if ep.relu {
+        for r in 0..m {
+            let row = std::slice::from_raw_parts_mut(c.add(r * ldc + col0), n);
+            row.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// `(bias, residual, relu)`, applied on the last pass over k only.
+    pub type Finish<'a> = Option<(&'a [f32], Option<(*const f32, usize)>, bool)>;
+
+    /// Dispatches a tile of `rows ≤ MR` rows to the kernel compiled for that row count, so
+    /// every accumulator stays in a register.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile(
+        rows: usize,
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        ncols: usize,
+        accumulate: bool,
+        finish: Finish<'_>,
+    ) {
+        macro_rules! go {
+            ($($r:literal)*) => {
+                match rows {
+                    $($r => kernel::<$r>(k, a, b, c, ldc, ncols, accumulate, finish),)*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    }
+
+    /// `C (+)= A·B` for one tile: A packed `[k][MR]`, B a `[k][NR]` panel slice.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel<const R: usize>(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        ncols: usize,
+        accumulate: bool,
+        finish: Finish<'_>,
+    ) {
+        debug_assert!(R <= MR);
+        let m0: __mmask16 = if ncols >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << ncols) - 1) as u16
+        };
+        let m1: __mmask16 = if ncols >= 32 {
+            0xFFFF
+        } else if ncols > 16 {
+            ((1u32 << (ncols - 16)) - 1) as u16
+        } else {
+            0
+        };
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        if accumulate {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
+                acc[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+            }
+        }
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..k {
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(r));
+                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+        if let Some((bias, res, relu)) = finish {
+            let bias0 = _mm512_maskz_loadu_ps(m0, bias.as_ptr());
+            let bias1 = _mm512_maskz_loadu_ps(m1, bias.as_ptr().add(16));
+            let zero = _mm512_setzero_ps();
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm512_add_ps(acc[0], bias0);
+                acc[1] = _mm512_add_ps(acc[1], bias1);
+                if let Some((rp, ldr)) = res {
+                    acc[0] = _mm512_add_ps(acc[0], _mm512_maskz_loadu_ps(m0, rp.add(r * ldr)));
+                    acc[1] = _mm512_add_ps(acc[1], _mm512_maskz_loadu_ps(m1, rp.add(r * ldr + 16)));
+                }
+                if relu {
+                    acc[0] = _mm512_max_ps(acc[0], zero);
+                    acc[1] = _mm512_max_ps(acc[1], zero);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(c.add(r * ldc), m0, acc[0]);
+            _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, acc[1]);
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The fast CPU inference path: a ResNet prepared once for inference and run on NHWC buffers.
+//!
+//! Preparation folds every BatchNorm into its conv (weights scaled, a bias added), packs the
+//! weights into the kernel's panel layout, and fuses bias, residual add and ReLU into each conv's
+//! store. Activations stay channels-last end to end (one NCHW→NHWC copy of the input), and the
+//! buffers are planned per input shape and reused across calls. The burn model
+//! ([`crate::model::ResNet`]) remains the reference, for training and for GPU backends.
+
+mod conv;
+mod kernel;
+
+use std::sync::Mutex;
+
+pub use conv::Shape;
+use conv::{global_avg_pool, max_pool_3x3s2, zero_pad_shortcut, Conv, ConvSpec};
+pub use kernel::{avx512_available, Kernel};
+
+use crate::error::{Error, Result};
+use crate::model::{BlockKind, ResNetConfig, ShortcutPlan, Stem};
+use crate::weights::{StateDict, Values};
+
+enum Shortcut {
+    Identity,
+    ZeroPad { stride: usize },
+    Projection(Conv),
+    None,
+}
+
+struct Block {
+    /// conv1, conv2 (and conv3 for bottlenecks), BN folded.
+    convs: Vec<Conv>,
+    shortcut: Shortcut,
+}
+
+/// Buffers for one input shape, kept between calls.
+struct Workspace {
+    input: Shape,
+    /// Ping-pong activations, two block-internal ones and the shortcut.
+    bufs: [Vec<f32>; 5],
+}
+
+/// A ResNet ready for fast CPU inference.
+pub struct Engine {
+    config: ResNetConfig,
+    stem: Conv,
+    blocks: Vec<Block>,
+    /// The classifier as a 1×1 conv over the pooled features.
+    fc: Conv,
+    pool: rayon::ThreadPool,
+    workspace: Mutex<Option<Workspace>>,
+}
+
+fn tensor<'a>(sd: &'a StateDict, key: &str, len: usize) -> Result<&'a [f32]> {
+    let t = sd
+        .get(key)
+        .ok_or_else(|| Error::Config(format!("the weights have no `{key}`; is this the right --model?")))?;
+    match &t.values {
+        Values::F32(v) if v.len() == len => Ok(v),
+        Values::F32(v) => Err(Error::Config(format!(
+            "`{key}` has {} values, the model needs {len} (shape {:?}); is this the right --model?",
+            v.len(),
+            t.shape
+        ))),
+        Values::I64(_) => Err(Error::Config(format!("`{key}` holds integers, not weights"))),
+    }
+}
+
+/// `{name}.weight` with the BatchNorm `{bn}` folded in.
+fn conv(sd: &StateDict, name: &str, bn: &str, spec: ConvSpec, kernel: Kernel) -> Result<Conv> {
+    let (cout, k) = (spec.cout, spec.k);
+    let w = tensor(sd, &format!("{name}.weight"), cout * spec.cin / spec.groups * k * k)?;
+    let stats = (
+        tensor(sd, &format!("{bn}.weight"), cout)?,
+        tensor(sd, &format!("{bn}.bias"), cout)?,
+        tensor(sd, &format!("{bn}.running_mean"), cout)?,
+        tensor(sd, &format!("{bn}.running_var"), cout)?,
+    );
+    Ok(Conv::fold(w, spec, Some(stats), None, kernel))
+}
+
+impl Engine {
+    /// Prepares `config`'s network with the weights in `sd` (torchvision keys), on
+    /// `threads` threads (0: `RAYON_NUM_THREADS`, else every core).
+    pub fn new(config: &ResNetConfig, sd: &StateDict, threads: usize) -> Result<Self> {
+        Self::with_kernel(config, sd, threads, Kernel::Auto)
+    }
+
+    /// [`Engine::new`] with a chosen matrix kernel (tests run both).
+    pub fn with_kernel(config: &ResNetConfig, sd: &StateDict, threads: usize, kernel: Kernel) -> Result<Self> {
+        config.validate()?;
+        let (k, stride) = match config.stem {
+            Stem::ImageNet => (7, 2),
+            Stem::Cifar => (3, 1),
+        };
+        let spec = ConvSpec::new(config.in_channels, config.stem_width, k, stride);
+        let stem = conv(sd, "conv1", "bn1", spec, kernel)?;
+        let mut blocks = Vec::new();
+        for (i, stage) in config.plan().into_iter().enumerate() {
+            for (j, p) in stage.into_iter().enumerate() {
+                let pre = format!("layer{}.{j}", i + 1);
+                let c = |n: usize, spec| conv(sd, &format!("{pre}.conv{n}"), &format!("{pre}.bn{n}"), spec, kernel);
+                let (w, out) = (p.width, p.out_channels);
+                let convs = match config.block {
+                    BlockKind::Basic => vec![
+                        c(1, ConvSpec::new(p.in_channels, w, 3, p.stride))?,
+                        c(2, ConvSpec::new(w, out, 3, 1))?,
+                    ],
+                    BlockKind::Bottleneck => vec![
+                        c(1, ConvSpec::new(p.in_channels, w, 1, 1))?,
+                        c(
+                            2,
+                            ConvSpec {
+                                dilation: p.dilation,
+                                groups: p.groups,
+                                ..ConvSpec::new(w, w, 3, p.stride)
+                            },
+                        )?,
+                        c(3, ConvSpec::new(w, out, 1, 1))?,
+                    ],
+                };
+                let shortcut = match p.shortcut {
+                    ShortcutPlan::Identity => Shortcut::Identity,
+                    ShortcutPlan::None => Shortcut::None,
+                    ShortcutPlan::ZeroPad => Shortcut::ZeroPad { stride: p.stride },
+                    ShortcutPlan::Projection => Shortcut::Projection(conv(
+                        sd,
+                        &format!("{pre}.downsample.0"),
+                        &format!("{pre}.downsample.1"),
+                        ConvSpec::new(p.in_channels, out, 1, p.stride),
+                        kernel,
+                    )?),
+                };
+                blocks.push(Block { convs, shortcut });
+            }
+        }
+        let (f, classes) = (config.feature_dim(), config.num_classes);
+        let fcw = tensor(sd, "fc.weight", classes * f)?;
+        let fcb = tensor(sd, "fc.bias", classes)?;
+        let fc = Conv::fold(fcw, ConvSpec::new(f, classes, 1, 1), None, Some(fcb), kernel);
+        let mut builder = rayon::ThreadPoolBuilder::new();
+        if threads > 0 {
+            builder = builder.num_threads(threads);
+        }
+        let pool = builder
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?;
+        Ok(Engine {
+            config: config.clone(),
+            stem,
+            blocks,
+            fc,
+            pool,
+            workspace: Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &ResNetConfig {
+        &self.config
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Bytes of prepared weights.
+    pub fn weight_bytes(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                b.convs.iter().map(Conv::bytes).sum::<usize>()
+                    + match &b.shortcut {
+                        Shortcut::Projection(c) => c.bytes(),
+                        _ => 0,
+                    }
+            })
+            .sum();
+        self.stem.bytes() + blocks + self.fc.bytes()
+    }
+
+    /// Logits `[n, classes]` for an NCHW batch `x` of shape `[n, c, h, w]`.
+    pub fn forward(&self, x: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
+        let (feats, n) = self.run(x, dims)?;
+        let mut out = vec![0f32; n * self.config.num_classes];
+        let fs = Shape {
+            n,
+            h: 1,
+            w: 1,
+            c: self.config.feature_dim(),
+        };
+        self.fc.run(&feats, fs, &mut out, None, false, &self.pool);
+        Ok(out)
+    }
+
+    /// Pooled features `[n, feature_dim]` (the fc input): image embeddings.
+    pub fn forward_features(&self, x: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
+        Ok(self.run(x, dims)?.0)
+    }
+
+    fn run(&self, x: &[f32], [n, c, h, w]: [usize; 4]) -> Result<(Vec<f32>, usize)> {
+        if c != self.config.in_channels {
+            return Err(Error::InputShape {
+                got: c,
+                want: self.config.in_channels,
+            });
+        }
+        if x.len() != n * c * h * w {
+            return Err(Error::Config(format!(
+                "the input has {} values, not {n}×{c}×{h}×{w}",
+                x.len()
+            )));
+        }
+        let min = if self.config.stem == Stem::ImageNet { 32 } else { 8 };
+        if h < min || w < min {
+            return Err(Error::Config(format!(
+                "the input is {h}×{w}; this model needs at least {min}×{min}"
+            )));
+        }
+        let input = Shape { n, h, w, c };
+        let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|ws| ws.input != input) {
+            *guard = Some(self.plan(input));
+        }
+        let ws = guard.as_mut().expect("planned above");
+        let [a, b, t1, t2, sc] = &mut ws.bufs;
+        // NCHW → NHWC.
+        let plane = h * w;
+        for i in 0..n {
+            for p in 0..plane {
+                for ch in 0..c {
+                    a[(i * plane + p) * c + ch] = x[(i * c + ch) * plane + p];
+                }
+            }
+        }
+        let mut s = self.stem.run(a, input, b, None, true, &self.pool);
+        let (mut cur, mut next) = (b, a);
+        if self.config.stem == Stem::ImageNet {
+            s = max_pool_3x3s2(cur, s, next, &self.pool);
+            std::mem::swap(&mut cur, &mut next);
+        }
+        for blk in &self.blocks {
+            let last = blk.convs.len() - 1;
+            let mut hs = blk.convs[0].run(cur, s, t1, None, true, &self.pool);
+            let src: &[f32] = if last == 2 {
+                hs = blk.convs[1].run(t1, hs, t2, None, true, &self.pool);
+                t2
+            } else {
+                t1
+            };
+            let residual: Option<&[f32]> = match &blk.shortcut {
+                Shortcut::None => None,
+                Shortcut::Identity => Some(&cur[..]),
+                Shortcut::ZeroPad { stride } => {
+                    zero_pad_shortcut(cur, s, *stride, blk.convs[last].cout, sc);
+                    Some(&sc[..])
+                }
+                Shortcut::Projection(p) => {
+                    p.run(cur, s, sc, None, false, &self.pool);
+                    Some(&sc[..])
+                }
+            };
+            s = blk.convs[last].run(src, hs, next, residual, true, &self.pool);
+            std::mem::swap(&mut cur, &mut next);
+        }
+        let mut feats = vec![0f32; n * s.c];
+        global_avg_pool(cur, s, &mut feats);
+        Ok((feats, n))
+    }
+
+    /// Sizes every buffer for `input` by walking the network once.
+    fn plan(&self, input: Shape) -> Workspace {
+        let mut max_act = input.len();
+        let (mut max_t, mut max_sc) = (0, 0);
+        let mut s = self.stem.out_shape(input);
+        max_act = max_act.max(s.len());
+        if self.config.stem == Stem::ImageNet {
+            s = Shape {
+                h: (s.h - 1) / 2 + 1,
+                w: (s.w - 1) / 2 + 1,
+                ..s
+            };
+            max_act = max_act.max(s.len());
+        }
+        for blk in &self.blocks {
+            let mut hs = s;
+            for cv in &blk.convs {
+                hs = cv.out_shape(hs);
+                max_t = max_t.max(hs.len());
+            }
+            max_sc = max_sc.max(hs.len());
+            max_act = max_act.max(hs.len());
+            s = hs;
+        }
+        Workspace {
+            input,
+            bufs: [
+                vec![0.0; max_act],
+                vec![0.0; max_act],
+                vec![0.0; max_t],
+                vec![0.0; max_t],
+                vec![0.0; max_sc],
+            ],
+        }
+    }
+}
