@@ -91,6 +91,13 @@ struct Ptr<T>(T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 
+impl<T: Copy> Ptr<T> {
+    /// Through a method, so closures capture the whole `Ptr` (Send + Sync), not its field.
+    fn get(self) -> T {
+        self.0
+    }
+}
+
 impl Conv {
     /// From torch's `[cout, cin/groups, k, k]` weight and the BN that follows it.
     pub fn fold(
@@ -167,7 +174,9 @@ impl Conv {
         self.weights.iter().map(PackedB::bytes).sum::<usize>() + self.bias.len() * 4
     }
 
-    /// `out = act(conv(x) + bias [+ residual])`; `residual` has `out`'s shape.
+    /// `out = act(conv(x) + bias [+ residual])`; `residual` has `out`'s shape. `scratch` holds
+    /// packed rows between calls.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         x: &[f32],
@@ -176,6 +185,7 @@ impl Conv {
         residual: Option<&[f32]>,
         relu: bool,
         pool: &rayon::ThreadPool,
+        scratch: &mut Vec<f32>,
     ) -> Shape {
         let os = self.out_shape(xs);
         debug_assert!(x.len() >= xs.len() && out.len() >= os.len());
@@ -200,49 +210,93 @@ impl Conv {
         let per = panels.div_ceil(splits);
         let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
         let rp = Ptr(residual.map(|r| r.as_ptr()));
+        let cout_g = self.cout / self.groups;
+        let block_rows = |b: usize| (b * rows, ((b + 1) * rows).min(m));
+        // Block b's A: its patch rows (im2col in this thread's buffer) or its input rows.
+        let with_a = |b: usize, f: &mut dyn FnMut(*const f32, usize)| {
+            let (r0, r1) = block_rows(b);
+            if direct {
+                return f(unsafe { xp.get().add(r0 * self.cin) }, self.cin);
+            }
+            PATCHES.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let need = (r1 - r0) * kk * self.groups;
+                if buf.len() < need {
+                    buf.resize(need, 0.0);
+                }
+                self.patches(x, xs, os, r0..r1, &mut buf[..need]);
+                f(buf.as_ptr(), kk * self.groups)
+            })
+        };
+        let epilogue = |g: usize, r0: usize| Epilogue {
+            bias: &self.bias[g * cout_g..(g + 1) * cout_g],
+            residual: rp
+                .get()
+                .map(|r| (unsafe { r.add(r0 * self.cout + g * cout_g) }, self.cout)),
+            relu,
+        };
+        let packed = self.weights[0].is_packed();
+        let shared = packed && splits > 1;
+        // With panels split across tasks, each block's A is packed once up front and shared.
+        let per_group = kernel::packed_len(rows, kk);
+        if shared {
+            let need = blocks * self.groups * per_group;
+            if scratch.len() < need {
+                scratch.resize(need, 0.0);
+            }
+            let sp = Ptr(scratch.as_mut_ptr());
+            pool.install(|| {
+                (0..blocks).into_par_iter().for_each(|b| {
+                    let (r0, r1) = block_rows(b);
+                    with_a(b, &mut |a, lda| {
+                        for g in 0..self.groups {
+                            // SAFETY: each block packs into its own region of the scratch.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    sp.get().add((b * self.groups + g) * per_group),
+                                    per_group,
+                                )
+                            };
+                            let len = kernel::packed_len(r1 - r0, kk);
+                            unsafe { kernel::pack_a_all(r1 - r0, a.add(g * kk), lda, kk, &mut dst[..len]) };
+                        }
+                    })
+                })
+            });
+        }
+        let scratch: &[f32] = scratch;
         let task = |t: usize| {
             let (b, s) = (t / splits, t % splits);
-            let (r0, r1) = (b * rows, ((b + 1) * rows).min(m));
+            let (r0, r1) = block_rows(b);
             let p = s * per..((s + 1) * per).min(panels);
             if p.is_empty() {
                 return;
             }
-            let (xp, op, rp) = (xp, op, rp);
-            PATCHES.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                let (a, lda) = if direct {
-                    (unsafe { xp.0.add(r0 * self.cin) }, self.cin)
-                } else {
-                    let need = (r1 - r0) * kk * self.groups;
-                    if buf.len() < need {
-                        buf.resize(need, 0.0);
+            let run_group = |g: usize, w: &PackedB, a: Option<(*const f32, usize)>| {
+                let c = unsafe { op.get().add(r0 * self.cout + g * cout_g) };
+                // SAFETY: rows r0..r1 and panels `p` of group g's columns belong to this task alone.
+                match a {
+                    Some((a, lda)) => unsafe {
+                        kernel::gemm(r1 - r0, a.add(g * kk), lda, w, c, self.cout, epilogue(g, r0), p.clone())
+                    },
+                    None => {
+                        let at = (b * self.groups + g) * per_group;
+                        let pa = &scratch[at..at + kernel::packed_len(r1 - r0, kk)];
+                        unsafe { kernel::gemm_packed(r1 - r0, pa, w, c, self.cout, epilogue(g, r0), p.clone()) }
                     }
-                    self.patches(x, xs, os, r0..r1, &mut buf[..need]);
-                    (buf.as_ptr(), kk * self.groups)
-                };
-                let cout_g = self.cout / self.groups;
-                for (g, w) in self.weights.iter().enumerate() {
-                    let col = g * cout_g;
-                    let ep = Epilogue {
-                        bias: &self.bias[col..col + cout_g],
-                        residual: rp.0.map(|r| (unsafe { r.add(r0 * self.cout + col) }, self.cout)),
-                        relu,
-                    };
-                    // SAFETY: rows r0..r1 and this group's columns of `out` belong to this task alone.
-                    unsafe {
-                        kernel::gemm(
-                            r1 - r0,
-                            a.add(g * kk),
-                            lda,
-                            w,
-                            op.0.add(r0 * self.cout + col),
-                            self.cout,
-                            ep,
-                            p.clone(),
-                        )
-                    };
                 }
-            });
+            };
+            if shared {
+                for (g, w) in self.weights.iter().enumerate() {
+                    run_group(g, w, None);
+                }
+            } else {
+                with_a(b, &mut |a, lda| {
+                    for (g, w) in self.weights.iter().enumerate() {
+                        run_group(g, w, Some((a, lda)));
+                    }
+                });
+            }
         };
         let tasks = blocks * splits;
         let t0 = std::time::Instant::now();
@@ -280,8 +334,22 @@ impl Conv {
             let (n, rest) = (p / (os.h * os.w), p % (os.h * os.w));
             let (oy, ox) = (rest / os.w, rest % os.w);
             let dst = &mut buf[r * kk * g..(r + 1) * kk * g];
+            let ix0 = (ox * self.stride) as isize - self.pad as isize;
+            // Dense rows (stride-1 kernel taps, one group) inside the image are one run of
+            // k·cin floats in NHWC: copy each at once (the 7×7 stem's 21-float runs, mostly).
+            let dense = self.dilation == 1 && g == 1 && ix0 >= 0 && ix0 as usize + self.k <= xs.w;
             for ky in 0..self.k {
                 let iy = (oy * self.stride + ky * self.dilation) as isize - self.pad as isize;
+                if dense {
+                    let d = &mut dst[ky * self.k * c..(ky + 1) * self.k * c];
+                    if iy < 0 || iy >= xs.h as isize {
+                        d.fill(0.0);
+                    } else {
+                        let s = ((n * xs.h + iy as usize) * xs.w + ix0 as usize) * c;
+                        d.copy_from_slice(&x[s..s + self.k * c]);
+                    }
+                    continue;
+                }
                 for kx in 0..self.k {
                     let ix = (ox * self.stride + kx * self.dilation) as isize - self.pad as isize;
                     let inside = iy >= 0 && ix >= 0 && iy < xs.h as isize && ix < xs.w as isize;

@@ -75,6 +75,11 @@ impl PackedB {
         self.n.div_ceil(NR)
     }
 
+    /// Whether this runs the AVX-512 kernel (packed panels) rather than the portable one.
+    pub fn is_packed(&self) -> bool {
+        !self.panels.is_empty()
+    }
+
     pub fn bytes(&self) -> usize {
         (self.panels.len() + self.rows.len()) * 4
     }
@@ -88,6 +93,80 @@ pub struct Epilogue<'a> {
     /// Added before the ReLU: `(pointer to row 0 col 0 of this tile's columns, row stride)`.
     pub residual: Option<(*const f32, usize)>,
     pub relu: bool,
+}
+
+/// Floats of A packed by [`pack_a_all`]: whole `MR`-row tiles, every `KC` chunk.
+pub fn packed_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MR) * MR * k
+}
+
+/// Packs all of A's `k` columns, chunk by chunk (`KC` wide): chunk `k0..` starts at
+/// `tiles·MR·k0` and holds [`pack_a`]'s tile layout.
+///
+/// # Safety
+/// `a` points at `m` rows of `k` floats with stride `lda`.
+pub unsafe fn pack_a_all(m: usize, a: *const f32, lda: usize, k: usize, out: &mut [f32]) {
+    let tiles = m.div_ceil(MR);
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
+        pack_a(m, a.add(k0), lda, kc, &mut out[tiles * MR * k0..tiles * MR * (k0 + kc)]);
+        k0 += kc;
+    }
+}
+
+/// [`gemm`] on A already packed by [`pack_a_all`] (AVX-512 engines only), so several tasks
+/// can share one packing.
+///
+/// # Safety
+/// As for [`gemm`]; `packed` holds [`packed_len`]`(m, b.k)` floats.
+pub unsafe fn gemm_packed(
+    m: usize,
+    packed: &[f32],
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    ep: Epilogue<'_>,
+    panels: std::ops::Range<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tiles = m.div_ceil(MR);
+        let mut k0 = 0;
+        while k0 < b.k {
+            let kc = KC.min(b.k - k0);
+            let chunk = &packed[tiles * MR * k0..];
+            let last = k0 + kc == b.k;
+            for j in panels.clone() {
+                let col0 = j * NR;
+                let ncols = (b.n - col0).min(NR);
+                let bp = b.panels.as_ptr().add((j * b.k + k0) * NR);
+                let bias = &ep.bias[col0..col0 + ncols];
+                for t in 0..tiles {
+                    let i = t * MR;
+                    let res = ep.residual.map(|(r, ldr)| (r.add(i * ldr + col0), ldr));
+                    avx512::tile(
+                        (m - i).min(MR),
+                        kc,
+                        chunk.as_ptr().add(t * MR * kc),
+                        bp,
+                        c.add(i * ldc + col0),
+                        ldc,
+                        ncols,
+                        k0 > 0,
+                        last.then_some((bias, res, ep.relu)),
+                    );
+                }
+            }
+            k0 += kc;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "packed A only exists with the AVX-512 kernel: {m} {} {c:?} {ldc} {panels:?} {}",
+        packed.len(),
+        ep.relu
+    );
 }
 
 /// Which matrix kernel an engine uses.
@@ -145,44 +224,15 @@ pub unsafe fn gemm(
     if m == 0 || panels.is_empty() {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if !b.panels.is_empty() {
+    if b.is_packed() {
         PACKED_A.with(|buf| {
             let mut buf = buf.borrow_mut();
-            let tiles = m.div_ceil(MR);
-            let need = tiles * MR * KC.min(b.k);
+            let need = packed_len(m, b.k);
             if buf.len() < need {
                 buf.resize(need, 0.0);
             }
-            let mut k0 = 0;
-            while k0 < b.k {
-                let kc = KC.min(b.k - k0);
-                pack_a(m, a.add(k0), lda, kc, &mut buf[..tiles * MR * kc]);
-                let last = k0 + kc == b.k;
-                for j in panels.clone() {
-                    let col0 = j * NR;
-                    let ncols = (b.n - col0).min(NR);
-                    let bp = b.panels.as_ptr().add((j * b.k + k0) * NR);
-                    let bias = &ep.bias[col0..col0 + ncols];
-                    for t in 0..tiles {
-                        let i = t * MR;
-                        let rows = (m - i).min(MR);
-                        let res = ep.residual.map(|(r, ldr)| (r.add(i * ldr + col0), ldr));
-                        avx512::tile(
-                            rows,
-                            kc,
-                            buf.as_ptr().add(t * MR * kc),
-                            bp,
-                            c.add(i * ldc + col0),
-                            ldc,
-                            ncols,
-                            k0 > 0,
-                            last.then_some((bias, res, ep.relu)),
-                        );
-                    }
-                }
-                k0 += kc;
-            }
+            pack_a_all(m, a, lda, b.k, &mut buf[..need]);
+            gemm_packed(m, &buf[..need], b, c, ldc, ep, panels);
         });
         return;
     }

@@ -37,6 +37,8 @@ struct Workspace {
     input: Shape,
     /// Ping-pong activations, two block-internal ones and the shortcut.
     bufs: [Vec<f32>; 5],
+    /// Packed rows shared by the tasks of one conv.
+    scratch: Vec<f32>,
 }
 
 /// A ResNet ready for fast CPU inference.
@@ -180,24 +182,15 @@ impl Engine {
 
     /// Logits `[n, classes]` for an NCHW batch `x` of shape `[n, c, h, w]`.
     pub fn forward(&self, x: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
-        let (feats, n) = self.run(x, dims)?;
-        let mut out = vec![0f32; n * self.config.num_classes];
-        let fs = Shape {
-            n,
-            h: 1,
-            w: 1,
-            c: self.config.feature_dim(),
-        };
-        self.fc.run(&feats, fs, &mut out, None, false, &self.pool);
-        Ok(out)
+        self.run(x, dims, true)
     }
 
     /// Pooled features `[n, feature_dim]` (the fc input): image embeddings.
     pub fn forward_features(&self, x: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
-        Ok(self.run(x, dims)?.0)
+        self.run(x, dims, false)
     }
 
-    fn run(&self, x: &[f32], [n, c, h, w]: [usize; 4]) -> Result<(Vec<f32>, usize)> {
+    fn run(&self, x: &[f32], [n, c, h, w]: [usize; 4], logits: bool) -> Result<Vec<f32>> {
         if c != self.config.in_channels {
             return Err(Error::InputShape {
                 got: c,
@@ -223,6 +216,7 @@ impl Engine {
         }
         let ws = guard.as_mut().expect("planned above");
         let [a, b, t1, t2, sc] = &mut ws.bufs;
+        let scratch = &mut ws.scratch;
         // NCHW → NHWC.
         let plane = h * w;
         for i in 0..n {
@@ -232,7 +226,7 @@ impl Engine {
                 }
             }
         }
-        let mut s = self.stem.run(a, input, b, None, true, &self.pool);
+        let mut s = self.stem.run(a, input, b, None, true, &self.pool, scratch);
         let (mut cur, mut next) = (b, a);
         if self.config.stem == Stem::ImageNet {
             s = max_pool_3x3s2(cur, s, next, &self.pool);
@@ -240,9 +234,9 @@ impl Engine {
         }
         for blk in &self.blocks {
             let last = blk.convs.len() - 1;
-            let mut hs = blk.convs[0].run(cur, s, t1, None, true, &self.pool);
+            let mut hs = blk.convs[0].run(cur, s, t1, None, true, &self.pool, scratch);
             let src: &[f32] = if last == 2 {
-                hs = blk.convs[1].run(t1, hs, t2, None, true, &self.pool);
+                hs = blk.convs[1].run(t1, hs, t2, None, true, &self.pool, scratch);
                 t2
             } else {
                 t1
@@ -255,16 +249,22 @@ impl Engine {
                     Some(&sc[..])
                 }
                 Shortcut::Projection(p) => {
-                    p.run(cur, s, sc, None, false, &self.pool);
+                    p.run(cur, s, sc, None, false, &self.pool, scratch);
                     Some(&sc[..])
                 }
             };
-            s = blk.convs[last].run(src, hs, next, residual, true, &self.pool);
+            s = blk.convs[last].run(src, hs, next, residual, true, &self.pool, scratch);
             std::mem::swap(&mut cur, &mut next);
         }
         let mut feats = vec![0f32; n * s.c];
         global_avg_pool(cur, s, &mut feats);
-        Ok((feats, n))
+        if !logits {
+            return Ok(feats);
+        }
+        let mut out = vec![0f32; n * self.config.num_classes];
+        let fs = Shape { n, h: 1, w: 1, c: s.c };
+        self.fc.run(&feats, fs, &mut out, None, false, &self.pool, scratch);
+        Ok(out)
     }
 
     /// Sizes every buffer for `input` by walking the network once.
@@ -300,6 +300,7 @@ impl Engine {
                 vec![0.0; max_t],
                 vec![0.0; max_sc],
             ],
+            scratch: Vec::new(),
         }
     }
 }
