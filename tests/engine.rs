@@ -139,6 +139,10 @@ fn bad_inputs_are_errors_not_panics() {
     );
     assert!(e.forward(&[0.0; 10], [1, 3, 64, 64]).is_err(), "too few values");
     assert!(e.forward(&input([1, 3, 8, 8]), [1, 3, 8, 8]).is_err(), "too small");
+    assert!(e.forward(&[], [0, 3, 64, 64]).unwrap().is_empty(), "an empty batch");
+    // A shape whose activations would not fit is refused before anything is allocated.
+    let err = e.forward(&[], [64, 3, 20_000, 20_000]).expect_err("too big");
+    assert!(err.to_string().contains("GB of activations"), "{err}");
     // Then a good call still works (the workspace is re-planned per shape).
     assert_eq!(e.forward(&input([2, 3, 64, 64]), [2, 3, 64, 64]).unwrap().len(), 2000);
     let mut missing = sd.clone();

@@ -32,6 +32,9 @@ struct Block {
     shortcut: Shortcut,
 }
 
+/// The most activation memory one call may plan: 16 GB of f32.
+const MAX_WORKSPACE_FLOATS: usize = 1 << 32;
+
 /// Buffers for one input shape, kept between calls.
 struct Workspace {
     input: Shape,
@@ -197,11 +200,8 @@ impl Engine {
                 want: self.config.in_channels,
             });
         }
-        if x.len() != n * c * h * w {
-            return Err(Error::Config(format!(
-                "the input has {} values, not {n}×{c}×{h}×{w}",
-                x.len()
-            )));
+        if n == 0 {
+            return Ok(Vec::new());
         }
         let min = if self.config.stem == Stem::ImageNet { 32 } else { 8 };
         if h < min || w < min {
@@ -210,9 +210,28 @@ impl Engine {
             )));
         }
         let input = Shape { n, h, w, c };
+        let sizes = self.plan(input)?;
+        if x.len() != n * c * h * w {
+            return Err(Error::Config(format!(
+                "the input has {} values, not {n}×{c}×{h}×{w}",
+                x.len()
+            )));
+        }
         let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
         if guard.as_ref().is_none_or(|ws| ws.input != input) {
-            *guard = Some(self.plan(input));
+            *guard = None;
+            let [act, t, sc] = sizes;
+            *guard = Some(Workspace {
+                input,
+                bufs: [
+                    vec![0.0; act],
+                    vec![0.0; act],
+                    vec![0.0; t],
+                    vec![0.0; t],
+                    vec![0.0; sc],
+                ],
+                scratch: Vec::new(),
+            });
         }
         let ws = guard.as_mut().expect("planned above");
         let [a, b, t1, t2, sc] = &mut ws.bufs;
@@ -267,8 +286,9 @@ impl Engine {
         Ok(out)
     }
 
-    /// Sizes every buffer for `input` by walking the network once.
-    fn plan(&self, input: Shape) -> Workspace {
+    /// Sizes of the activation, block-internal and shortcut buffers for `input`, found by
+    /// walking the network once; refused when they would not fit.
+    fn plan(&self, input: Shape) -> Result<[usize; 3]> {
         let mut max_act = input.len();
         let (mut max_t, mut max_sc) = (0, 0);
         let mut s = self.stem.out_shape(input);
@@ -291,16 +311,17 @@ impl Engine {
             max_act = max_act.max(hs.len());
             s = hs;
         }
-        Workspace {
-            input,
-            bufs: [
-                vec![0.0; max_act],
-                vec![0.0; max_act],
-                vec![0.0; max_t],
-                vec![0.0; max_t],
-                vec![0.0; max_sc],
-            ],
-            scratch: Vec::new(),
+        let floats = 2 * max_act + 2 * max_t + max_sc;
+        if floats > MAX_WORKSPACE_FLOATS {
+            return Err(Error::Config(format!(
+                "a {}×{}×{} batch of {} needs {} GB of activations; use smaller batches or images",
+                input.c,
+                input.h,
+                input.w,
+                input.n,
+                (floats * 4) >> 30
+            )));
         }
+        Ok([max_act, max_t, max_sc])
     }
 }
