@@ -23,17 +23,12 @@ thread_local! {
 unsafe fn pack_a(m: usize, a: *const f32, lda: usize, kc: usize, out: &mut [f32]) {
     for t in 0..m.div_ceil(MR) {
         let tile = &mut out[t * MR * kc..(t + 1) * MR * kc];
-        for r in 0..MR {
-            let row = t * MR + r;
-            if row < m {
-                let src = std::slice::from_raw_parts(a.add(row * lda), kc);
-                for (k, &v) in src.iter().enumerate() {
-                    tile[k * MR + r] = v;
-                }
-            } else {
-                for k in 0..kc {
-                    tile[k * MR + r] = 0.0;
-                }
+        let rows = (m - t * MR).min(MR);
+        let base = a.add(t * MR * lda);
+        // k outer, rows inner: the writes stream and each row is read sequentially.
+        for (k, dst) in tile.chunks_exact_mut(MR).enumerate() {
+            for (r, d) in dst.iter_mut().enumerate() {
+                *d = if r < rows { *base.add(r * lda + k) } else { 0.0 };
             }
         }
     }
