@@ -55,6 +55,7 @@ pub fn curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         let draw = |area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
                     title: &str,
                     y_max: f64,
+                    legend: SeriesLabelPosition,
                     series: [Series; 2]|
          -> std::result::Result<(), String> {
             let mut chart = ChartBuilder::on(area)
@@ -67,6 +68,13 @@ pub fn curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
             chart
                 .configure_mesh()
                 .x_desc("epoch")
+                .x_label_formatter(&|x| {
+                    if (x - x.round()).abs() < 1e-6 {
+                        format!("{x:.0}")
+                    } else {
+                        String::new()
+                    }
+                })
                 .draw()
                 .map_err(|e| e.to_string())?;
             for (name, color, pts) in series {
@@ -83,7 +91,7 @@ pub fn curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
                 .configure_series_labels()
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperRight)
+                .position(legend)
                 .draw()
                 .map_err(|e| e.to_string())
         };
@@ -92,6 +100,7 @@ pub fn curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
             &left,
             "loss",
             max_loss * 1.1,
+            SeriesLabelPosition::UpperRight,
             [
                 ("train", BLUE, pts(|m| m.train_loss)),
                 ("val", RED, pts(|m| m.val_loss)),
@@ -102,6 +111,8 @@ pub fn curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
             &right,
             "top-1 accuracy",
             1.0,
+            // Accuracy curves run along the top: keep the legend out of their way.
+            SeriesLabelPosition::LowerRight,
             [("train", BLUE, pts(|m| m.train_acc)), ("val", RED, pts(|m| m.top1))],
         )
         .map_err(plot_err(path))?;
