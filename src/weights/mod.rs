@@ -96,6 +96,17 @@ impl LoadReport {
         self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
     }
 
+    /// With `strict`, any gap or mismatch is an error naming every key.
+    fn require(self, strict: bool, model_name: &str) -> Result<Self> {
+        if strict && !self.is_exact() {
+            return Err(Error::KeyMismatch {
+                model: model_name.to_string(),
+                report: self.render(),
+            });
+        }
+        Ok(self)
+    }
+
     fn render(&self) -> String {
         let mut s = String::new();
         let list = |v: &[String]| {
@@ -189,13 +200,7 @@ pub fn load_into(model: &mut ResNet, mut sd: StateDict, strict: bool, model_name
     model.visit_params(&mut loader);
     let mut report = loader.strict_report;
     report.unexpected = sd.into_keys().collect();
-    if strict && !report.is_exact() {
-        return Err(Error::KeyMismatch {
-            model: model_name.to_string(),
-            report: report.render(),
-        });
-    }
-    Ok(report)
+    report.require(strict, model_name)
 }
 
 /// The key and shape check of [`load_into`] without loading anything (the model's parameters
@@ -224,13 +229,7 @@ pub fn check_keys(model: &mut ResNet, sd: &StateDict, strict: bool, model_name: 
     model.visit_params(&mut c);
     let mut report = c.1;
     report.unexpected = c.2.into_iter().map(str::to_string).collect();
-    if strict && !report.is_exact() {
-        return Err(Error::KeyMismatch {
-            model: model_name.to_string(),
-            report: report.render(),
-        });
-    }
-    Ok(report)
+    report.require(strict, model_name)
 }
 
 /// Reads a file and loads it into the model (see [`load_into`]).
