@@ -24,6 +24,10 @@ pub struct ConvSpec {
 }
 
 impl ConvSpec {
+    pub fn pad(&self) -> usize {
+        self.dilation * (self.k - 1) / 2
+    }
+
     pub fn new(cin: usize, cout: usize, k: usize, stride: usize) -> Self {
         ConvSpec {
             cin,
@@ -41,13 +45,7 @@ pub type BnStats<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32]);
 
 /// A conv with its BatchNorm folded in, weights packed per group.
 pub struct Conv {
-    pub cin: usize,
-    pub cout: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub dilation: usize,
-    pub groups: usize,
+    pub spec: ConvSpec,
     /// One per group: `[k·k·cin/groups, cout/groups]`.
     pub weights: Vec<PackedB>,
     pub bias: Vec<f32>,
@@ -108,12 +106,7 @@ impl Conv {
         kernel: Kernel,
     ) -> Self {
         let ConvSpec {
-            cin,
-            cout,
-            k,
-            stride,
-            dilation,
-            groups,
+            cin, cout, k, groups, ..
         } = spec;
         let (cin_g, cout_g) = (cin / groups, cout / groups);
         let kk = k * k * cin_g;
@@ -148,30 +141,28 @@ impl Conv {
             })
             .collect();
         Conv {
-            cin,
-            cout,
-            k,
-            stride,
-            pad: dilation * (k - 1) / 2,
-            dilation,
-            groups,
+            spec,
             weights,
             bias: bias.into_iter().map(|b| b as f32).collect(),
         }
     }
 
     pub fn out_shape(&self, s: Shape) -> Shape {
-        let span = self.dilation * (self.k - 1) + 1;
+        let ConvSpec {
+            cout,
+            k,
+            stride,
+            dilation,
+            ..
+        } = self.spec;
+        let pad = self.spec.pad();
+        let span = dilation * (k - 1) + 1;
         Shape {
             n: s.n,
-            h: (s.h + 2 * self.pad - span) / self.stride + 1,
-            w: (s.w + 2 * self.pad - span) / self.stride + 1,
-            c: self.cout,
+            h: (s.h + 2 * pad - span) / stride + 1,
+            w: (s.w + 2 * pad - span) / stride + 1,
+            c: cout,
         }
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.weights.iter().map(PackedB::bytes).sum::<usize>() + self.bias.len() * 4
     }
 
     /// `out = act(conv(x) + bias [+ residual])`; `residual` has `out`'s shape. `scratch` holds
@@ -187,17 +178,25 @@ impl Conv {
         pool: &rayon::ThreadPool,
         scratch: &mut Vec<f32>,
     ) -> Shape {
+        let ConvSpec {
+            cin,
+            cout,
+            k,
+            stride,
+            groups,
+            ..
+        } = self.spec;
         let os = self.out_shape(xs);
         debug_assert!(x.len() >= xs.len() && out.len() >= os.len());
         let m = os.pixels();
-        let kk = self.k * self.k * (self.cin / self.groups);
-        let direct = self.k == 1 && self.stride == 1 && self.groups == 1;
+        let kk = k * k * (cin / groups);
+        let direct = k == 1 && stride == 1 && groups == 1;
         // Pixel blocks: a block's patches (rows × K) stay within ~1 MB of L2, and there are a
         // multiple of the thread count of them. When that gives too few tasks (batch 1, late
         // stages), column panels are split instead, keeping several panels per task so the
         // packed rows are reused and each weight panel is read once.
         let threads = pool.current_num_threads().max(1);
-        let cap = ((1 << 16) / (kk * self.groups).max(1)).clamp(4 * kernel::MR, kernel::MR * 16);
+        let cap = ((1 << 16) / (kk * groups).max(1)).clamp(4 * kernel::MR, kernel::MR * 16);
         let rows = cap.min(m).div_ceil(kernel::MR) * kernel::MR;
         let blocks = m.div_ceil(rows);
         let panels = self.weights[0].panels();
@@ -210,29 +209,27 @@ impl Conv {
         let per = panels.div_ceil(splits);
         let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
         let rp = Ptr(residual.map(|r| r.as_ptr()));
-        let cout_g = self.cout / self.groups;
+        let cout_g = cout / groups;
         let block_rows = |b: usize| (b * rows, ((b + 1) * rows).min(m));
         // Block b's A: its patch rows (im2col in this thread's buffer) or its input rows.
         let with_a = |b: usize, f: &mut dyn FnMut(*const f32, usize)| {
             let (r0, r1) = block_rows(b);
             if direct {
-                return f(unsafe { xp.get().add(r0 * self.cin) }, self.cin);
+                return f(unsafe { xp.get().add(r0 * cin) }, cin);
             }
             PATCHES.with(|buf| {
                 let mut buf = buf.borrow_mut();
-                let need = (r1 - r0) * kk * self.groups;
+                let need = (r1 - r0) * kk * groups;
                 if buf.len() < need {
                     buf.resize(need, 0.0);
                 }
                 self.patches(x, xs, os, r0..r1, &mut buf[..need]);
-                f(buf.as_ptr(), kk * self.groups)
+                f(buf.as_ptr(), kk * groups)
             })
         };
         let epilogue = |g: usize, r0: usize| Epilogue {
             bias: &self.bias[g * cout_g..(g + 1) * cout_g],
-            residual: rp
-                .get()
-                .map(|r| (unsafe { r.add(r0 * self.cout + g * cout_g) }, self.cout)),
+            residual: rp.get().map(|r| (unsafe { r.add(r0 * cout + g * cout_g) }, cout)),
             relu,
         };
         let packed = self.weights[0].is_packed();
@@ -240,7 +237,7 @@ impl Conv {
         // With panels split across tasks, each block's A is packed once up front and shared.
         let per_group = kernel::packed_len(rows, kk);
         if shared {
-            let need = blocks * self.groups * per_group;
+            let need = blocks * groups * per_group;
             if scratch.len() < need {
                 scratch.resize(need, 0.0);
             }
@@ -249,13 +246,10 @@ impl Conv {
                 (0..blocks).into_par_iter().for_each(|b| {
                     let (r0, r1) = block_rows(b);
                     with_a(b, &mut |a, lda| {
-                        for g in 0..self.groups {
+                        for g in 0..groups {
                             // SAFETY: each block packs into its own region of the scratch.
                             let dst = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    sp.get().add((b * self.groups + g) * per_group),
-                                    per_group,
-                                )
+                                std::slice::from_raw_parts_mut(sp.get().add((b * groups + g) * per_group), per_group)
                             };
                             let len = kernel::packed_len(r1 - r0, kk);
                             unsafe { kernel::pack_a_all(r1 - r0, a.add(g * kk), lda, kk, &mut dst[..len]) };
@@ -273,16 +267,16 @@ impl Conv {
                 return;
             }
             let run_group = |g: usize, w: &PackedB, a: Option<(*const f32, usize)>| {
-                let c = unsafe { op.get().add(r0 * self.cout + g * cout_g) };
+                let c = unsafe { op.get().add(r0 * cout + g * cout_g) };
                 // SAFETY: rows r0..r1 and panels `p` of group g's columns belong to this task alone.
                 match a {
                     Some((a, lda)) => unsafe {
-                        kernel::gemm(r1 - r0, a.add(g * kk), lda, w, c, self.cout, epilogue(g, r0), p.clone())
+                        kernel::gemm(r1 - r0, a.add(g * kk), lda, w, c, cout, epilogue(g, r0), p.clone())
                     },
                     None => {
-                        let at = (b * self.groups + g) * per_group;
+                        let at = (b * groups + g) * per_group;
                         let pa = &scratch[at..at + kernel::packed_len(r1 - r0, kk)];
-                        unsafe { kernel::gemm_packed(r1 - r0, pa, w, c, self.cout, epilogue(g, r0), p.clone()) }
+                        unsafe { kernel::gemm_packed(r1 - r0, pa, w, c, cout, epilogue(g, r0), p.clone()) }
                     }
                 }
             };
@@ -307,17 +301,17 @@ impl Conv {
         }
         if profiling() {
             let secs = t0.elapsed().as_secs_f64();
-            let flops = 2.0 * (m * kk * self.cout) as f64;
+            let flops = 2.0 * (m * kk * cout) as f64;
             eprintln!(
                 "conv k{} s{} g{} {}x{}x{} -> {}  m={m} k={kk} n={}  {:.3} ms  {:.1} GFLOP/s  tasks {tasks}",
-                self.k,
-                self.stride,
-                self.groups,
+                k,
+                stride,
+                groups,
                 xs.h,
                 xs.w,
                 xs.c,
                 os.c,
-                self.cout,
+                cout,
                 secs * 1e3,
                 flops / secs / 1e9
             );
@@ -328,38 +322,47 @@ impl Conv {
     /// im2col for output pixels `rows`: each row is `(group, ky, kx, cin of the group)`, so a
     /// group's patch is one contiguous run; zeros outside the image.
     fn patches(&self, x: &[f32], xs: Shape, os: Shape, rows: std::ops::Range<usize>, buf: &mut [f32]) {
-        let (c, g) = (self.cin / self.groups, self.groups);
-        let kk = self.k * self.k * c;
+        let ConvSpec {
+            cin,
+            k,
+            stride,
+            dilation,
+            groups,
+            ..
+        } = self.spec;
+        let pad = self.spec.pad();
+        let (c, g) = (cin / groups, groups);
+        let kk = k * k * c;
         for (r, p) in rows.enumerate() {
             let (n, rest) = (p / (os.h * os.w), p % (os.h * os.w));
             let (oy, ox) = (rest / os.w, rest % os.w);
             let dst = &mut buf[r * kk * g..(r + 1) * kk * g];
-            let ix0 = (ox * self.stride) as isize - self.pad as isize;
+            let ix0 = (ox * stride) as isize - pad as isize;
             // Dense rows (stride-1 kernel taps, one group) inside the image are one run of
             // k·cin floats in NHWC: copy each at once (the 7×7 stem's 21-float runs, mostly).
-            let dense = self.dilation == 1 && g == 1 && ix0 >= 0 && ix0 as usize + self.k <= xs.w;
-            for ky in 0..self.k {
-                let iy = (oy * self.stride + ky * self.dilation) as isize - self.pad as isize;
+            let dense = dilation == 1 && g == 1 && ix0 >= 0 && ix0 as usize + k <= xs.w;
+            for ky in 0..k {
+                let iy = (oy * stride + ky * dilation) as isize - pad as isize;
                 if dense {
-                    let d = &mut dst[ky * self.k * c..(ky + 1) * self.k * c];
+                    let d = &mut dst[ky * k * c..(ky + 1) * k * c];
                     if iy < 0 || iy >= xs.h as isize {
                         d.fill(0.0);
                     } else {
                         let s = ((n * xs.h + iy as usize) * xs.w + ix0 as usize) * c;
-                        d.copy_from_slice(&x[s..s + self.k * c]);
+                        d.copy_from_slice(&x[s..s + k * c]);
                     }
                     continue;
                 }
-                for kx in 0..self.k {
-                    let ix = (ox * self.stride + kx * self.dilation) as isize - self.pad as isize;
+                for kx in 0..k {
+                    let ix = (ox * stride + kx * dilation) as isize - pad as isize;
                     let inside = iy >= 0 && ix >= 0 && iy < xs.h as isize && ix < xs.w as isize;
                     let s = if inside {
-                        ((n * xs.h + iy as usize) * xs.w + ix as usize) * self.cin
+                        ((n * xs.h + iy as usize) * xs.w + ix as usize) * cin
                     } else {
                         0
                     };
                     for gi in 0..g {
-                        let d = &mut dst[gi * kk + (ky * self.k + kx) * c..][..c];
+                        let d = &mut dst[gi * kk + (ky * k + kx) * c..][..c];
                         if inside {
                             d.copy_from_slice(&x[s + gi * c..s + gi * c + c]);
                         } else {

@@ -74,10 +74,6 @@ impl PackedB {
     pub fn is_packed(&self) -> bool {
         !self.panels.is_empty()
     }
-
-    pub fn bytes(&self) -> usize {
-        (self.panels.len() + self.rows.len()) * 4
-    }
 }
 
 /// What happens to each output value before it is stored.
@@ -115,6 +111,7 @@ pub unsafe fn pack_a_all(m: usize, a: *const f32, lda: usize, k: usize, out: &mu
 ///
 /// # Safety
 /// As for [`gemm`]; `packed` holds [`packed_len`]`(m, b.k)` floats.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub unsafe fn gemm_packed(
     m: usize,
     packed: &[f32],
@@ -157,11 +154,7 @@ pub unsafe fn gemm_packed(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!(
-        "packed A only exists with the AVX-512 kernel: {m} {} {c:?} {ldc} {panels:?} {}",
-        packed.len(),
-        ep.relu
-    );
+    unreachable!("packed A only exists with the AVX-512 kernel");
 }
 
 /// Which matrix kernel an engine uses.
@@ -181,7 +174,7 @@ impl Kernel {
 }
 
 /// Whether this CPU runs the AVX-512 kernel (and `RESNET_KERNEL=portable` is not set).
-pub fn avx512_available() -> bool {
+fn avx512_available() -> bool {
     use std::sync::OnceLock;
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {

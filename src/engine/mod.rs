@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 pub use conv::Shape;
 use conv::{global_avg_pool, max_pool_3x3s2, zero_pad_shortcut, Conv, ConvSpec};
-pub use kernel::{avx512_available, Kernel};
+pub use kernel::Kernel;
 
 use crate::error::{Error, Result};
 use crate::model::{BlockKind, ResNetConfig, ShortcutPlan, Stem};
@@ -167,22 +167,6 @@ impl Engine {
         self.pool.current_num_threads()
     }
 
-    /// Bytes of prepared weights.
-    pub fn weight_bytes(&self) -> usize {
-        let blocks: usize = self
-            .blocks
-            .iter()
-            .map(|b| {
-                b.convs.iter().map(Conv::bytes).sum::<usize>()
-                    + match &b.shortcut {
-                        Shortcut::Projection(c) => c.bytes(),
-                        _ => 0,
-                    }
-            })
-            .sum();
-        self.stem.bytes() + blocks + self.fc.bytes()
-    }
-
     /// Logits `[n, classes]` for an NCHW batch `x` of shape `[n, c, h, w]`.
     pub fn forward(&self, x: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
         self.run(x, dims, true)
@@ -210,17 +194,20 @@ impl Engine {
             )));
         }
         let input = Shape { n, h, w, c };
-        let sizes = self.plan(input)?;
+        let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+        // A new shape is sized (and refused if too big) before the input is checked or anything allocated.
+        let sizes = match guard.as_ref() {
+            Some(ws) if ws.input == input => None,
+            _ => Some(self.plan(input)?),
+        };
         if x.len() != n * c * h * w {
             return Err(Error::Config(format!(
                 "the input has {} values, not {n}×{c}×{h}×{w}",
                 x.len()
             )));
         }
-        let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_none_or(|ws| ws.input != input) {
+        if let Some([act, t, sc]) = sizes {
             *guard = None;
-            let [act, t, sc] = sizes;
             *guard = Some(Workspace {
                 input,
                 bufs: [
@@ -264,7 +251,7 @@ impl Engine {
                 Shortcut::None => None,
                 Shortcut::Identity => Some(&cur[..]),
                 Shortcut::ZeroPad { stride } => {
-                    zero_pad_shortcut(cur, s, *stride, blk.convs[last].cout, sc);
+                    zero_pad_shortcut(cur, s, *stride, blk.convs[last].spec.cout, sc);
                     Some(&sc[..])
                 }
                 Shortcut::Projection(p) => {
