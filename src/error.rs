@@ -63,6 +63,10 @@ pub enum Error {
     #[error("dataset: {0}")]
     Dataset(String),
 
+    // ---- server
+    #[error("server: {0}")]
+    Serve(String),
+
     // ---- tensors
     #[error("tensor backend error: {0}")]
     Backend(String),

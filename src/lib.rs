@@ -10,6 +10,8 @@ pub mod engine;
 pub mod error;
 pub mod model;
 pub mod preprocess;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod train;
 pub mod weights;
 

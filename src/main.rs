@@ -17,6 +17,9 @@ use resnet::{Classifier, Prediction};
 
 #[path = "cli/bench.rs"]
 mod bench;
+#[cfg(feature = "serve")]
+#[path = "cli/serve.rs"]
+mod serve;
 
 /// `--weights`' default: a built-in model's own weights, else torchvision's DEFAULT tag.
 const DEFAULT_WEIGHTS: &str = "DEFAULT";
@@ -55,6 +58,9 @@ enum Command {
     Eval(EvalArgs),
     /// Inference latency per model and batch size (median, min, max), GFLOP/s and peak RSS.
     Bench(bench::BenchArgs),
+    /// Serve the model over HTTP: POST /v1/classify, /v1/models, /healthz, /metrics, and a studio page at /.
+    #[cfg(feature = "serve")]
+    Serve(Box<serve::ServeArgs>),
     /// Convert a .pth or .safetensors state dict to .safetensors with torchvision keys.
     Convert {
         #[arg(long, default_value = "resnet50")]
@@ -187,8 +193,9 @@ struct EvalArgs {
     engine: EngineKind,
 }
 
+/// The model to run, shared by `classify` and `serve`.
 #[derive(clap::Args)]
-struct ClassifyArgs {
+struct ModelArgs {
     /// A torchvision/paper architecture (resnet50, resnet20, …) or a built-in model
     /// (fashion-mnist-resnet20, which works offline).
     #[arg(long, default_value = "resnet50")]
@@ -200,6 +207,12 @@ struct ClassifyArgs {
     /// Class names, one per line (default: ImageNet-1k, or CIFAR-10 for the CIFAR models).
     #[arg(long)]
     classes: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ClassifyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
     #[arg(long, default_value_t = 5)]
     top_k: usize,
     /// Resize the shorter side to N (default: the weights' own, 256 for V1, 232 for V2).
@@ -242,6 +255,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train(*args),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Convert {
             model,
             input,
@@ -402,7 +417,7 @@ fn model_and_weights(model: &str, weights: &str) -> Result<(ModelName, Weights)>
 }
 
 fn classify(a: ClassifyArgs) -> Result<ExitCode> {
-    let (name, weights) = model_and_weights(&a.model, &a.weights)?;
+    let (name, weights) = model_and_weights(&a.model.model, &a.model.weights)?;
     let resize = match (a.stretch, a.resize, a.crop) {
         (Some(n), _, _) => Some(Resize::Stretch { size: n }),
         (None, None, None) => None,
@@ -411,7 +426,7 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
             crop: c.unwrap_or(224),
         }),
     };
-    let labels = a.classes.as_deref().map(read_labels).transpose()?;
+    let labels = a.model.classes.as_deref().map(read_labels).transpose()?;
     let (dl_bar, mut on_download) = download_bar();
     let opts = ClassifierOptions {
         strict: !a.non_strict,

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use resnet::weights::{StateDict, TorchTensor, Values};
 use resnet::ResNet;
 
+#[cfg(feature = "serve")]
+pub mod serve;
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -1,0 +1,503 @@
+//! `resnet serve`: an HTTP API over a [`Classifier`], and the studio page.
+//!
+//! ```text
+//! POST /v1/classify[?top_k=5&name=…]  raw image bytes, or multipart with `image` parts
+//! GET  /v1/models                     the loaded model: weights, classes, input, params, FLOPs
+//! GET  /healthz                       liveness
+//! GET  /metrics                       Prometheus/OpenMetrics text
+//! GET  /                              the studio page (one self-contained HTML file)
+//! ```
+//!
+//! Requests are decoded on tokio's blocking pool, then queued image by image for the
+//! inference threads of [`batcher`], which run concurrent images as one batch. At most
+//! `max_queue` images are admitted at once; beyond that the answer is 503 with `Retry-After`.
+//! Every error is JSON: `{"error": "…"}`.
+
+mod batcher;
+mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::classify::{top_k, Classifier, Prediction};
+use crate::error::{Error, Result};
+use crate::preprocess::{decode, Transform, DEFAULT_MAX_PIXELS};
+use batcher::{Batcher, Job};
+pub use metrics::Metrics;
+
+const STUDIO: &str = include_str!("studio.html");
+
+/// Server settings; `Default` gives the CLI's defaults.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// 127.0.0.1 by default: put a reverse proxy in front, or bind 0.0.0.0, to expose it.
+    pub addr: SocketAddr,
+    /// Largest request body in bytes (413 above it).
+    pub max_body: usize,
+    /// Largest image in pixels, checked from the header before decoding (422 above it).
+    pub max_pixels: u64,
+    /// Most images in one forward pass.
+    pub max_batch: usize,
+    /// How long the first image of a batch waits for others.
+    pub batch_window: Duration,
+    /// Most images admitted and not yet answered (503 above it).
+    pub max_queue: usize,
+    /// Threads of the async runtime (I/O only; inference has its own threads).
+    pub io_threads: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body: 20_000_000,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_batch: 16,
+            batch_window: Duration::from_millis(2),
+            max_queue: 256,
+            io_threads: 2,
+        }
+    }
+}
+
+/// What `GET /v1/models` returns.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelInfo {
+    /// As given to `--model` (a built-in name, or the architecture).
+    pub model: String,
+    pub architecture: String,
+    /// The weights tag, file or built-in name.
+    pub weights: String,
+    pub classes: Vec<String>,
+    pub num_classes: usize,
+    /// `[channels, height, width]` of the network input after preprocessing.
+    pub input: [usize; 3],
+    pub transform: Transform,
+    pub parameters: u64,
+    /// Multiply-accumulates per image at `input`, in billions (torchvision's "GFLOPS").
+    pub gflops: f64,
+    /// `fast` (the CPU engine) or `burn`.
+    pub engine: &'static str,
+    pub workers: usize,
+    pub max_batch: usize,
+}
+
+/// A bound, ready server. [`Server::run`] serves until its shutdown future resolves.
+pub struct Server {
+    listener: std::net::TcpListener,
+    state: Arc<AppState>,
+    max_body: usize,
+    io_threads: usize,
+}
+
+struct AppState {
+    info: ModelInfo,
+    transform: Transform,
+    max_pixels: u64,
+    max_body: usize,
+    max_queue: usize,
+    /// One permit per admitted image.
+    admitted: Arc<Semaphore>,
+    batcher: Batcher,
+    metrics: Arc<Metrics>,
+}
+
+impl Server {
+    /// Binds `cfg.addr` (port 0 picks a free one) and starts one inference thread per
+    /// classifier; all must be the same model (`resnet serve --workers N` loads N copies).
+    pub fn bind(name: &str, classifiers: Vec<Classifier>, cfg: &ServeConfig) -> Result<Server> {
+        let first = classifiers
+            .first()
+            .ok_or_else(|| Error::Config("serve needs at least one classifier".into()))?;
+        let config = first.config();
+        let transform = first.transform().clone();
+        let (h, w) = transform.output_size();
+        let c = config.complexity(h, w);
+        let info = ModelInfo {
+            model: name.to_string(),
+            architecture: first.name().to_string(),
+            weights: first.weights().describe(),
+            classes: first.labels().to_vec(),
+            num_classes: config.num_classes,
+            input: [transform.channels(), h, w],
+            transform: transform.clone(),
+            parameters: c.params,
+            gflops: c.gflops(),
+            engine: if first.engine().is_some() { "fast" } else { "burn" },
+            workers: classifiers.len(),
+            max_batch: cfg.max_batch.max(1),
+        };
+        let listener = std::net::TcpListener::bind(cfg.addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| Error::Serve(format!("cannot listen on {}: {e}", cfg.addr)))?;
+        let metrics = Arc::new(Metrics::new());
+        let batcher = Batcher::start(classifiers, cfg.max_batch, cfg.batch_window, metrics.clone());
+        Ok(Server {
+            listener,
+            state: Arc::new(AppState {
+                info,
+                transform,
+                max_pixels: cfg.max_pixels,
+                max_body: cfg.max_body,
+                max_queue: cfg.max_queue,
+                admitted: Arc::new(Semaphore::new(cfg.max_queue)),
+                batcher,
+                metrics,
+            }),
+            max_body: cfg.max_body,
+            io_threads: cfg.io_threads.max(1),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.state.info
+    }
+
+    /// The routes, for embedding in another axum app.
+    pub fn router(&self) -> Router {
+        router(self.state.clone(), self.max_body)
+    }
+
+    /// Serves on its own tokio runtime until `shutdown` resolves, then stops accepting,
+    /// finishes the requests in flight and joins the inference threads.
+    pub fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.io_threads)
+            .thread_name("resnet-io")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Serve(format!("cannot start the async runtime: {e}")))?;
+        let app = self.router();
+        let served = rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(self.listener)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        });
+        self.state.batcher.shutdown();
+        served.map_err(|e| Error::Serve(e.to_string()))
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: pass it to [`Server::run`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    Router::new()
+        .route("/", get(studio))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/models", get(models))
+        .route("/v1/classify", post(classify))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// An error answer: its status and a JSON body `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, Json(ErrorBody { error: &self.message })).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+/// Counts and times every request under a fixed endpoint label (unknown paths are `other`).
+async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let endpoint = match req.uri().path() {
+        p @ ("/" | "/healthz" | "/metrics" | "/v1/models" | "/v1/classify") => p.to_string(),
+        _ => "other".to_string(),
+    };
+    let start = Instant::now();
+    let res = next.run(req).await;
+    state
+        .metrics
+        .observe_request(&endpoint, res.status().as_u16(), start.elapsed());
+    res
+}
+
+async fn studio() -> Html<&'static str> {
+    Html(STUDIO)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<ModelInfo> {
+    Json(state.info.clone())
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], state.metrics.encode()).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see GET /, /healthz, /metrics, /v1/models and POST /v1/classify",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "wrong method for this endpoint: classify with POST /v1/classify, read the others with GET",
+    )
+}
+
+#[derive(Deserialize)]
+struct ClassifyQuery {
+    top_k: Option<usize>,
+    /// The `image` field of a raw-body answer (a multipart part brings its file name).
+    name: Option<String>,
+}
+
+/// One image's answer: the schema of `resnet classify --format json`.
+#[derive(Serialize)]
+struct ImageResult {
+    image: String,
+    predictions: Vec<Prediction>,
+}
+
+/// `POST /v1/classify`. A raw body answers one object; multipart answers an array, one
+/// object per `image` part, in order.
+async fn classify(
+    State(state): State<Arc<AppState>>,
+    query: std::result::Result<Query<ClassifyQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> std::result::Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let k = match q.top_k {
+        Some(0) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "top_k must be at least 1")),
+        Some(k) => k.min(state.info.num_classes),
+        None => 5.min(state.info.num_classes),
+    };
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
+    let too_large = |e: ApiError| body_error(e, state.max_body);
+    let images = if is_multipart {
+        read_multipart(req).await.map_err(too_large)?
+    } else {
+        let body = Bytes::from_request(req, &())
+            .await
+            .map_err(|e| too_large(ApiError::new(e.status(), e.body_text())))?;
+        if body.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the body is empty: send the image bytes, or multipart/form-data with `image` parts",
+            ));
+        }
+        vec![(q.name.unwrap_or_else(|| "image".into()), body)]
+    };
+    for (name, bytes) in &images {
+        if image::guess_format(bytes).is_err() {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("{name}: not an image; send JPEG, PNG, WebP, BMP, TIFF or GIF"),
+            ));
+        }
+    }
+
+    let n = images.len();
+    if n > state.max_queue {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{n} images in one request, but this server takes at most {} at once; split the request",
+                state.max_queue
+            ),
+        ));
+    }
+    let permits = u32::try_from(n)
+        .ok()
+        .and_then(|n| state.admitted.clone().try_acquire_many_owned(n).ok())
+        .ok_or_else(|| {
+            state.metrics.rejected();
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy (its queue is full); retry in a moment",
+            )
+        })?;
+    let _queued = Queued::new(&state.metrics, n);
+
+    // Decoding and resizing are CPU work: keep them off the async threads.
+    let st = state.clone();
+    let names: Vec<String> = images.iter().map(|(name, _)| name.clone()).collect();
+    let inputs = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .map(|(name, bytes)| {
+                let img = decode(bytes, name, st.max_pixels)?;
+                Ok(st.transform.apply(&img))
+            })
+            .collect::<Result<Vec<Vec<f32>>>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding failed: {e}")))?
+    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+
+    let dims = state.info.input;
+    let mut waits = Vec::with_capacity(n);
+    for x in inputs {
+        let (reply, wait) = oneshot::channel();
+        let job = Job {
+            x,
+            dims,
+            enqueued: Instant::now(),
+            reply,
+        };
+        if !state.batcher.submit(job) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            ));
+        }
+        waits.push(wait);
+    }
+    let mut results = Vec::with_capacity(n);
+    for (name, wait) in names.into_iter().zip(waits) {
+        let logits = wait
+            .await
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the inference worker stopped"))?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {e}")))?;
+        results.push(ImageResult {
+            image: name,
+            predictions: top_k(&logits, k, &state.info.classes),
+        });
+    }
+    drop(permits);
+    Ok(if is_multipart {
+        Json(results).into_response()
+    } else {
+        Json(results.remove(0)).into_response()
+    })
+}
+
+/// The `image` parts of a multipart body, as `(file name, bytes)`.
+async fn read_multipart(req: Request) -> std::result::Result<Vec<(String, Bytes)>, ApiError> {
+    let mut mp = Multipart::from_request(req, &()).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("malformed multipart request: {}", e.body_text()),
+        )
+    })?;
+    let mut images = Vec::new();
+    loop {
+        let field = mp.next_field().await.map_err(multipart_error)?;
+        let Some(field) = field else { break };
+        if field.name() != Some("image") {
+            continue;
+        }
+        let name = field
+            .file_name()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("image {}", images.len() + 1));
+        let bytes = field.bytes().await.map_err(multipart_error)?;
+        images.push((name, bytes));
+    }
+    if images.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the multipart body has no `image` part; send each file as a part named `image`",
+        ));
+    }
+    Ok(images)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    ApiError::new(e.status(), format!("malformed multipart request: {}", e.body_text()))
+}
+
+/// Says what to do about a body over the limit.
+fn body_error(e: ApiError, max_body: usize) -> ApiError {
+    if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            e.status,
+            format!("the request body is over this server's limit of {max_body} bytes (resnet serve --max-body); send a smaller image"),
+        )
+    } else {
+        e
+    }
+}
+
+/// Keeps the `queued_images` gauge while a request's images are admitted.
+struct Queued<'a> {
+    metrics: &'a Metrics,
+    n: i64,
+}
+
+impl<'a> Queued<'a> {
+    fn new(metrics: &'a Metrics, n: usize) -> Self {
+        metrics.queued(n as i64);
+        Queued { metrics, n: n as i64 }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.metrics.queued(-self.n);
+    }
+}

@@ -1,0 +1,49 @@
+// Loads the studio page in headless Chromium, uploads images, waits for every card to
+// finish, screenshots the page and prints what it shows as one JSON line.
+// usage: node studio.mjs URL SCREENSHOT.png IMAGE...
+import { chromium } from "playwright-core";
+
+const [url, shot, ...images] = process.argv.slice(2);
+if (!url || !shot || images.length === 0) {
+  console.error("usage: node studio.mjs URL SCREENSHOT.png IMAGE...");
+  process.exit(2);
+}
+// The flags this machine needs: no sandbox as root, and no background calls to the
+// (closed) network.
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  const outside = [];
+  page.on("request", (r) => { if (!r.url().startsWith(url)) outside.push(r.url()); });
+
+  await page.goto(url);
+  await page.waitForSelector("#model[data-model]", { timeout: 30000 });
+  await page.setInputFiles("#file", images);
+  await page.waitForFunction(
+    (n) => document.querySelectorAll('.card[data-state="done"], .card[data-state="error"]').length === n,
+    images.length, { timeout: 120000 });
+  const cards = await page.$$eval(".card", (cs) => cs.map((c) => ({
+    name: c.querySelector("h2").textContent,
+    state: c.dataset.state,
+    top1: c.dataset.top1 || null,
+    ms: c.dataset.ms ? Number(c.dataset.ms) : null,
+    bars: [...c.querySelectorAll(".bar")].map((b) => ({
+      label: b.querySelector(".label").textContent,
+      percent: b.querySelector(".pct").textContent,
+      width: b.querySelector(".fill").style.width,
+    })),
+    error: c.querySelector(".error")?.textContent || null,
+    canvas: [c.querySelector("canvas").width, c.querySelector("canvas").height],
+  })));
+  const model = await page.textContent("#model");
+  await page.screenshot({ path: shot, fullPage: true });
+  console.log(JSON.stringify({ model, cards, pageErrors, outside }));
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,370 @@
+//! `resnet serve`: the real server on an ephemeral loopback port, every endpoint and every
+//! error status.
+#![cfg(feature = "serve")]
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::fixture;
+use common::serve::{client, fashion_classifier, multipart, slow_classifier, Running};
+use resnet::serve::ServeConfig;
+use serde_json::Value;
+
+fn example(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/fashion")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Status, headers and the JSON body of a response.
+fn answer(res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, ureq::http::HeaderMap, Value) {
+    let mut res = res.expect("the request reached the server");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let text = res.body_mut().read_to_string().expect("a readable body");
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, headers, json)
+}
+
+fn post(url: &str, content_type: &str, body: &[u8]) -> (u16, ureq::http::HeaderMap, Value) {
+    answer(client().post(url).header("Content-Type", content_type).send(body))
+}
+
+fn get_text(url: &str) -> (u16, String) {
+    let mut res = client().get(url).call().unwrap();
+    (res.status().as_u16(), res.body_mut().read_to_string().unwrap())
+}
+
+/// Posts each body from its own thread, all released at once; answers in body order.
+fn post_at_once(url: &str, bodies: &[Vec<u8>]) -> Vec<(u16, ureq::http::HeaderMap, Value)> {
+    let barrier = Arc::new(Barrier::new(bodies.len()));
+    std::thread::scope(|s| {
+        let hs: Vec<_> = bodies
+            .iter()
+            .map(|body| {
+                let barrier = barrier.clone();
+                s.spawn(move || {
+                    let agent = client();
+                    barrier.wait();
+                    answer(
+                        agent
+                            .post(url)
+                            .header("Content-Type", "image/png")
+                            .send(body.as_slice()),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// `name{labels} value` from a metrics page.
+fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {series} in\n{page}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn every_endpoint_answers() {
+    let srv = Running::fashion(ServeConfig::default());
+    let clf = fashion_classifier();
+
+    let (status, body) = get_text(&srv.url("/healthz"));
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], "ok");
+
+    let (status, body) = get_text(&srv.url("/v1/models"));
+    assert_eq!(status, 200);
+    let m: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["model"], "fashion-mnist-resnet20");
+    assert_eq!(m["architecture"], "resnet20");
+    assert_eq!(m["weights"], "fashion-mnist-resnet20");
+    assert_eq!(m["num_classes"], 10);
+    assert_eq!(m["classes"][9], "Ankle boot");
+    assert_eq!(m["input"], serde_json::json!([1, 28, 28]));
+    let c = clf.config().complexity(28, 28);
+    assert_eq!(m["parameters"], c.params);
+    assert!((m["gflops"].as_f64().unwrap() - c.gflops()).abs() < 1e-9);
+    assert_eq!(m["engine"], "fast");
+
+    // The studio page: self-contained, nothing fetched from elsewhere.
+    let (status, page) = get_text(&srv.url("/"));
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>resnet studio</title>"));
+    assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("src=\"//"));
+
+    // A raw body: one object, in the CLI's JSON schema, with the library's numbers.
+    let boot = example("0000-ankle-boot.png");
+    let (status, _, v) = post(&srv.url("/v1/classify?name=boot.png"), "image/png", &boot);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["image"], "boot.png");
+    let want = clf
+        .classify_path(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fashion/0000-ankle-boot.png"),
+            5,
+        )
+        .unwrap();
+    let got = v["predictions"].as_array().unwrap();
+    assert_eq!(got.len(), 5);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["index"], w.index);
+        assert_eq!(g["label"], w.label.as_str());
+        assert!((g["probability"].as_f64().unwrap() - w.probability as f64).abs() < 1e-6);
+    }
+    assert_eq!(got[0]["label"], "Ankle boot");
+
+    let (status, _, v) = post(&srv.url("/v1/classify?top_k=3"), "application/octet-stream", &boot);
+    assert_eq!(status, 200);
+    assert_eq!(v["image"], "image");
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 3);
+    // top_k over the class count is capped.
+    let (status, _, v) = post(&srv.url("/v1/classify?top_k=50"), "image/png", &boot);
+    assert_eq!(status, 200);
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 10);
+
+    // Multipart: an array, one object per `image` part, in order; other fields are ignored.
+    let trouser = example("0002-trouser.png");
+    let chelsea = std::fs::read(fixture("chelsea.png")).unwrap();
+    let (ct, body) = multipart(&[
+        ("image", "boot.png", &boot),
+        ("note", "ignored.txt", b"not an image part"),
+        ("image", "trouser.png", &trouser),
+        ("image", "chelsea.png", &chelsea),
+    ]);
+    let (status, _, v) = post(&srv.url("/v1/classify"), &ct, &body);
+    assert_eq!(status, 200, "{v}");
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 3);
+    assert_eq!(arr[0]["image"], "boot.png");
+    assert_eq!(arr[0]["predictions"][0]["label"], "Ankle boot");
+    assert_eq!(arr[1]["image"], "trouser.png");
+    assert_eq!(arr[1]["predictions"][0]["label"], "Trouser");
+    assert_eq!(arr[2]["image"], "chelsea.png");
+
+    // Unknown paths and wrong methods are JSON errors too.
+    let (status, _, v) = answer(client().get(&srv.url("/v2/nothing")).call());
+    assert_eq!(status, 404);
+    assert!(v["error"].is_string());
+    let (status, _, v) = answer(client().get(&srv.url("/v1/classify")).call());
+    assert_eq!(status, 405);
+    assert!(v["error"].as_str().unwrap().contains("POST"));
+
+    let (status, page) = get_text(&srv.url("/metrics"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(
+            &page,
+            "resnet_http_requests_total{endpoint=\"/v1/classify\",status=\"200\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "resnet_http_requests_total{endpoint=\"/v1/models\",status=\"200\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&page, "resnet_http_requests_total{endpoint=\"other\",status=\"404\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "resnet_http_request_duration_seconds_count{endpoint=\"/v1/classify\"}"
+        ),
+        5.0
+    );
+    assert_eq!(metric(&page, "resnet_images_classified_total"), 6.0);
+    assert!(metric(&page, "resnet_batch_size_count") >= 1.0);
+    assert!(page.contains("resnet_batch_size_bucket{le=\"1.0\"}"));
+    assert!(page.contains("# TYPE resnet_http_request_duration_seconds histogram"));
+    assert_eq!(metric(&page, "resnet_queued_images"), 0.0);
+    srv.stop().unwrap();
+}
+
+#[test]
+fn bad_input_gets_the_right_status_and_a_json_error() {
+    let cfg = ServeConfig {
+        max_body: 128 * 1024,
+        max_pixels: 10_000,
+        max_queue: 4,
+        ..Default::default()
+    };
+    let srv = Running::fashion(cfg);
+    let url = srv.url("/v1/classify");
+    let boot = example("0000-ankle-boot.png");
+    let expect = |(status, _, v): (u16, ureq::http::HeaderMap, Value), want: u16, says: &str| {
+        assert_eq!(status, want, "{v}");
+        let msg = v["error"].as_str().unwrap_or_else(|| panic!("no error string in {v}"));
+        assert!(msg.contains(says), "{msg:?} should say {says:?}");
+    };
+
+    // 400: malformed multipart, no boundary, no image part, an empty body, bad top_k.
+    expect(
+        post(&url, "multipart/form-data; boundary=XX", b"garbage with no parts"),
+        400,
+        "multipart",
+    );
+    expect(post(&url, "multipart/form-data", &boot), 400, "multipart");
+    let (ct, body) = multipart(&[("file", "boot.png", &boot)]);
+    expect(post(&url, &ct, &body), 400, "no `image` part");
+    expect(post(&url, "image/png", b""), 400, "empty");
+    expect(post(&format!("{url}?top_k=0"), "image/png", &boot), 400, "top_k");
+    expect(post(&format!("{url}?top_k=many"), "image/png", &boot), 400, "top_k");
+
+    // 413: a raw body or a multipart body over --max-body, or more images than the queue holds.
+    let big = vec![0x89u8; 300 * 1024];
+    expect(post(&url, "image/png", &big), 413, "131072 bytes");
+    let (ct, body) = multipart(&[("image", "big.png", &big)]);
+    expect(post(&url, &ct, &body), 413, "limit");
+    let five: Vec<(&str, &str, &[u8])> = (0..5).map(|_| ("image", "b.png", boot.as_slice())).collect();
+    let (ct, body) = multipart(&five);
+    expect(post(&url, &ct, &body), 413, "at most 4");
+
+    // 415: not an image at all; in a multipart part too.
+    expect(post(&url, "text/plain", b"hello, I am text"), 415, "not an image");
+    let (ct, body) = multipart(&[("image", "boot.png", &boot), ("image", "notes.txt", b"plain text")]);
+    expect(post(&url, &ct, &body), 415, "notes.txt");
+
+    // 422: a corrupt (truncated) image, and one over --max-pixels.
+    let chelsea = std::fs::read(fixture("chelsea.png")).unwrap();
+    expect(post(&url, "image/png", &chelsea[..4000]), 422, "cannot decode");
+    let rocket = std::fs::read(fixture("rocket.jpg")).unwrap();
+    assert!(rocket.len() < 128 * 1024, "the fixture must fit the body limit");
+    expect(
+        post(&format!("{url}?name=rocket.jpg"), "image/jpeg", &rocket),
+        422,
+        "over the limit of 10000",
+    );
+    expect(post(&url, "image/png", &common::bomb_png()), 422, "pixels");
+
+    // The server is unharmed: a good image still works, and nothing is left queued.
+    let (status, _, v) = post(&url, "image/png", &boot);
+    assert_eq!(status, 200, "{v}");
+    let (_, page) = get_text(&srv.url("/metrics"));
+    assert_eq!(metric(&page, "resnet_queued_images"), 0.0);
+    assert_eq!(
+        metric(
+            &page,
+            "resnet_http_requests_total{endpoint=\"/v1/classify\",status=\"400\"}"
+        ),
+        6.0
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "resnet_http_requests_total{endpoint=\"/v1/classify\",status=\"422\"}"
+        ),
+        3.0
+    );
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    // One image admitted at a time, and each takes tens of milliseconds.
+    let cfg = ServeConfig {
+        max_queue: 1,
+        max_batch: 1,
+        batch_window: Duration::ZERO,
+        ..Default::default()
+    };
+    let srv = Running::start("resnet50", vec![slow_classifier()], cfg);
+    let url = srv.url("/v1/classify");
+    let img = std::fs::read(fixture("coffee.png")).unwrap();
+    let n = 8;
+    let answers = post_at_once(&url, &vec![img; n]);
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let busy: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
+    assert_eq!(
+        ok + busy.len(),
+        n,
+        "only 200 or 503 expected: {:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    assert!(ok >= 1 && !busy.is_empty(), "{ok} answered, {} refused", busy.len());
+    for (_, headers, v) in busy {
+        assert_eq!(headers.get("retry-after").map(|h| h.to_str().unwrap()), Some("1"));
+        assert!(v["error"].as_str().unwrap().contains("busy"));
+    }
+    let (_, page) = get_text(&srv.url("/metrics"));
+    assert_eq!(metric(&page, "resnet_queue_rejections_total"), (n - ok) as f64);
+    srv.stop().unwrap();
+}
+
+#[test]
+fn concurrent_requests_share_forward_passes() {
+    // A wide window so that all eight requests surely meet in one or two batches.
+    let cfg = ServeConfig {
+        max_batch: 16,
+        batch_window: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let srv = Running::fashion(cfg);
+    let url = srv.url("/v1/classify");
+    let files = [
+        "0000-ankle-boot.png",
+        "0001-pullover.png",
+        "0002-trouser.png",
+        "0004-shirt.png",
+    ];
+    let n = 8;
+    let answers = post_at_once(
+        &url,
+        &(0..n).map(|i| example(files[i % files.len()])).collect::<Vec<_>>(),
+    );
+    // Batched answers are each image's own, with the numbers of a lone forward pass.
+    let clf = fashion_classifier();
+    for (i, (status, _, v)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "{v}");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/fashion")
+            .join(files[i % 4]);
+        let want = clf.classify_path(path, 5).unwrap();
+        assert_eq!(v["predictions"][0]["index"], want[0].index, "{}", files[i % 4]);
+        let p = v["predictions"][0]["probability"].as_f64().unwrap();
+        assert!(
+            (p - want[0].probability as f64).abs() < 1e-5,
+            "{p} vs {}",
+            want[0].probability
+        );
+    }
+    let (_, page) = get_text(&srv.url("/metrics"));
+    assert_eq!(metric(&page, "resnet_images_classified_total"), n as f64);
+    let passes = metric(&page, "resnet_batch_size_count");
+    assert!(
+        passes < n as f64,
+        "{n} images took {passes} forward passes: no batching"
+    );
+    srv.stop().unwrap();
+}
+
+#[test]
+fn shutdown_finishes_the_requests_in_flight() {
+    let srv = Running::start("resnet50", vec![slow_classifier()], ServeConfig::default());
+    let url = srv.url("/v1/classify");
+    let addr = srv.addr;
+    let img = std::fs::read(fixture("coffee.png")).unwrap();
+    let parts: Vec<(&str, &str, &[u8])> = (0..4).map(|_| ("image", "coffee.png", img.as_slice())).collect();
+    let (ct, body) = multipart(&parts);
+    let in_flight = std::thread::spawn(move || post(&url, &ct, &body));
+    // Let the request reach the server, then ask it to stop while it is being served.
+    std::thread::sleep(Duration::from_millis(150));
+    srv.stop().expect("a clean shutdown");
+    let (status, _, v) = in_flight.join().unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 4);
+    // And then it is gone.
+    assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err());
+}

@@ -1,0 +1,120 @@
+//! The studio page end to end in headless Chromium (Debian's `chromium`, driven by
+//! `playwright-core` from `tests/browser/`): upload real images, wait for the bars, compare
+//! the top-1 labels with the CLI's, and keep a screenshot.
+//!
+//! Needs `/usr/bin/chromium` and `npm ci --prefix tests/browser`; `.ci/run` installs both.
+#![cfg(feature = "serve")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fixture;
+use common::serve::Running;
+use resnet::serve::ServeConfig;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The CLI's top-1 label for each image, from `resnet classify --format json`.
+fn cli_top1(images: &[&Path]) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["classify", "--model", "fashion-mnist-resnet20", "--format", "json"])
+        .args(images)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["predictions"][0]["label"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn studio_page_classifies_uploads_in_chromium() {
+    let browser_dir = root().join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists() && browser_dir.join("node_modules/playwright-core").exists(),
+        "the browser test needs Chromium at {chromium} (apt-get install chromium) and \
+         playwright-core (npm ci --prefix tests/browser); .ci/run installs both"
+    );
+
+    let srv = Running::fashion(ServeConfig::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let not_image = tmp.path().join("notes.png");
+    std::fs::write(&not_image, "these are notes, not a picture").unwrap();
+    // A real photo (chelsea the cat) and a Fashion-MNIST test image.
+    let photo = fixture("chelsea.png");
+    let trouser = root().join("examples/fashion/0002-trouser.png");
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("studio.png");
+    let _ = std::fs::remove_file(&shot);
+
+    let out = Command::new("node")
+        .current_dir(&browser_dir)
+        .arg("studio.mjs")
+        .arg(srv.url("/"))
+        .arg(&shot)
+        .args([&photo, &trouser, &not_image])
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("running node (install Node.js 20 or later)");
+    assert!(
+        out.status.success(),
+        "studio.mjs failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("screenshot: {}", shot.display());
+
+    assert!(
+        page["model"].as_str().unwrap().contains("fashion-mnist-resnet20"),
+        "{page}"
+    );
+    assert_eq!(page["pageErrors"], serde_json::json!([]), "the page threw");
+    assert_eq!(
+        page["outside"],
+        serde_json::json!([]),
+        "the page fetched something from elsewhere"
+    );
+    let cards = page["cards"].as_array().unwrap();
+    assert_eq!(cards.len(), 3);
+    let card = |name: &str| {
+        cards
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no card for {name}: {page}"))
+    };
+
+    let want = cli_top1(&[&photo, &trouser]);
+    assert_eq!(want[1], "Trouser");
+    for (name, label) in [("chelsea.png", &want[0]), ("0002-trouser.png", &want[1])] {
+        let c = card(name);
+        assert_eq!(c["state"], "done", "{c}");
+        assert_eq!(
+            c["top1"].as_str(),
+            Some(label.as_str()),
+            "browser and CLI disagree on {name}"
+        );
+        let bars = c["bars"].as_array().unwrap();
+        assert_eq!(bars.len(), 5);
+        assert_eq!(bars[0]["label"].as_str(), Some(label.as_str()));
+        assert!(bars[0]["percent"].as_str().unwrap().ends_with('%'));
+        assert!(c["ms"].as_f64().unwrap() > 0.0, "the request was not timed: {c}");
+    }
+    let bad = card("notes.png");
+    assert_eq!(bad["state"], "error");
+    assert!(bad["error"].as_str().unwrap().contains("not an image"), "{bad}");
+
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+    srv.stop().unwrap();
+}
