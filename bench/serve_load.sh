@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-fashion-mnist-resnet20}
+WEIGHTS=${WEIGHTS:-DEFAULT}   # e.g. MODEL=resnet50 WEIGHTS=random IMAGE=tests/fixtures/chelsea.png
 IMAGE=${IMAGE:-examples/fashion/0000-ankle-boot.png}
 CLIENTS=${CLIENTS:-16}
 SECS=${SECS:-20}
@@ -13,7 +14,7 @@ PORT=${PORT:-18090}
 cargo build --release --bin resnet --example serve_load
 declare -A rps
 for mb in 16 1; do
-  ./target/release/resnet serve --model "$MODEL" --addr "127.0.0.1:$PORT" --max-batch "$mb" 2>/dev/null &
+  ./target/release/resnet serve --model "$MODEL" --weights "$WEIGHTS" --addr "127.0.0.1:$PORT" --max-batch "$mb" 2>/dev/null &
   pid=$!
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break
