@@ -51,7 +51,9 @@ fn studio_page_classifies_uploads_in_chromium() {
     let tmp = tempfile::tempdir().unwrap();
     let not_image = tmp.path().join("notes.png");
     std::fs::write(&not_image, "these are notes, not a picture").unwrap();
-    // A real photo (chelsea the cat) and a Fashion-MNIST test image.
+    // A Fashion-MNIST test image, dropped on the page; then, picked together, a real photo
+    // (chelsea the cat), another test image and the text file.
+    let boot = root().join("examples/fashion/0000-ankle-boot.png");
     let photo = fixture("chelsea.png");
     let trouser = root().join("examples/fashion/0002-trouser.png");
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("studio.png");
@@ -62,7 +64,7 @@ fn studio_page_classifies_uploads_in_chromium() {
         .arg("studio.mjs")
         .arg(srv.url("/"))
         .arg(&shot)
-        .args([&photo, &trouser, &not_image])
+        .args([&boot, &photo, &trouser, &not_image])
         .env("CHROMIUM", &chromium)
         .output()
         .expect("running node (install Node.js 20 or later)");
@@ -86,7 +88,7 @@ fn studio_page_classifies_uploads_in_chromium() {
         "the page fetched something from elsewhere"
     );
     let cards = page["cards"].as_array().unwrap();
-    assert_eq!(cards.len(), 3);
+    assert_eq!(cards.len(), 4);
     let card = |name: &str| {
         cards
             .iter()
@@ -94,9 +96,13 @@ fn studio_page_classifies_uploads_in_chromium() {
             .unwrap_or_else(|| panic!("no card for {name}: {page}"))
     };
 
-    let want = cli_top1(&[&photo, &trouser]);
-    assert_eq!(want[1], "Trouser");
-    for (name, label) in [("chelsea.png", &want[0]), ("0002-trouser.png", &want[1])] {
+    let want = cli_top1(&[&boot, &photo, &trouser]);
+    assert_eq!([want[0].as_str(), want[2].as_str()], ["Ankle boot", "Trouser"]);
+    for (name, label) in [
+        ("0000-ankle-boot.png", &want[0]),
+        ("chelsea.png", &want[1]),
+        ("0002-trouser.png", &want[2]),
+    ] {
         let c = card(name);
         assert_eq!(c["state"], "done", "{c}");
         assert_eq!(

@@ -1,6 +1,10 @@
 // Loads the studio page in headless Chromium, uploads images, waits for every card to
 // finish, screenshots the page and prints what it shows as one JSON line.
+// The first image is dropped on the drop zone (a real `drop` event with a DataTransfer);
+// the rest are picked with the file input.
 // usage: node studio.mjs URL SCREENSHOT.png IMAGE...
+import { readFileSync } from "node:fs";
+import { basename } from "node:path";
 import { chromium } from "playwright-core";
 
 const [url, shot, ...images] = process.argv.slice(2);
@@ -24,7 +28,17 @@ try {
 
   await page.goto(url);
   await page.waitForSelector("#model[data-model]", { timeout: 30000 });
-  await page.setInputFiles("#file", images);
+  const [dropped, ...picked] = images;
+  const payload = { name: basename(dropped), b64: readFileSync(dropped).toString("base64") };
+  const dataTransfer = await page.evaluateHandle(({ name, b64 }) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], name, { type: "image/png" }));
+    return dt;
+  }, payload);
+  await page.dispatchEvent("#drop", "dragover", { dataTransfer });
+  await page.dispatchEvent("#drop", "drop", { dataTransfer });
+  if (picked.length) await page.setInputFiles("#file", picked);
   await page.waitForFunction(
     (n) => document.querySelectorAll('.card[data-state="done"], .card[data-state="error"]').length === n,
     images.length, { timeout: 120000 });
