@@ -110,6 +110,9 @@ struct AppState {
     max_queue: usize,
     /// One permit per admitted image.
     admitted: Arc<Semaphore>,
+    /// One permit per core: a decoded image may take hundreds of MB (up to `max_pixels`), so
+    /// admitted requests decode a few at a time rather than all at once.
+    decoders: Arc<Semaphore>,
     batcher: Batcher,
     metrics: Arc<Metrics>,
 }
@@ -153,6 +156,9 @@ impl Server {
                 max_body: cfg.max_body,
                 max_queue: cfg.max_queue,
                 admitted: Arc::new(Semaphore::new(cfg.max_queue)),
+                decoders: Arc::new(Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                )),
                 batcher,
                 metrics,
             }),
@@ -384,9 +390,17 @@ async fn classify(
     let _queued = Queued::new(&state.metrics, n);
 
     // Decoding and resizing are CPU work: keep them off the async threads.
+    let decoding = state
+        .decoders
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"))?;
     let st = state.clone();
     let names: Vec<String> = images.iter().map(|(name, _)| name.clone()).collect();
     let inputs = tokio::task::spawn_blocking(move || {
+        // Held until the decode ends, even if the client has gone.
+        let _decoding = decoding;
         images
             .iter()
             .map(|(name, bytes)| {
