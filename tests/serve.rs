@@ -368,3 +368,50 @@ fn shutdown_finishes_the_requests_in_flight() {
     // And then it is gone.
     assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err());
 }
+
+#[test]
+fn the_cli_stops_on_sigterm_after_answering() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args([
+            "serve",
+            "--model",
+            "resnet50",
+            "--weights",
+            "random",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .map(str::trim)
+        .filter(|a| line.starts_with("serving ") && !a.is_empty())
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    let img = std::fs::read(fixture("coffee.png")).unwrap();
+    let parts: Vec<(&str, &str, &[u8])> = (0..4).map(|_| ("image", "coffee.png", img.as_slice())).collect();
+    let (ct, body) = multipart(&parts);
+    let url = format!("http://{addr}/v1/classify");
+    let in_flight = std::thread::spawn(move || post(&url, &ct, &body));
+    std::thread::sleep(Duration::from_millis(150));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let (status, _, v) = in_flight.join().unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 4);
+    let exit = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(exit.success(), "exit {exit:?}: {rest}");
+    assert!(rest.contains("stopped"), "{rest}");
+}
