@@ -31,7 +31,12 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub fn start(classifiers: Vec<Classifier>, max_batch: usize, window: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        classifiers: Vec<Classifier>,
+        max_batch: usize,
+        window: Duration,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         // Unbounded: the server admits at most `max_queue` images (a semaphore) before sending.
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let workers = classifiers
@@ -42,13 +47,12 @@ impl Batcher {
                 std::thread::Builder::new()
                     .name(format!("resnet-infer-{i}"))
                     .spawn(move || worker(clf, rx, max_batch.max(1), window, &metrics))
-                    .expect("spawning an inference thread")
             })
-            .collect();
-        Batcher {
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Batcher {
             tx: Mutex::new(Some(tx)),
             workers: Mutex::new(workers),
-        }
+        })
     }
 
     /// Queues a job; `false` once the batcher is shut down.

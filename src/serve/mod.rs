@@ -98,7 +98,6 @@ pub struct ModelInfo {
 pub struct Server {
     listener: std::net::TcpListener,
     state: Arc<AppState>,
-    max_body: usize,
     io_threads: usize,
 }
 
@@ -144,9 +143,15 @@ impl Server {
         };
         let listener = std::net::TcpListener::bind(cfg.addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| Error::Serve(format!("cannot listen on {}: {e}", cfg.addr)))?;
+            .map_err(|e| {
+                Error::Serve(format!(
+                    "cannot listen on {}: {e}; if another program holds the port, pick another with --addr",
+                    cfg.addr
+                ))
+            })?;
         let metrics = Arc::new(Metrics::new());
-        let batcher = Batcher::start(classifiers, cfg.max_batch, cfg.batch_window, metrics.clone());
+        let batcher = Batcher::start(classifiers, cfg.max_batch, cfg.batch_window, metrics.clone())
+            .map_err(|e| Error::Serve(format!("cannot start the inference threads: {e}")))?;
         Ok(Server {
             listener,
             state: Arc::new(AppState {
@@ -162,7 +167,6 @@ impl Server {
                 batcher,
                 metrics,
             }),
-            max_body: cfg.max_body,
             io_threads: cfg.io_threads.max(1),
         })
     }
@@ -177,7 +181,7 @@ impl Server {
 
     /// The routes, for embedding in another axum app.
     pub fn router(&self) -> Router {
-        router(self.state.clone(), self.max_body)
+        router(self.state.clone())
     }
 
     /// Serves on its own tokio runtime until `shutdown` resolves, then stops accepting,
@@ -221,7 +225,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn router(state: Arc<AppState>, max_body: usize) -> Router {
+fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(studio))
         .route("/healthz", get(healthz))
@@ -230,7 +234,7 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/v1/classify", post(classify))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(state.max_body))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
