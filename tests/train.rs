@@ -281,3 +281,21 @@ fn empty_and_missing_datasets_are_clear_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn initial_weights_that_do_not_fit_name_the_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fashion_slice(tmp.path(), 256, 64);
+    // CIFAR weights have 3 input channels; this model has 1.
+    let out = train_cmd(&data, &tmp.path().join("run"), 1, "0.1")
+        .arg("--weights")
+        .arg(common::fixture("resnet20_cifar.pth"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shape mismatch for conv1.weight: model [16, 1, 3, 3], file [16, 3, 3, 3]"),
+        "{err}"
+    );
+}

@@ -372,11 +372,14 @@ impl Trainer {
             sd.remove("fc.weight");
             sd.remove("fc.bias");
         }
-        let report = weights::load_into(&mut self.model, sd, false, &self.config.model)?;
-        if !report.mismatched.is_empty() || report.missing.iter().any(|k| !k.starts_with("fc.")) {
+        let mut report = weights::load_into(&mut self.model, sd, false, &self.config.model)?;
+        // Only the head may be missing (it was dropped above); extra keys are ignored.
+        report.missing.retain(|k| !k.starts_with("fc."));
+        report.unexpected.clear();
+        if !report.is_exact() {
             return Err(Error::KeyMismatch {
                 model: self.config.model.clone(),
-                report: format!("{:?} {:?}", report.missing, report.mismatched),
+                report: report.render(),
             });
         }
         Ok(())

@@ -107,7 +107,8 @@ impl LoadReport {
         Ok(self)
     }
 
-    fn render(&self) -> String {
+    /// Every gap and mismatch, one kind per line (at most 20 keys of each).
+    pub(crate) fn render(&self) -> String {
         let mut s = String::new();
         let list = |v: &[String]| {
             let mut l = v.iter().take(20).cloned().collect::<Vec<_>>().join(", ");
