@@ -40,6 +40,7 @@ pub struct ServeArgs {
     /// Inference threads in all (default: RAYON_NUM_THREADS, else every core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// `fast`: the CPU engine; `burn`: the reference path (GPU backends always run burn).
     #[arg(long, value_enum, default_value = "fast")]
     engine: EngineKind,
 }
