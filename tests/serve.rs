@@ -64,6 +64,18 @@ fn post_at_once(url: &str, bodies: &[Vec<u8>]) -> Vec<(u16, ureq::http::HeaderMa
     })
 }
 
+/// Waits until the server holds a request's images (or that request has already ended).
+fn wait_until_admitted<T>(metrics_url: &str, request: &std::thread::JoinHandle<T>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !request.is_finished() && metric(&get_text(metrics_url).1, "resnet_queued_images") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// `name{labels} value` from a metrics page.
 fn metric(page: &str, series: &str) -> f64 {
     page.lines()
@@ -359,8 +371,8 @@ fn shutdown_finishes_the_requests_in_flight() {
     let parts: Vec<(&str, &str, &[u8])> = (0..4).map(|_| ("image", "coffee.png", img.as_slice())).collect();
     let (ct, body) = multipart(&parts);
     let in_flight = std::thread::spawn(move || post(&url, &ct, &body));
-    // Let the request reach the server, then ask it to stop while it is being served.
-    std::thread::sleep(Duration::from_millis(150));
+    // Ask the server to stop once the request is being served.
+    wait_until_admitted(&srv.url("/metrics"), &in_flight);
     srv.stop().expect("a clean shutdown");
     let (status, _, v) = in_flight.join().unwrap();
     assert_eq!(status, 200, "{v}");
@@ -400,7 +412,7 @@ fn the_cli_stops_on_sigterm_after_answering() {
     let (ct, body) = multipart(&parts);
     let url = format!("http://{addr}/v1/classify");
     let in_flight = std::thread::spawn(move || post(&url, &ct, &body));
-    std::thread::sleep(Duration::from_millis(150));
+    wait_until_admitted(&format!("http://{addr}/metrics"), &in_flight);
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
