@@ -347,19 +347,17 @@ async fn classify(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
-    let too_large = |e: ApiError| body_error(e, state.max_body);
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, state.max_body).await?;
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body is empty: send the image bytes, or multipart/form-data with `image` parts",
+        ));
+    }
     let images = if is_multipart {
-        read_multipart(req).await.map_err(too_large)?
+        read_multipart(Request::from_parts(parts, axum::body::Body::from(body))).await?
     } else {
-        let body = Bytes::from_request(req, &())
-            .await
-            .map_err(|e| too_large(ApiError::new(e.status(), e.body_text())))?;
-        if body.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "the body is empty: send the image bytes, or multipart/form-data with `image` parts",
-            ));
-        }
         vec![(q.name.unwrap_or_else(|| "image".into()), body)]
     };
     for (name, bytes) in &images {
@@ -486,19 +484,47 @@ async fn read_multipart(req: Request) -> std::result::Result<Vec<(String, Bytes)
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    ApiError::new(e.status(), format!("malformed multipart request: {}", e.body_text()))
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!("malformed multipart request: {}", e.body_text()),
+    )
 }
 
-/// Says what to do about a body over the limit.
-fn body_error(e: ApiError, max_body: usize) -> ApiError {
-    if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+/// How much more than `--max-body` is read, and dropped, before a 413: enough for the client
+/// to finish sending and read the answer. (Closing with unread data makes the kernel reset the
+/// connection, and the client then sees an error instead of the 413.)
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// The whole body, up to `limit` bytes; over it, a 413 after draining at most [`DRAIN_LIMIT`].
+async fn read_body(body: axum::body::Body, limit: usize) -> std::result::Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let unreadable = |e: axum::Error| {
         ApiError::new(
-            e.status,
-            format!("the request body is over this server's limit of {max_body} bytes (resnet serve --max-body); send a smaller image"),
+            StatusCode::BAD_REQUEST,
+            format!("the request body could not be read: {e}"),
         )
-    } else {
-        e
+    };
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(unreadable)?.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total <= limit {
+            buf.extend_from_slice(&data);
+        } else if total > limit.saturating_add(DRAIN_LIMIT) {
+            break;
+        }
     }
+    if total > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over this server's limit of {limit} bytes (resnet serve --max-body); send a smaller image"),
+        ));
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Keeps the `queued_images` gauge while a request's images are admitted.
