@@ -7,18 +7,13 @@ mod common;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::fixture;
 use common::serve::{client, fashion_classifier, multipart, slow_classifier, Running};
+use common::{fashion_example, fixture};
 use resnet::serve::ServeConfig;
 use serde_json::Value;
 
 fn example(name: &str) -> Vec<u8> {
-    std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples/fashion")
-            .join(name),
-    )
-    .unwrap()
+    std::fs::read(fashion_example(name)).unwrap()
 }
 
 /// Status, headers and the JSON body of a response.
@@ -119,12 +114,7 @@ fn every_endpoint_answers() {
     let (status, _, v) = post(&srv.url("/v1/classify?name=boot.png"), "image/png", &boot);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["image"], "boot.png");
-    let want = clf
-        .classify_path(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fashion/0000-ankle-boot.png"),
-            5,
-        )
-        .unwrap();
+    let want = clf.classify_path(fashion_example("0000-ankle-boot.png"), 5).unwrap();
     let got = v["predictions"].as_array().unwrap();
     assert_eq!(got.len(), 5);
     for (g, w) in got.iter().zip(&want) {
@@ -344,10 +334,7 @@ fn concurrent_requests_share_forward_passes() {
     let clf = fashion_classifier();
     for (i, (status, _, v)) in answers.iter().enumerate() {
         assert_eq!(*status, 200, "{v}");
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples/fashion")
-            .join(files[i % 4]);
-        let want = clf.classify_path(path, 5).unwrap();
+        let want = clf.classify_path(fashion_example(files[i % 4]), 5).unwrap();
         assert_eq!(v["predictions"][0]["index"], want[0].index, "{}", files[i % 4]);
         let p = v["predictions"][0]["probability"].as_f64().unwrap();
         assert!(

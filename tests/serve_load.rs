@@ -16,9 +16,7 @@ use resnet::serve::ServeConfig;
 fn sixteen_clients_for_twenty_seconds_without_a_failure() {
     let srv = Running::fashion(ServeConfig::default());
     let url = srv.url("/v1/classify");
-    let img =
-        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fashion/0000-ankle-boot.png"))
-            .unwrap();
+    let img = std::fs::read(common::fashion_example("0000-ankle-boot.png")).unwrap();
     let pid = std::process::id();
 
     let warm = load::run(&url, &img, 16, Duration::from_secs(3));

@@ -10,8 +10,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::fixture;
 use common::serve::Running;
+use common::{fashion_example, fixture};
 use resnet::serve::ServeConfig;
 use serde_json::Value;
 
@@ -53,9 +53,9 @@ fn studio_page_classifies_uploads_in_chromium() {
     std::fs::write(&not_image, "these are notes, not a picture").unwrap();
     // A Fashion-MNIST test image, dropped on the page; then, picked together, a real photo
     // (chelsea the cat), another test image and the text file.
-    let boot = root().join("examples/fashion/0000-ankle-boot.png");
+    let boot = fashion_example("0000-ankle-boot.png");
     let photo = fixture("chelsea.png");
-    let trouser = root().join("examples/fashion/0002-trouser.png");
+    let trouser = fashion_example("0002-trouser.png");
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("studio.png");
     let _ = std::fs::remove_file(&shot);
 

@@ -49,13 +49,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let (name, weights) = model_and_weights(&a.model.model, &a.model.weights)?;
     let labels = a.model.classes.as_deref().map(read_labels).transpose()?;
     let workers = a.workers.max(1);
+    // Split the threads among the workers; 0 takes rayon's default (RAYON_NUM_THREADS, else every core).
     let threads = match a.threads {
-        0 => std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        0 => rayon::current_num_threads(),
         n => n,
     };
+    let per_worker = (threads / workers).max(1);
     let mut classifiers = Vec::with_capacity(workers);
     for _ in 0..workers {
         let (bar, mut on_download) = download_bar();
@@ -63,7 +62,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             labels: labels.clone(),
             on_download: Some(&mut on_download),
             engine: a.engine == EngineKind::Fast,
-            threads: (threads / workers).max(1),
+            threads: per_worker,
             ..Default::default()
         };
         classifiers.push(Classifier::build(name, weights.clone(), opts)?);
@@ -89,7 +88,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         info.input[1],
         info.input[2],
         info.engine,
-        (threads / workers).max(1),
+        per_worker,
         server.local_addr()
     );
     eprintln!(

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -234,7 +234,6 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/classify", post(classify))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.max_body))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -379,17 +378,13 @@ async fn classify(
             ),
         ));
     }
-    let permits = u32::try_from(n)
-        .ok()
-        .and_then(|n| state.admitted.clone().try_acquire_many_owned(n).ok())
-        .ok_or_else(|| {
-            state.metrics.rejected();
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is busy (its queue is full); retry in a moment",
-            )
-        })?;
-    let _queued = Queued::new(&state.metrics, n);
+    let _admitted = Admission::try_new(&state, n).ok_or_else(|| {
+        state.metrics.rejected();
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is busy (its queue is full); retry in a moment",
+        )
+    })?;
 
     // Decoding and resizing are CPU work: keep them off the async threads.
     let decoding = state
@@ -444,7 +439,6 @@ async fn classify(
             predictions: top_k(&logits, k, &state.info.classes),
         });
     }
-    drop(permits);
     Ok(if is_multipart {
         Json(results).into_response()
     } else {
@@ -496,7 +490,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 const DRAIN_LIMIT: usize = 64 << 20;
 
 /// The whole body, up to `limit` bytes; over it, a 413 after draining at most [`DRAIN_LIMIT`].
-async fn read_body(body: axum::body::Body, limit: usize) -> std::result::Result<Bytes, ApiError> {
+async fn read_body(mut body: axum::body::Body, limit: usize) -> std::result::Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     let unreadable = |e: axum::Error| {
         ApiError::new(
@@ -504,7 +498,6 @@ async fn read_body(body: axum::body::Body, limit: usize) -> std::result::Result<
             format!("the request body could not be read: {e}"),
         )
     };
-    let mut body = body;
     let mut buf = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
@@ -527,20 +520,32 @@ async fn read_body(body: axum::body::Body, limit: usize) -> std::result::Result<
     Ok(Bytes::from(buf))
 }
 
-/// Keeps the `queued_images` gauge while a request's images are admitted.
-struct Queued<'a> {
+/// A request's images, admitted: their queue permits, counted in the `queued_images` gauge
+/// until the answer is sent.
+struct Admission<'a> {
+    _permits: tokio::sync::OwnedSemaphorePermit,
     metrics: &'a Metrics,
     n: i64,
 }
 
-impl<'a> Queued<'a> {
-    fn new(metrics: &'a Metrics, n: usize) -> Self {
-        metrics.queued(n as i64);
-        Queued { metrics, n: n as i64 }
+impl<'a> Admission<'a> {
+    /// `None` when the queue has no room for `n` more images.
+    fn try_new(state: &'a AppState, n: usize) -> Option<Self> {
+        let permits = state
+            .admitted
+            .clone()
+            .try_acquire_many_owned(u32::try_from(n).ok()?)
+            .ok()?;
+        state.metrics.queued(n as i64);
+        Some(Admission {
+            _permits: permits,
+            metrics: &state.metrics,
+            n: n as i64,
+        })
     }
 }
 
-impl Drop for Queued<'_> {
+impl Drop for Admission<'_> {
     fn drop(&mut self) {
         self.metrics.queued(-self.n);
     }

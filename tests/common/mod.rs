@@ -17,6 +17,13 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A Fashion-MNIST test image from `examples/fashion/`.
+pub fn fashion_example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/fashion")
+        .join(name)
+}
+
 fn fnv1a(s: &str) -> u64 {
     let mut h: u32 = 0x811C9DC5;
     for b in s.bytes() {
