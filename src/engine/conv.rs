@@ -81,6 +81,8 @@ fn profiling() -> bool {
 thread_local! {
     /// Each thread's patch buffer, grown once and reused by every later conv and call.
     static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's packed A for one pixel block (when its tasks do not share one).
+    static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Raw pointers shared across the worker threads; every task writes disjoint rows/columns.
@@ -211,7 +213,8 @@ impl Conv {
         let rp = Ptr(residual.map(|r| r.as_ptr()));
         let cout_g = cout / groups;
         let block_rows = |b: usize| (b * rows, ((b + 1) * rows).min(m));
-        // Block b's A: its patch rows (im2col in this thread's buffer) or its input rows.
+        // Block b's A for the portable kernel: its patch rows (im2col in this thread's buffer)
+        // or its input rows.
         let with_a = |b: usize, f: &mut dyn FnMut(*const f32, usize)| {
             let (r0, r1) = block_rows(b);
             if direct {
@@ -233,29 +236,42 @@ impl Conv {
             relu,
         };
         let packed = self.weights[0].is_packed();
+        // The AVX-512 kernel reads A packed. A 1×1 conv packs its input rows; a conv over
+        // channels that come in whole 16-float runs packs each tap straight from the input
+        // (implicit im2col, no patch buffer); others (the stem, grouped convs) gather patches first.
+        let implicit = !direct && groups == 1 && cin % 16 == 0;
+        let per_group = kernel::packed_len(rows, kk);
+        // Packs block b's A, every group, into `dst` (`groups · per_group` floats).
+        let pack_block = |b: usize, dst: &mut [f32]| {
+            let (r0, r1) = block_rows(b);
+            let len = kernel::packed_len(r1 - r0, kk);
+            if implicit {
+                let src = |row0: usize, seg: usize, ptrs: &mut [*const f32; kernel::MR]| {
+                    self.tap_rows(xp.get(), xs, os, r0 + row0..r1, seg, ptrs)
+                };
+                // SAFETY: every pointer tap_rows gives starts `cin` floats inside `x`.
+                return unsafe { kernel::pack_a(r1 - r0, kk, cin, &src, &mut dst[..len]) };
+            }
+            with_a(b, &mut |a, lda| {
+                for g in 0..groups {
+                    let d = &mut dst[g * per_group..g * per_group + len];
+                    // SAFETY: `a` holds r1 - r0 rows of `lda ≥ groups · kk` floats.
+                    unsafe { kernel::pack_a_rows(r1 - r0, a.add(g * kk), lda, kk, d) };
+                }
+            })
+        };
         let shared = packed && splits > 1;
         // With panels split across tasks, each block's A is packed once up front and shared.
-        let per_group = kernel::packed_len(rows, kk);
         if shared {
             let need = blocks * groups * per_group;
             if scratch.len() < need {
                 scratch.resize(need, 0.0);
             }
-            let sp = Ptr(scratch.as_mut_ptr());
             pool.install(|| {
-                (0..blocks).into_par_iter().for_each(|b| {
-                    let (r0, r1) = block_rows(b);
-                    with_a(b, &mut |a, lda| {
-                        for g in 0..groups {
-                            // SAFETY: each block packs into its own region of the scratch.
-                            let dst = unsafe {
-                                std::slice::from_raw_parts_mut(sp.get().add((b * groups + g) * per_group), per_group)
-                            };
-                            let len = kernel::packed_len(r1 - r0, kk);
-                            unsafe { kernel::pack_a_all(r1 - r0, a.add(g * kk), lda, kk, &mut dst[..len]) };
-                        }
-                    })
-                })
+                scratch[..need]
+                    .par_chunks_mut(groups * per_group)
+                    .enumerate()
+                    .for_each(|(b, dst)| pack_block(b, dst))
             });
         }
         let scratch: &[f32] = scratch;
@@ -266,28 +282,31 @@ impl Conv {
             if p.is_empty() {
                 return;
             }
-            let run_group = |g: usize, w: &PackedB, a: Option<(*const f32, usize)>| {
-                let c = unsafe { op.get().add(r0 * cout + g * cout_g) };
-                // SAFETY: rows r0..r1 and panels `p` of group g's columns belong to this task alone.
-                match a {
-                    Some((a, lda)) => unsafe {
-                        kernel::gemm(r1 - r0, a.add(g * kk), lda, w, c, cout, epilogue(g, r0), p.clone())
-                    },
-                    None => {
-                        let at = (b * groups + g) * per_group;
-                        let pa = &scratch[at..at + kernel::packed_len(r1 - r0, kk)];
-                        unsafe { kernel::gemm_packed(r1 - r0, pa, w, c, cout, epilogue(g, r0), p.clone()) }
-                    }
+            let out = |g: usize| unsafe { op.get().add(r0 * cout + g * cout_g) };
+            // SAFETY (all three): rows r0..r1 and panels `p` of each group's columns belong to
+            // this task alone.
+            let run_packed = |a: &[f32]| {
+                for (g, w) in self.weights.iter().enumerate() {
+                    let pa = &a[g * per_group..g * per_group + kernel::packed_len(r1 - r0, kk)];
+                    unsafe { kernel::gemm_packed(r1 - r0, pa, w, out(g), cout, epilogue(g, r0), p.clone()) }
                 }
             };
             if shared {
-                for (g, w) in self.weights.iter().enumerate() {
-                    run_group(g, w, None);
-                }
+                let at = b * groups * per_group;
+                run_packed(&scratch[at..at + groups * per_group]);
+            } else if packed {
+                PACKED.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    if buf.len() < groups * per_group {
+                        buf.resize(groups * per_group, 0.0);
+                    }
+                    pack_block(b, &mut buf[..groups * per_group]);
+                    run_packed(&buf[..groups * per_group]);
+                })
             } else {
                 with_a(b, &mut |a, lda| {
                     for (g, w) in self.weights.iter().enumerate() {
-                        run_group(g, w, Some((a, lda)));
+                        unsafe { kernel::gemm(r1 - r0, a.add(g * kk), lda, w, out(g), cout, epilogue(g, r0), p.clone()) }
                     }
                 });
             }
@@ -317,6 +336,38 @@ impl Conv {
             );
         }
         os
+    }
+
+    /// Where output pixels `pixels` (at most [`kernel::MR`]) read tap `seg = ky·k + kx`: their
+    /// `cin` input floats in NHWC `x`, or null outside the image (zero padding).
+    fn tap_rows(
+        &self,
+        x: *const f32,
+        xs: Shape,
+        os: Shape,
+        pixels: std::ops::Range<usize>,
+        seg: usize,
+        ptrs: &mut [*const f32; kernel::MR],
+    ) {
+        let ConvSpec {
+            cin,
+            k,
+            stride,
+            dilation,
+            ..
+        } = self.spec;
+        let pad = self.spec.pad() as isize;
+        let (ky, kx) = (seg / k, seg % k);
+        for (p, ptr) in pixels.zip(ptrs.iter_mut()) {
+            let (n, rest) = (p / (os.h * os.w), p % (os.h * os.w));
+            let (oy, ox) = (rest / os.w, rest % os.w);
+            let iy = (oy * stride + ky * dilation) as isize - pad;
+            let ix = (ox * stride + kx * dilation) as isize - pad;
+            if iy >= 0 && ix >= 0 && iy < xs.h as isize && ix < xs.w as isize {
+                // SAFETY: the pixel is inside the image, so its channels are inside `x`.
+                *ptr = unsafe { x.add(((n * xs.h + iy as usize) * xs.w + ix as usize) * cin) };
+            }
+        }
     }
 
     /// im2col for output pixels `rows`: each row is `(group, ky, kx, cin of the group)`, so a

@@ -18,22 +18,6 @@ thread_local! {
     static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Copies `m` rows × `kc` columns of A into `MR`-row tiles laid out `[tile][k][MR]`, so the
-/// kernel's broadcasts read one sequential stream; rows past `m` in the last tile are zero.
-unsafe fn pack_a(m: usize, a: *const f32, lda: usize, kc: usize, out: &mut [f32]) {
-    for t in 0..m.div_ceil(MR) {
-        let tile = &mut out[t * MR * kc..(t + 1) * MR * kc];
-        let rows = (m - t * MR).min(MR);
-        let base = a.add(t * MR * lda);
-        // k outer, rows inner: the writes stream and each row is read sequentially.
-        for (k, dst) in tile.chunks_exact_mut(MR).enumerate() {
-            for (r, d) in dst.iter_mut().enumerate() {
-                *d = if r < rows { *base.add(r * lda + k) } else { 0.0 };
-            }
-        }
-    }
-}
-
 /// B (`k × n`, e.g. conv weights as `[kh·kw·cin, cout]`), packed into `NR`-column panels,
 /// zero-padded on the right; plus the row-major source for the portable path.
 pub struct PackedB {
@@ -86,27 +70,52 @@ pub struct Epilogue<'a> {
     pub relu: bool,
 }
 
-/// Floats of A packed by [`pack_a_all`]: whole `MR`-row tiles, every `KC` chunk.
+/// Floats of A packed by [`pack_a`]: whole `MR`-row tiles, every `KC` chunk.
 pub fn packed_len(m: usize, k: usize) -> usize {
     m.div_ceil(MR) * MR * k
 }
 
-/// Packs all of A's `k` columns, chunk by chunk (`KC` wide): chunk `k0..` starts at
-/// `tiles·MR·k0` and holds [`pack_a`]'s tile layout.
+/// Where one tile's rows read one segment of A's columns: called with the tile's first row and
+/// the segment's index, it sets `rows[r]` to row `row0 + r`'s first value in that segment, or to
+/// null for a row of zeros (conv padding). Rows past `m` are zeroed by the packer.
+pub type RowSource<'a> = &'a (dyn Fn(usize, usize, &mut [*const f32; MR]) + Sync);
+
+/// Packs `m` rows × `k` columns of A, read through `src` in segments of `run` columns, into
+/// `MR`-row tiles, `KC` columns at a time: chunk `k0..` starts at `tiles·MR·k0` and holds tile
+/// `t` at `t·MR·kc`, laid out `[k][MR]` so the kernel's broadcasts read one sequential stream.
+///
+/// Segments let a conv's taps be read straight from its NHWC input (implicit im2col): segment
+/// `(ky, kx)` of an output pixel is `cin` contiguous input floats, or padding.
 ///
 /// # Safety
-/// `a` points at `m` rows of `k` floats with stride `lda`.
-pub unsafe fn pack_a_all(m: usize, a: *const f32, lda: usize, k: usize, out: &mut [f32]) {
-    let tiles = m.div_ceil(MR);
-    let mut k0 = 0;
-    while k0 < k {
-        let kc = KC.min(k - k0);
-        pack_a(m, a.add(k0), lda, kc, &mut out[tiles * MR * k0..tiles * MR * (k0 + kc)]);
-        k0 += kc;
-    }
+/// Every non-null pointer `src` gives is readable for `run` floats (the last segment for
+/// `k - (segments-1)·run`); `out` holds [`packed_len`]`(m, k)` floats. AVX-512 engines only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub unsafe fn pack_a(m: usize, k: usize, run: usize, src: RowSource<'_>, out: &mut [f32]) {
+    debug_assert!(out.len() >= packed_len(m, k) && run > 0);
+    #[cfg(target_arch = "x86_64")]
+    avx512::pack(m, k, run, src, out.as_mut_ptr());
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("packed A only exists with the AVX-512 kernel");
 }
 
-/// [`gemm`] on A already packed by [`pack_a_all`] (AVX-512 engines only), so several tasks
+/// [`pack_a`] for a plain row-major A (`m` rows of `k` floats, stride `lda`).
+///
+/// # Safety
+/// As for [`pack_a`].
+pub unsafe fn pack_a_rows(m: usize, a: *const f32, lda: usize, k: usize, out: &mut [f32]) {
+    let (a, end) = (a as usize, m);
+    let rows = move |row0: usize, _seg: usize, rows: &mut [*const f32; MR]| {
+        for (r, p) in rows.iter_mut().enumerate() {
+            if row0 + r < end {
+                *p = (a as *const f32).add((row0 + r) * lda);
+            }
+        }
+    };
+    pack_a(m, k, k.max(1), &rows, out);
+}
+
+/// [`gemm`] on A already packed by [`pack_a`] (AVX-512 engines only), so several tasks
 /// can share one packing.
 ///
 /// # Safety
@@ -219,7 +228,7 @@ pub unsafe fn gemm(
             if buf.len() < need {
                 buf.resize(need, 0.0);
             }
-            pack_a_all(m, a, lda, b.k, &mut buf[..need]);
+            pack_a_rows(m, a, lda, b.k, &mut buf[..need]);
             gemm_packed(m, &buf[..need], b, c, ldc, ep, panels);
         });
         return;
@@ -283,7 +292,79 @@ unsafe fn portable(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::{RowSource, KC, MR, NR};
+
+    /// Transposes 16 rows of 16 floats: afterwards `r[j]` lane `i` is the old `r[i]` lane `j`.
+    #[inline(always)]
+    unsafe fn transpose16(r: &mut [__m512; 16]) {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for i in 0..4 {
+            let b = 4 * i;
+            r[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
+            r[b + 1] = _mm512_shuffle_ps::<0xEE>(t[b], t[b + 2]);
+            r[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+            r[b + 3] = _mm512_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
+        }
+        for h in 0..2 {
+            let b = 8 * h;
+            for i in 0..4 {
+                t[b + i] = _mm512_shuffle_f32x4::<0x88>(r[b + i], r[b + 4 + i]);
+                t[b + 4 + i] = _mm512_shuffle_f32x4::<0xDD>(r[b + i], r[b + 4 + i]);
+            }
+        }
+        for i in 0..8 {
+            r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[8 + i]);
+            r[8 + i] = _mm512_shuffle_f32x4::<0xDD>(t[i], t[8 + i]);
+        }
+    }
+
+    /// [`super::pack_a`]: 16 columns of a tile's 14 rows at a time, loaded as rows, transposed
+    /// in registers and stored as 16 runs of 14 (several times faster than copying one float at
+    /// a time down the columns).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pack(m: usize, k: usize, run: usize, src: RowSource<'_>, out: *mut f32) {
+        let tiles = m.div_ceil(MR);
+        let mut ptrs = [std::ptr::null(); MR];
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            let chunk = out.add(tiles * MR * k0);
+            for t in 0..tiles {
+                let tile = chunk.add(t * MR * kc);
+                let rows = (m - t * MR).min(MR);
+                let mut x = k0;
+                while x < k0 + kc {
+                    let seg = x / run;
+                    let end = ((seg + 1) * run).min(k0 + kc);
+                    ptrs.fill(std::ptr::null());
+                    src(t * MR, seg, &mut ptrs);
+                    ptrs[rows..].fill(std::ptr::null());
+                    while x < end {
+                        let w = (end - x).min(16);
+                        let mask = if w == 16 { 0xFFFF } else { ((1u32 << w) - 1) as __mmask16 };
+                        let off = x - seg * run;
+                        let mut v = [_mm512_setzero_ps(); 16];
+                        for (v, p) in v.iter_mut().zip(&ptrs) {
+                            if !p.is_null() {
+                                *v = _mm512_maskz_loadu_ps(mask, p.add(off));
+                            }
+                        }
+                        transpose16(&mut v);
+                        let dst = tile.add((x - k0) * MR);
+                        for (j, v) in v.iter().take(w).enumerate() {
+                            _mm512_mask_storeu_ps(dst.add(j * MR), (1 << MR) - 1, *v);
+                        }
+                        x += w;
+                    }
+                }
+            }
+            k0 += kc;
+        }
+    }
 
     /// `(bias, residual, relu)`, applied on the last pass over k only.
     pub type Finish<'a> = Option<(&'a [f32], Option<(*const f32, usize)>, bool)>;
