@@ -11,6 +11,8 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::kernel::{self, Epilogue, Kernel, PackedB};
+#[cfg(target_arch = "x86_64")]
+use super::winograd::Winograd;
 
 /// A conv's geometry, as `nn.Conv2d` takes it (padding is `dilation · (k - 1) / 2`).
 #[derive(Clone, Copy, Debug)]
@@ -46,9 +48,12 @@ pub type BnStats<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32]);
 /// A conv with its BatchNorm folded in, weights packed per group.
 pub struct Conv {
     pub spec: ConvSpec,
-    /// One per group: `[k·k·cin/groups, cout/groups]`.
+    /// One per group: `[k·k·cin/groups, cout/groups]` (none when Winograd runs this conv).
     pub weights: Vec<PackedB>,
     pub bias: Vec<f32>,
+    /// Stride-1 3×3 convs that Winograd F(4×4, 3×3) serves (AVX-512 only).
+    #[cfg(target_arch = "x86_64")]
+    winograd: Option<Winograd>,
 }
 
 /// An NHWC activation's shape.
@@ -125,27 +130,37 @@ impl Conv {
                 bias[o] = (bias[o] - mean[o] as f64) * s + beta[o] as f64;
             }
         }
-        let weights = (0..groups)
-            .map(|g| {
-                let mut b = vec![0f32; kk * cout_g];
-                for oc in 0..cout_g {
-                    let o = g * cout_g + oc;
-                    for ic in 0..cin_g {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let w = weight[((o * cin_g + ic) * k + ky) * k + kx] as f64 * scale[o];
-                                b[((ky * k + kx) * cin_g + ic) * cout_g + oc] = w as f32;
-                            }
+        let matrix = |g: usize| {
+            let mut b = vec![0f32; kk * cout_g];
+            for oc in 0..cout_g {
+                let o = g * cout_g + oc;
+                for ic in 0..cin_g {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let w = weight[((o * cin_g + ic) * k + ky) * k + kx] as f64 * scale[o];
+                            b[((ky * k + kx) * cin_g + ic) * cout_g + oc] = w as f32;
                         }
                     }
                 }
-                PackedB::new(&b, kk, cout_g, kernel)
-            })
-            .collect();
+            }
+            b
+        };
+        let bias = bias.into_iter().map(|b| b as f32).collect();
+        #[cfg(target_arch = "x86_64")]
+        if k == 3 && spec.stride == 1 && spec.dilation == 1 && groups == 1 && Winograd::applies(cin, cout, kernel) {
+            return Conv {
+                spec,
+                weights: Vec::new(),
+                bias,
+                winograd: Some(Winograd::new(&matrix(0), cin, cout, kernel)),
+            };
+        }
         Conv {
             spec,
-            weights,
-            bias: bias.into_iter().map(|b| b as f32).collect(),
+            weights: (0..groups).map(|g| PackedB::new(&matrix(g), kk, cout_g, kernel)).collect(),
+            bias,
+            #[cfg(target_arch = "x86_64")]
+            winograd: None,
         }
     }
 
@@ -190,6 +205,13 @@ impl Conv {
         } = self.spec;
         let os = self.out_shape(xs);
         debug_assert!(x.len() >= xs.len() && out.len() >= os.len());
+        #[cfg(target_arch = "x86_64")]
+        if let Some(w) = &self.winograd {
+            let t0 = std::time::Instant::now();
+            w.run(x, xs, out, &self.bias, residual, relu, pool, scratch);
+            self.report(xs, os, t0, "winograd");
+            return os;
+        }
         let m = os.pixels();
         let kk = k * k * (cin / groups);
         let direct = k == 1 && stride == 1 && groups == 1;
@@ -318,24 +340,34 @@ impl Conv {
         } else {
             pool.install(|| (0..tasks).into_par_iter().for_each(task));
         }
-        if profiling() {
-            let secs = t0.elapsed().as_secs_f64();
-            let flops = 2.0 * (m * kk * cout) as f64;
-            eprintln!(
-                "conv k{} s{} g{} {}x{}x{} -> {}  m={m} k={kk} n={}  {:.3} ms  {:.1} GFLOP/s  tasks {tasks}",
-                k,
-                stride,
-                groups,
-                xs.h,
-                xs.w,
-                xs.c,
-                os.c,
-                cout,
-                secs * 1e3,
-                flops / secs / 1e9
-            );
-        }
+        self.report(xs, os, t0, &format!("tasks {tasks}"));
         os
+    }
+
+    /// With `RESNET_PROFILE` set: this conv's time and its rate in direct-conv GFLOP/s.
+    fn report(&self, xs: Shape, os: Shape, t0: std::time::Instant, how: &str) {
+        if !profiling() {
+            return;
+        }
+        let ConvSpec {
+            cin,
+            cout,
+            k,
+            stride,
+            groups,
+            ..
+        } = self.spec;
+        let (m, kk) = (os.pixels(), k * k * cin / groups);
+        let secs = t0.elapsed().as_secs_f64();
+        let flops = 2.0 * (m * kk * cout) as f64;
+        eprintln!(
+            "conv k{k} s{stride} g{groups} {}x{}x{} -> {cout}  m={m} k={kk} n={cout}  {:.3} ms  {:.1} GFLOP/s  {how}",
+            xs.h,
+            xs.w,
+            xs.c,
+            secs * 1e3,
+            flops / secs / 1e9
+        );
     }
 
     /// Where output pixels `pixels` (at most [`kernel::MR`]) read tap `seg = ky·k + kx`: their

@@ -8,6 +8,8 @@
 
 mod conv;
 mod kernel;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 use std::sync::Mutex;
 

@@ -1,0 +1,341 @@
+//! Winograd F(4×4, 3×3) for stride-1 3×3 convs (Lavin & Gray, "Fast Algorithms for
+//! Convolutional Neural Networks", 2016): each 4×4 block of output pixels comes from a 6×6 input
+//! tile with 36 multiplies per channel pair instead of 144, so these convs do 2.25 instead of 9
+//! multiply-adds per output value and channel pair.
+//!
+//! Per block of tiles: the input tiles are transformed (`V = Bᵀ d B`, 16 channels per vector),
+//! the 36 products `M_ξ = V_ξ · U_ξ` run on the packed GEMM kernel (`U = G g Gᵀ` transformed and
+//! packed once at load time), and the output transform (`Y = Aᵀ M A`) adds bias and residual,
+//! applies ReLU and stores NHWC. Interpolation points 0, ±1, ±2, ±½ keep fp32 rounding within
+//! the engine's 1e-4 budget (the tests compare against the direct conv and torchvision).
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::conv::Shape;
+use super::kernel::{self, Epilogue, Kernel, PackedB};
+
+/// Output pixels per tile side, and input pixels per tile side.
+const OUT: usize = 4;
+const TILE: usize = 6;
+/// Transformed positions ξ = 6·i + j.
+const XI: usize = TILE * TILE;
+
+/// `G` (6×3): the weight transform.
+const G: [[f64; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+thread_local! {
+    /// Each thread's transformed inputs, packed rows and products for one block of tiles.
+    static BUFS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Raw pointers shared across the worker threads; every task writes its own tiles.
+#[derive(Clone, Copy)]
+struct Ptr<T>(T);
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+impl<T: Copy> Ptr<T> {
+    fn get(self) -> T {
+        self.0
+    }
+}
+
+/// A 3×3 stride-1 conv (BatchNorm folded) prepared for Winograd.
+pub struct Winograd {
+    cin: usize,
+    cout: usize,
+    /// `U_ξ` as `[cin, cout]`, packed for the kernel.
+    u: Vec<PackedB>,
+    zeros: Vec<f32>,
+}
+
+impl Winograd {
+    /// Whether a conv of this shape runs here: AVX-512, whole 16-channel vectors, and weights
+    /// small enough that their 4× larger transform stays cheap to stream (the late, wide stages
+    /// at 7×7 run faster as a direct GEMM). `RESNET_WINOGRAD=0` turns it off.
+    pub fn applies(cin: usize, cout: usize, kernel: Kernel) -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("RESNET_WINOGRAD").map_or(true, |v| v != "0"));
+        on && kernel.avx512() && cin % 16 == 0 && cout % 16 == 0 && cin * cout <= 256 * 256
+    }
+
+    /// From the folded weights as `[(ky, kx, cin), cout]`.
+    pub fn new(w: &[f32], cin: usize, cout: usize, kernel: Kernel) -> Self {
+        debug_assert_eq!(w.len(), 9 * cin * cout);
+        let mut u = vec![vec![0f32; cin * cout]; XI];
+        for ci in 0..cin {
+            for co in 0..cout {
+                let g = |ky: usize, kx: usize| w[((ky * 3 + kx) * cin + ci) * cout + co] as f64;
+                // G g Gᵀ, in f64 so the transform adds no rounding of its own.
+                let mut gg = [[0f64; 3]; TILE];
+                for (i, row) in gg.iter_mut().enumerate() {
+                    for (kx, v) in row.iter_mut().enumerate() {
+                        *v = (0..3).map(|ky| G[i][ky] * g(ky, kx)).sum();
+                    }
+                }
+                for i in 0..TILE {
+                    for j in 0..TILE {
+                        let v: f64 = (0..3).map(|kx| gg[i][kx] * G[j][kx]).sum();
+                        u[i * TILE + j][ci * cout + co] = v as f32;
+                    }
+                }
+            }
+        }
+        Winograd {
+            cin,
+            cout,
+            u: u.iter().map(|m| PackedB::new(m, cin, cout, kernel)).collect(),
+            zeros: vec![0.0; cout],
+        }
+    }
+
+    /// `out = act(conv(x) + bias [+ residual])`, same height and width as `x`. `scratch` holds
+    /// the transformed batch between calls when the products are split by position.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        x: &[f32],
+        xs: Shape,
+        out: &mut [f32],
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        pool: &rayon::ThreadPool,
+        scratch: &mut Vec<f32>,
+    ) {
+        let (ty, tx) = (xs.h.div_ceil(OUT), xs.w.div_ceil(OUT));
+        let tiles = xs.n * ty * tx;
+        let threads = pool.current_num_threads().max(1);
+        let (cin, cout) = (self.cin, self.cout);
+        let io = Io {
+            x: Ptr(x.as_ptr()),
+            xs,
+            ty,
+            tx,
+            bias,
+            residual: Ptr(residual.map(|r| r.as_ptr())),
+            relu,
+            out: Ptr(out.as_mut_ptr()),
+        };
+        // Inside each task: an Epilogue holds a raw pointer, so it is not shared.
+        let ep = || Epilogue {
+            bias: &self.zeros,
+            residual: None,
+            relu: false,
+        };
+        // Large transformed weights (over 1 MB) would be streamed once per block of tiles, so
+        // the batch is transformed whole and the 36 products are split among the threads,
+        // each reading its `U_ξ` once. Small ones stay in cache: then each thread takes whole
+        // blocks of tiles (transform, products, inverse) whose buffers stay in L2.
+        if XI * cin * cout > 1 << 18 {
+            let (vn, mn) = (XI * tiles * cin, XI * tiles * cout);
+            if scratch.len() < vn + mn {
+                scratch.resize(vn + mn, 0.0);
+            }
+            let (v, m) = scratch.split_at_mut(vn);
+            let (vp, mp) = (Ptr(v.as_mut_ptr()), Ptr(m.as_mut_ptr()));
+            let chunks = tiles.div_ceil(threads * 4).max(1);
+            let packed = kernel::packed_len(tiles, cin);
+            pool.install(|| {
+                (0..tiles.div_ceil(chunks)).into_par_iter().for_each(|c| {
+                    let r = c * chunks..((c + 1) * chunks).min(tiles);
+                    // SAFETY: each chunk writes its own rows of V.
+                    unsafe { input_transform(&io, r, vp.get(), tiles, 0) }
+                });
+                (0..XI).into_par_iter().for_each(|xi| {
+                    with_buf(packed, |pa| unsafe {
+                        // SAFETY: each ξ reads its V_ξ and writes its own M_ξ.
+                        kernel::pack_a_rows(tiles, vp.get().add(xi * tiles * cin), cin, cin, pa);
+                        let u = &self.u[xi];
+                        kernel::gemm_packed(tiles, pa, u, mp.get().add(xi * tiles * cout), cout, ep(), 0..u.panels());
+                    })
+                });
+                (0..tiles.div_ceil(chunks)).into_par_iter().for_each(|c| {
+                    let r = c * chunks..((c + 1) * chunks).min(tiles);
+                    // SAFETY: each chunk writes its own tiles' output pixels.
+                    unsafe { output_transform(&io, mp.get(), tiles, 0, cout, r) }
+                });
+            });
+            return;
+        }
+        // Blocks whose transformed tiles and products (36 × tiles × (cin + cout) floats) stay
+        // within 1 MB of L2, at least one per thread and a multiple of the thread count.
+        let cap = ((1 << 18) / (XI * (cin + cout))).clamp(kernel::MR, 4 * kernel::MR);
+        let tasks = tiles.div_ceil(cap).max(threads).div_ceil(threads) * threads;
+        let per = tiles.div_ceil(tasks);
+        let packed = kernel::packed_len(per, cin);
+        let task = |t: usize| {
+            let t0 = t * per;
+            let t1 = (t0 + per).min(tiles);
+            if t0 >= t1 {
+                return;
+            }
+            let nt = t1 - t0;
+            with_buf(XI * per * (cin + cout) + packed, |b| {
+                let (v, rest) = b.split_at_mut(XI * per * cin);
+                let (pa, m) = rest.split_at_mut(packed);
+                // SAFETY: tiles t0..t1 read inside `x` and write only their own output pixels.
+                unsafe {
+                    input_transform(&io, t0..t1, v.as_mut_ptr(), per, t0);
+                    for (xi, u) in self.u.iter().enumerate() {
+                        kernel::pack_a_rows(nt, v.as_ptr().add(xi * per * cin), cin, cin, pa);
+                        let mx = m.as_mut_ptr().add(xi * per * cout);
+                        kernel::gemm_packed(nt, pa, u, mx, cout, ep(), 0..u.panels());
+                    }
+                    output_transform(&io, m.as_ptr(), per, t0, cout, t0..t1);
+                }
+            })
+        };
+        pool.install(|| (0..tasks).into_par_iter().for_each(task));
+    }
+}
+
+/// Runs `f` on this thread's buffer, grown to `len` floats.
+fn with_buf<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    BUFS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+        f(&mut b[..len])
+    })
+}
+
+/// A conv call's input, output and epilogue, shared by its tasks.
+struct Io<'a> {
+    x: Ptr<*const f32>,
+    xs: Shape,
+    /// Tiles down and across each image.
+    ty: usize,
+    tx: usize,
+    bias: &'a [f32],
+    residual: Ptr<Option<*const f32>>,
+    relu: bool,
+    out: Ptr<*mut f32>,
+}
+
+/// `Bᵀ d` for one column (or row) of six vectors.
+#[inline(always)]
+unsafe fn bt(d: [__m512; 6]) -> [__m512; 6] {
+    let f = _mm512_set1_ps;
+    let (two, four, five) = (f(2.0), f(4.0), f(5.0));
+    // r0 = 4d0 - 5d2 + d4; r5 = 4d1 - 5d3 + d5
+    let r0 = _mm512_fnmadd_ps(five, d[2], _mm512_fmadd_ps(four, d[0], d[4]));
+    let r5 = _mm512_fnmadd_ps(five, d[3], _mm512_fmadd_ps(four, d[1], d[5]));
+    // r1,2 = ∓4(d1 + d2)... : r1 = -4d1 - 4d2 + d3 + d4, r2 = 4d1 - 4d2 - d3 + d4
+    let a = _mm512_fnmadd_ps(four, d[2], d[4]); // d4 - 4d2
+    let b = _mm512_fnmadd_ps(four, d[1], d[3]); // d3 - 4d1
+    let r1 = _mm512_add_ps(a, b);
+    let r2 = _mm512_sub_ps(a, b);
+    // r3 = -2d1 - d2 + 2d3 + d4, r4 = 2d1 - d2 - 2d3 + d4
+    let c = _mm512_sub_ps(d[4], d[2]);
+    let e = _mm512_mul_ps(two, _mm512_sub_ps(d[3], d[1]));
+    let r3 = _mm512_add_ps(c, e);
+    let r4 = _mm512_sub_ps(c, e);
+    [r0, r1, r2, r3, r4, r5]
+}
+
+/// `Aᵀ m` for one column (or row) of six vectors.
+#[inline(always)]
+unsafe fn at(m: [__m512; 6]) -> [__m512; 4] {
+    let f = _mm512_set1_ps;
+    let s12 = _mm512_add_ps(m[1], m[2]);
+    let d12 = _mm512_sub_ps(m[1], m[2]);
+    let s34 = _mm512_add_ps(m[3], m[4]);
+    let d34 = _mm512_sub_ps(m[3], m[4]);
+    [
+        _mm512_add_ps(_mm512_add_ps(m[0], s12), s34),
+        _mm512_fmadd_ps(f(2.0), d34, d12),
+        _mm512_fmadd_ps(f(4.0), s34, s12),
+        _mm512_add_ps(_mm512_fmadd_ps(f(8.0), d34, d12), m[5]),
+    ]
+}
+
+/// Tile `t` as `(image, tile row, tile column)`.
+fn tile_pos(t: usize, ty: usize, tx: usize) -> (usize, usize, usize) {
+    (t / (ty * tx), (t % (ty * tx)) / tx, t % tx)
+}
+
+/// `V_ξ[t - base][c]` for tiles `range`: row stride `cin`, one `stride × cin` matrix per ξ.
+#[target_feature(enable = "avx512f")]
+unsafe fn input_transform(io: &Io<'_>, range: std::ops::Range<usize>, v: *mut f32, stride: usize, base: usize) {
+    let (x, xs) = (io.x.get(), io.xs);
+    let cin = xs.c;
+    for t in range {
+        let (n, by, bx) = tile_pos(t, io.ty, io.tx);
+        let (y0, x0) = ((by * OUT) as isize - 1, (bx * OUT) as isize - 1);
+        // Input pixel (y0 + i, x0 + j), or None in the padding.
+        let mut src = [[None; TILE]; TILE];
+        for (i, row) in src.iter_mut().enumerate() {
+            for (j, s) in row.iter_mut().enumerate() {
+                let (y, xx) = (y0 + i as isize, x0 + j as isize);
+                if y >= 0 && xx >= 0 && (y as usize) < xs.h && (xx as usize) < xs.w {
+                    *s = Some(x.add(((n * xs.h + y as usize) * xs.w + xx as usize) * cin));
+                }
+            }
+        }
+        for c in (0..cin).step_by(16) {
+            // Columns first (Bᵀ d), then rows ((Bᵀ d) B).
+            let mut cols = [[_mm512_setzero_ps(); TILE]; TILE];
+            for j in 0..TILE {
+                let d: [__m512; TILE] =
+                    std::array::from_fn(|i| src[i][j].map_or(_mm512_setzero_ps(), |p| _mm512_loadu_ps(p.add(c))));
+                for (i, r) in bt(d).into_iter().enumerate() {
+                    cols[i][j] = r;
+                }
+            }
+            for (i, row) in cols.iter().enumerate() {
+                for (j, r) in bt(*row).into_iter().enumerate() {
+                    _mm512_storeu_ps(v.add(((i * TILE + j) * stride + (t - base)) * cin + c), r);
+                }
+            }
+        }
+    }
+}
+
+/// `Y = Aᵀ M A` for tiles `range` (`M_ξ[t - base]` at row stride `cout`, `stride` rows per ξ),
+/// plus bias (and residual), ReLU'd if asked, stored NHWC.
+#[target_feature(enable = "avx512f")]
+unsafe fn output_transform(io: &Io<'_>, m: *const f32, stride: usize, base: usize, cout: usize, range: std::ops::Range<usize>) {
+    let (xs, bias, out) = (io.xs, io.bias, io.out.get());
+    let zero = _mm512_setzero_ps();
+    for t in range {
+        let (n, by, bx) = tile_pos(t, io.ty, io.tx);
+        let rows = (xs.h - by * OUT).min(OUT);
+        let cols = (xs.w - bx * OUT).min(OUT);
+        for c in (0..cout).step_by(16) {
+            let mut half = [[zero; TILE]; OUT];
+            for j in 0..TILE {
+                let col: [__m512; TILE] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(m.add(((i * TILE + j) * stride + (t - base)) * cout + c)));
+                for (i, r) in at(col).into_iter().enumerate() {
+                    half[i][j] = r;
+                }
+            }
+            let b = _mm512_loadu_ps(bias.as_ptr().add(c));
+            for (i, row) in half.iter().enumerate().take(rows) {
+                let y = at(*row);
+                for (j, y) in y.iter().enumerate().take(cols) {
+                    let at = ((n * xs.h + by * OUT + i) * xs.w + bx * OUT + j) * cout + c;
+                    let mut o = _mm512_add_ps(*y, b);
+                    if let Some(r) = io.residual.get() {
+                        o = _mm512_add_ps(o, _mm512_loadu_ps(r.add(at)));
+                    }
+                    if io.relu {
+                        o = _mm512_max_ps(o, zero);
+                    }
+                    _mm512_storeu_ps(out.add(at), o);
+                }
+            }
+        }
+    }
+}
