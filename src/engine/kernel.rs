@@ -146,6 +146,19 @@ pub unsafe fn gemm_packed(
                 for t in 0..tiles {
                     let i = t * MR;
                     let res = ep.residual.map(|(r, ldr)| (r.add(i * ldr + col0), ldr));
+                    // The next tile's output rows (and residual) are scattered lines, often
+                    // outside L2 at the first touch: fetch them while this tile computes.
+                    let next = (i + MR..(i + 2 * MR).min(m)).map(|r| r - i);
+                    if k0 == 0 || last {
+                        for r in next.clone() {
+                            avx512::prefetch(c.add((i + r) * ldc + col0), ncols);
+                        }
+                    }
+                    if let (true, Some((rp, ldr))) = (last, res) {
+                        for r in next {
+                            avx512::prefetch(rp.add(r * ldr), ncols);
+                        }
+                    }
                     avx512::tile(
                         (m - i).min(MR),
                         kc,
@@ -293,6 +306,16 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{RowSource, KC, MR, NR};
+
+    /// Asks for the cache lines of `n` floats at `p` (at most 32: two lines, or three unaligned).
+    #[inline(always)]
+    pub unsafe fn prefetch(p: *const f32, n: usize) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.add(n - 1) as *const i8);
+        if n > 16 {
+            _mm_prefetch::<_MM_HINT_T0>(p.add(16) as *const i8);
+        }
+    }
 
     /// Transposes 16 rows of 16 floats: afterwards `r[j]` lane `i` is the old `r[i]` lane `j`.
     #[inline(always)]
