@@ -132,6 +132,7 @@ pub unsafe fn gemm_packed(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let tiles = m.div_ceil(MR);
         let mut k0 = 0;
         while k0 < b.k {
@@ -143,8 +144,25 @@ pub unsafe fn gemm_packed(
                 let ncols = (b.n - col0).min(NR);
                 let bp = b.panels.as_ptr().add((j * b.k + k0) * NR);
                 let bias = &ep.bias[col0..col0 + ncols];
+                // The weights come from DRAM once per call (the network's weights outgrow the
+                // caches), and the first tile of a panel would stall on them: each tile asks
+                // for its share of the next panel's slice instead.
+                let (nj, nk0) = if j + 1 < panels.end {
+                    (j + 1, k0)
+                } else {
+                    (panels.start, k0 + kc)
+                };
+                let next_b = (nk0 < b.k).then(|| {
+                    let nkc = KC.min(b.k - nk0);
+                    (b.panels.as_ptr().add((nj * b.k + nk0) * NR), nkc * NR / 16)
+                });
                 for t in 0..tiles {
                     let i = t * MR;
+                    if let Some((nb, lines)) = next_b {
+                        for l in (t * lines / tiles)..((t + 1) * lines / tiles) {
+                            _mm_prefetch::<_MM_HINT_T0>(nb.add(l * 16) as *const i8);
+                        }
+                    }
                     let res = ep.residual.map(|(r, ldr)| (r.add(i * ldr + col0), ldr));
                     // The next tile's output rows (and residual) are scattered lines, often
                     // outside L2 at the first touch: fetch them while this tile computes.
