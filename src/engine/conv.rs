@@ -78,7 +78,7 @@ impl Shape {
 }
 
 /// `RESNET_PROFILE=1` prints each conv's time and GFLOP/s to stderr (read once).
-fn profiling() -> bool {
+pub(super) fn profiling() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("RESNET_PROFILE").is_some())
 }
@@ -263,37 +263,55 @@ impl Conv {
         // (implicit im2col, no patch buffer); others (the stem, grouped convs) gather patches first.
         let implicit = !direct && groups == 1 && cin % 16 == 0;
         let per_group = kernel::packed_len(rows, kk);
-        // Packs block b's A, every group, into `dst` (`groups · per_group` floats).
-        let pack_block = |b: usize, dst: &mut [f32]| {
+        // Packs tiles `tiles` of block b's A into `dst`, the block's `groups · per_group` floats.
+        // Only 1×1 and implicit convs (one group) pack part of a block; patches take it whole.
+        let splittable = direct || implicit;
+        let t0 = std::time::Instant::now();
+        let pack_block = |b: usize, tiles: std::ops::Range<usize>, dst: *mut f32| {
             let (r0, r1) = block_rows(b);
-            let len = kernel::packed_len(r1 - r0, kk);
             if implicit {
                 let src = |row0: usize, seg: usize, ptrs: &mut [*const f32; kernel::MR]| {
                     self.tap_rows(xp.get(), xs, os, r0 + row0..r1, seg, ptrs)
                 };
-                // SAFETY: every pointer tap_rows gives starts `cin` floats inside `x`.
-                return unsafe { kernel::pack_a(r1 - r0, kk, cin, &src, &mut dst[..len]) };
+                // SAFETY: every pointer tap_rows gives starts `cin` floats inside `x`; the
+                // callers give disjoint tiles.
+                return unsafe { kernel::pack_a_tiles(r1 - r0, kk, cin, &src, dst, tiles) };
+            }
+            if direct {
+                // SAFETY: rows r0..r1 of `x` hold `cin` floats each.
+                let a = unsafe { xp.get().add(r0 * cin) };
+                return unsafe { kernel::pack_a_rows_tiles(r1 - r0, a, cin, kk, dst, tiles) };
             }
             with_a(b, &mut |a, lda| {
                 for g in 0..groups {
-                    let d = &mut dst[g * per_group..g * per_group + len];
-                    // SAFETY: `a` holds r1 - r0 rows of `lda ≥ groups · kk` floats.
-                    unsafe { kernel::pack_a_rows(r1 - r0, a.add(g * kk), lda, kk, d) };
+                    // SAFETY: `a` holds r1 - r0 rows of `lda ≥ groups · kk` floats; the block
+                    // is packed whole by one caller.
+                    unsafe { kernel::pack_a_rows_tiles(r1 - r0, a.add(g * kk), lda, kk, dst.add(g * per_group), 0..(r1 - r0).div_ceil(kernel::MR)) };
                 }
             })
         };
+        let block_tiles = |b: usize| {
+            let (r0, r1) = block_rows(b);
+            (r1 - r0).div_ceil(kernel::MR)
+        };
         let shared = packed && splits > 1;
-        // With panels split across tasks, each block's A is packed once up front and shared.
+        // With panels split across tasks, each block's A is packed once up front and shared,
+        // in parts when the blocks are fewer than the threads.
         if shared {
             let need = blocks * groups * per_group;
             if scratch.len() < need {
                 scratch.resize(need, 0.0);
             }
+            let parts = if splittable { (2 * threads).div_ceil(blocks).min(rows / kernel::MR) } else { 1 };
+            let sp = Ptr(scratch.as_mut_ptr());
             pool.install(|| {
-                scratch[..need]
-                    .par_chunks_mut(groups * per_group)
-                    .enumerate()
-                    .for_each(|(b, dst)| pack_block(b, dst))
+                (0..blocks * parts).into_par_iter().for_each(|u| {
+                    let (b, part) = (u / parts, u % parts);
+                    let n = block_tiles(b);
+                    let tiles = (part * n / parts)..((part + 1) * n / parts);
+                    // SAFETY: each unit packs its own tiles of its own block's region.
+                    pack_block(b, tiles, unsafe { sp.get().add(b * groups * per_group) })
+                })
             });
         }
         let scratch: &[f32] = scratch;
@@ -322,7 +340,7 @@ impl Conv {
                     if buf.len() < groups * per_group {
                         buf.resize(groups * per_group, 0.0);
                     }
-                    pack_block(b, &mut buf[..groups * per_group]);
+                    pack_block(b, 0..block_tiles(b), buf.as_mut_ptr());
                     run_packed(&buf[..groups * per_group]);
                 })
             } else {
@@ -334,7 +352,6 @@ impl Conv {
             }
         };
         let tasks = blocks * splits;
-        let t0 = std::time::Instant::now();
         if tasks == 1 {
             task(0);
         } else {

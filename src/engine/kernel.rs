@@ -70,7 +70,7 @@ pub struct Epilogue<'a> {
     pub relu: bool,
 }
 
-/// Floats of A packed by [`pack_a`]: whole `MR`-row tiles, every `KC` chunk.
+/// Floats of A packed by [`pack_a_tiles`]: whole `MR`-row tiles, every `KC` chunk.
 pub fn packed_len(m: usize, k: usize) -> usize {
     m.div_ceil(MR) * MR * k
 }
@@ -87,23 +87,49 @@ pub type RowSource<'a> = &'a (dyn Fn(usize, usize, &mut [*const f32; MR]) + Sync
 /// Segments let a conv's taps be read straight from its NHWC input (implicit im2col): segment
 /// `(ky, kx)` of an output pixel is `cin` contiguous input floats, or padding.
 ///
+/// Several threads can pack one A, each its own `tiles` (`MR`-row tiles).
+///
 /// # Safety
 /// Every non-null pointer `src` gives is readable for `run` floats (the last segment for
-/// `k - (segments-1)·run`); `out` holds [`packed_len`]`(m, k)` floats. AVX-512 engines only.
+/// `k - (segments-1)·run`); `out` is valid for [`packed_len`]`(m, k)` floats, and concurrent
+/// calls write disjoint tiles. AVX-512 engines only.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-pub unsafe fn pack_a(m: usize, k: usize, run: usize, src: RowSource<'_>, out: &mut [f32]) {
-    debug_assert!(out.len() >= packed_len(m, k) && run > 0);
+pub unsafe fn pack_a_tiles(
+    m: usize,
+    k: usize,
+    run: usize,
+    src: RowSource<'_>,
+    out: *mut f32,
+    tiles: std::ops::Range<usize>,
+) {
+    debug_assert!(run > 0 && tiles.end <= m.div_ceil(MR));
     #[cfg(target_arch = "x86_64")]
-    avx512::pack(m, k, run, src, out.as_mut_ptr());
+    avx512::pack(m, k, run, src, out, tiles);
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("packed A only exists with the AVX-512 kernel");
 }
 
-/// [`pack_a`] for a plain row-major A (`m` rows of `k` floats, stride `lda`).
+/// [`pack_a_tiles`] for a plain row-major A (`m` rows of `k` floats, stride `lda`).
 ///
 /// # Safety
-/// As for [`pack_a`].
+/// As for [`pack_a_tiles`].
 pub unsafe fn pack_a_rows(m: usize, a: *const f32, lda: usize, k: usize, out: &mut [f32]) {
+    debug_assert!(out.len() >= packed_len(m, k));
+    pack_a_rows_tiles(m, a, lda, k, out.as_mut_ptr(), 0..m.div_ceil(MR));
+}
+
+/// [`pack_a_rows`] for only the tiles `tiles` (see [`pack_a_tiles`]).
+///
+/// # Safety
+/// As for [`pack_a_tiles`].
+pub unsafe fn pack_a_rows_tiles(
+    m: usize,
+    a: *const f32,
+    lda: usize,
+    k: usize,
+    out: *mut f32,
+    tiles: std::ops::Range<usize>,
+) {
     let (a, end) = (a as usize, m);
     let rows = move |row0: usize, _seg: usize, rows: &mut [*const f32; MR]| {
         for (r, p) in rows.iter_mut().enumerate() {
@@ -112,10 +138,10 @@ pub unsafe fn pack_a_rows(m: usize, a: *const f32, lda: usize, k: usize, out: &m
             }
         }
     };
-    pack_a(m, k, k.max(1), &rows, out);
+    pack_a_tiles(m, k, k.max(1), &rows, out, tiles);
 }
 
-/// [`gemm`] on A already packed by [`pack_a`] (AVX-512 engines only), so several tasks
+/// [`gemm`] on A already packed by [`pack_a_tiles`] (AVX-512 engines only), so several tasks
 /// can share one packing.
 ///
 /// # Safety
@@ -367,14 +393,14 @@ mod avx512 {
     /// in registers and stored as 16 runs of 14 (several times faster than copying one float at
     /// a time down the columns).
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn pack(m: usize, k: usize, run: usize, src: RowSource<'_>, out: *mut f32) {
+    pub unsafe fn pack(m: usize, k: usize, run: usize, src: RowSource<'_>, out: *mut f32, which: std::ops::Range<usize>) {
         let tiles = m.div_ceil(MR);
         let mut ptrs = [std::ptr::null(); MR];
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
             let chunk = out.add(tiles * MR * k0);
-            for t in 0..tiles {
+            for t in which.clone() {
                 let tile = chunk.add(t * MR * kc);
                 let rows = (m - t * MR).min(MR);
                 let mut x = k0;

@@ -225,6 +225,14 @@ impl Engine {
         let ws = guard.as_mut().expect("planned above");
         let [a, b, t1, t2, sc] = &mut ws.bufs;
         let scratch = &mut ws.scratch;
+        let t0 = std::time::Instant::now();
+        let step = |what: &str, t: &mut std::time::Instant| {
+            if conv::profiling() {
+                eprintln!("{what}  {:.3} ms", t.elapsed().as_secs_f64() * 1e3);
+                *t = std::time::Instant::now();
+            }
+        };
+        let mut t = t0;
         // NCHW → NHWC.
         let plane = h * w;
         for i in 0..n {
@@ -234,10 +242,13 @@ impl Engine {
                 }
             }
         }
+        step("input to NHWC", &mut t);
         let mut s = self.stem.run(a, input, b, None, true, &self.pool, scratch);
+        t = std::time::Instant::now();
         let (mut cur, mut next) = (b, a);
         if self.config.stem == Stem::ImageNet {
             s = max_pool_3x3s2(cur, s, next, &self.pool);
+            step("max pool", &mut t);
             std::mem::swap(&mut cur, &mut next);
         }
         for blk in &self.blocks {
@@ -264,14 +275,19 @@ impl Engine {
             s = blk.convs[last].run(src, hs, next, residual, true, &self.pool, scratch);
             std::mem::swap(&mut cur, &mut next);
         }
+        t = std::time::Instant::now();
         let mut feats = vec![0f32; n * s.c];
         global_avg_pool(cur, s, &mut feats);
+        step("average pool", &mut t);
         if !logits {
             return Ok(feats);
         }
         let mut out = vec![0f32; n * self.config.num_classes];
         let fs = Shape { n, h: 1, w: 1, c: s.c };
         self.fc.run(&feats, fs, &mut out, None, false, &self.pool, scratch);
+        if conv::profiling() {
+            eprintln!("forward  {:.3} ms", t0.elapsed().as_secs_f64() * 1e3);
+        }
         Ok(out)
     }
 
