@@ -158,7 +158,6 @@ pub unsafe fn gemm_packed(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let tiles = m.div_ceil(MR);
         let mut k0 = 0;
         while k0 < b.k {
@@ -184,11 +183,10 @@ pub unsafe fn gemm_packed(
                 });
                 for t in 0..tiles {
                     let i = t * MR;
-                    if let Some((nb, lines)) = next_b {
-                        for l in (t * lines / tiles)..((t + 1) * lines / tiles) {
-                            _mm_prefetch::<_MM_HINT_T0>(nb.add(l * 16) as *const i8);
-                        }
-                    }
+                    let pf = next_b.map_or((std::ptr::null(), 0), |(nb, lines)| {
+                        let l0 = t * lines / tiles;
+                        (nb.add(l0 * 16), (t + 1) * lines / tiles - l0)
+                    });
                     let res = ep.residual.map(|(r, ldr)| (r.add(i * ldr + col0), ldr));
                     // The next tile's output rows (and residual) are scattered lines, often
                     // outside L2 at the first touch: fetch them while this tile computes.
@@ -208,6 +206,7 @@ pub unsafe fn gemm_packed(
                         kc,
                         chunk.as_ptr().add(t * MR * kc),
                         bp,
+                        pf,
                         c.add(i * ldc + col0),
                         ldc,
                         ncols,
@@ -444,6 +443,7 @@ mod avx512 {
         k: usize,
         a: *const f32,
         b: *const f32,
+        pf: (*const f32, usize),
         c: *mut f32,
         ldc: usize,
         ncols: usize,
@@ -453,7 +453,7 @@ mod avx512 {
         macro_rules! go {
             ($($r:literal)*) => {
                 match rows {
-                    $($r => kernel::<$r>(k, a, b, c, ldc, ncols, accumulate, finish),)*
+                    $($r => kernel::<$r>(k, a, b, pf, c, ldc, ncols, accumulate, finish),)*
                     _ => unreachable!(),
                 }
             };
@@ -461,13 +461,16 @@ mod avx512 {
         go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
     }
 
-    /// `C (+)= A·B` for one tile: A packed `[k][MR]`, B a `[k][NR]` panel slice.
+    /// `C (+)= A·B` for one tile: A packed `[k][MR]`, B a `[k][NR]` panel slice. Along the way
+    /// it asks for `pf.1` cache lines from `pf.0` on (up to two per step), spread out so the
+    /// requests never pile up in the fill buffers.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn kernel<const R: usize>(
         k: usize,
         a: *const f32,
         b: *const f32,
+        (pf, lines): (*const f32, usize),
         c: *mut f32,
         ldc: usize,
         ncols: usize,
@@ -495,7 +498,13 @@ mod avx512 {
             }
         }
         let (mut ap, mut bp) = (a, b);
-        for _ in 0..k {
+        for kk in 0..k {
+            if kk < lines {
+                _mm_prefetch::<_MM_HINT_T0>(pf.add(kk * 16) as *const i8);
+            }
+            if kk + k < lines {
+                _mm_prefetch::<_MM_HINT_T0>(pf.add((kk + k) * 16) as *const i8);
+            }
             let b0 = _mm512_loadu_ps(bp);
             let b1 = _mm512_loadu_ps(bp.add(16));
             for (r, acc) in acc.iter_mut().enumerate() {
