@@ -157,7 +157,9 @@ impl Conv {
         }
         Conv {
             spec,
-            weights: (0..groups).map(|g| PackedB::new(&matrix(g), kk, cout_g, kernel)).collect(),
+            weights: (0..groups)
+                .map(|g| PackedB::new(&matrix(g), kk, cout_g, kernel))
+                .collect(),
             bias,
             #[cfg(target_arch = "x86_64")]
             winograd: None,
@@ -225,12 +227,19 @@ impl Conv {
         let blocks = m.div_ceil(rows);
         let panels = self.weights[0].panels();
         let want = 4 * threads;
-        let splits = if blocks >= want {
-            1
+        let mut per = if blocks >= want {
+            panels
         } else {
-            want.div_ceil(blocks).min((panels / 2).max(1))
+            panels.div_ceil(want.div_ceil(blocks).min((panels / 2).max(1)))
         };
-        let per = panels.div_ceil(splits);
+        // Fewer panels per task until the tasks come out a multiple of the thread count, so
+        // no thread is left with one task more than the other (9 tasks on 2 threads cost 10).
+        if per < panels {
+            while per > 1 && !(blocks * panels.div_ceil(per)).is_multiple_of(threads) {
+                per -= 1;
+            }
+        }
+        let splits = panels.div_ceil(per);
         let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
         let rp = Ptr(residual.map(|r| r.as_ptr()));
         let cout_g = cout / groups;
@@ -261,7 +270,7 @@ impl Conv {
         // The AVX-512 kernel reads A packed. A 1×1 conv packs its input rows; a conv over
         // channels that come in whole 16-float runs packs each tap straight from the input
         // (implicit im2col, no patch buffer); others (the stem, grouped convs) gather patches first.
-        let implicit = !direct && groups == 1 && cin % 16 == 0;
+        let implicit = !direct && groups == 1 && cin.is_multiple_of(16);
         let per_group = kernel::packed_len(rows, kk);
         // Packs tiles `tiles` of block b's A into `dst`, the block's `groups · per_group` floats.
         // Only 1×1 and implicit convs (one group) pack part of a block; patches take it whole.
@@ -286,7 +295,16 @@ impl Conv {
                 for g in 0..groups {
                     // SAFETY: `a` holds r1 - r0 rows of `lda ≥ groups · kk` floats; the block
                     // is packed whole by one caller.
-                    unsafe { kernel::pack_a_rows_tiles(r1 - r0, a.add(g * kk), lda, kk, dst.add(g * per_group), 0..(r1 - r0).div_ceil(kernel::MR)) };
+                    unsafe {
+                        kernel::pack_a_rows_tiles(
+                            r1 - r0,
+                            a.add(g * kk),
+                            lda,
+                            kk,
+                            dst.add(g * per_group),
+                            0..(r1 - r0).div_ceil(kernel::MR),
+                        )
+                    };
                 }
             })
         };
@@ -302,7 +320,11 @@ impl Conv {
             if scratch.len() < need {
                 scratch.resize(need, 0.0);
             }
-            let parts = if splittable { (2 * threads).div_ceil(blocks).min(rows / kernel::MR) } else { 1 };
+            let parts = if splittable {
+                (2 * threads).div_ceil(blocks).min(rows / kernel::MR)
+            } else {
+                1
+            };
             let sp = Ptr(scratch.as_mut_ptr());
             pool.install(|| {
                 (0..blocks * parts).into_par_iter().for_each(|u| {
@@ -346,7 +368,9 @@ impl Conv {
             } else {
                 with_a(b, &mut |a, lda| {
                     for (g, w) in self.weights.iter().enumerate() {
-                        unsafe { kernel::gemm(r1 - r0, a.add(g * kk), lda, w, out(g), cout, epilogue(g, r0), p.clone()) }
+                        unsafe {
+                            kernel::gemm(r1 - r0, a.add(g * kk), lda, w, out(g), cout, epilogue(g, r0), p.clone())
+                        }
                     }
                 });
             }

@@ -392,7 +392,14 @@ mod avx512 {
     /// in registers and stored as 16 runs of 14 (several times faster than copying one float at
     /// a time down the columns).
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn pack(m: usize, k: usize, run: usize, src: RowSource<'_>, out: *mut f32, which: std::ops::Range<usize>) {
+    pub unsafe fn pack(
+        m: usize,
+        k: usize,
+        run: usize,
+        src: RowSource<'_>,
+        out: *mut f32,
+        which: std::ops::Range<usize>,
+    ) {
         let tiles = m.div_ceil(MR);
         let mut ptrs = [std::ptr::null(); MR];
         let mut k0 = 0;
@@ -411,7 +418,11 @@ mod avx512 {
                     ptrs[rows..].fill(std::ptr::null());
                     while x < end {
                         let w = (end - x).min(16);
-                        let mask = if w == 16 { 0xFFFF } else { ((1u32 << w) - 1) as __mmask16 };
+                        let mask = if w == 16 {
+                            0xFFFF
+                        } else {
+                            ((1u32 << w) - 1) as __mmask16
+                        };
                         let off = x - seg * run;
                         let mut v = [_mm512_setzero_ps(); 16];
                         for (v, p) in v.iter_mut().zip(&ptrs) {

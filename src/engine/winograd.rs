@@ -65,7 +65,7 @@ impl Winograd {
     pub fn applies(cin: usize, cout: usize, kernel: Kernel) -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let on = *ON.get_or_init(|| std::env::var("RESNET_WINOGRAD").map_or(true, |v| v != "0"));
-        on && kernel.avx512() && cin % 16 == 0 && cout % 16 == 0 && cin * cout <= 256 * 256
+        on && kernel.avx512() && cin.is_multiple_of(16) && cout.is_multiple_of(16) && cin * cout <= 256 * 256
     }
 
     /// From the folded weights as `[(ky, kx, cin), cout]`.
@@ -305,7 +305,14 @@ unsafe fn input_transform(io: &Io<'_>, range: std::ops::Range<usize>, v: *mut f3
 /// `Y = Aᵀ M A` for tiles `range` (`M_ξ[t - base]` at row stride `cout`, `stride` rows per ξ),
 /// plus bias (and residual), ReLU'd if asked, stored NHWC.
 #[target_feature(enable = "avx512f")]
-unsafe fn output_transform(io: &Io<'_>, m: *const f32, stride: usize, base: usize, cout: usize, range: std::ops::Range<usize>) {
+unsafe fn output_transform(
+    io: &Io<'_>,
+    m: *const f32,
+    stride: usize,
+    base: usize,
+    cout: usize,
+    range: std::ops::Range<usize>,
+) {
     let (xs, bias, out) = (io.xs, io.bias, io.out.get());
     let zero = _mm512_setzero_ps();
     for t in range {
@@ -313,14 +320,13 @@ unsafe fn output_transform(io: &Io<'_>, m: *const f32, stride: usize, base: usiz
         let rows = (xs.h - by * OUT).min(OUT);
         let cols = (xs.w - bx * OUT).min(OUT);
         for c in (0..cout).step_by(16) {
-            let mut half = [[zero; TILE]; OUT];
-            for j in 0..TILE {
-                let col: [__m512; TILE] =
-                    std::array::from_fn(|i| _mm512_loadu_ps(m.add(((i * TILE + j) * stride + (t - base)) * cout + c)));
-                for (i, r) in at(col).into_iter().enumerate() {
-                    half[i][j] = r;
-                }
-            }
+            // Columns first (Aᵀ M), then rows ((Aᵀ M) A).
+            let by_col: [[__m512; OUT]; TILE] = std::array::from_fn(|j| {
+                at(std::array::from_fn(|i| {
+                    _mm512_loadu_ps(m.add(((i * TILE + j) * stride + (t - base)) * cout + c))
+                }))
+            });
+            let half: [[__m512; TILE]; OUT] = std::array::from_fn(|i| std::array::from_fn(|j| by_col[j][i]));
             let b = _mm512_loadu_ps(bias.as_ptr().add(c));
             for (i, row) in half.iter().enumerate().take(rows) {
                 let y = at(*row);
