@@ -23,11 +23,24 @@ pub struct ConvSpec {
     pub stride: usize,
     pub dilation: usize,
     pub groups: usize,
+    /// The input arrives with its zero border already in place (the stem's, written while
+    /// converting the input to NHWC), so every tap is inside it.
+    pub padded: bool,
 }
 
 impl ConvSpec {
+    /// The zero border `nn.Conv2d` adds.
     pub fn pad(&self) -> usize {
         self.dilation * (self.k - 1) / 2
+    }
+
+    /// The border this conv still has to imagine around its input.
+    fn pad_in(&self) -> usize {
+        if self.padded {
+            0
+        } else {
+            self.pad()
+        }
     }
 
     pub fn new(cin: usize, cout: usize, k: usize, stride: usize) -> Self {
@@ -38,6 +51,7 @@ impl ConvSpec {
             stride,
             dilation: 1,
             groups: 1,
+            padded: false,
         }
     }
 }
@@ -174,7 +188,7 @@ impl Conv {
             dilation,
             ..
         } = self.spec;
-        let pad = self.spec.pad();
+        let pad = self.spec.pad_in();
         let span = dilation * (k - 1) + 1;
         Shape {
             n: s.n,
@@ -270,7 +284,9 @@ impl Conv {
         // The AVX-512 kernel reads A packed. A 1×1 conv packs its input rows; a conv over
         // channels that come in whole 16-float runs packs each tap straight from the input
         // (implicit im2col, no patch buffer); others (the stem, grouped convs) gather patches first.
-        let implicit = !direct && groups == 1 && cin.is_multiple_of(16);
+        let implicit = !direct && groups == 1 && (cin.is_multiple_of(16) || self.row_runs());
+        // A padded input's kernel rows are `k · cin` contiguous floats (the stem's 7 × 3).
+        let run = if self.row_runs() { k * cin } else { cin };
         let per_group = kernel::packed_len(rows, kk);
         // Packs tiles `tiles` of block b's A into `dst`, the block's `groups · per_group` floats.
         // Only 1×1 and implicit convs (one group) pack part of a block; patches take it whole.
@@ -282,9 +298,9 @@ impl Conv {
                 let src = |row0: usize, seg: usize, ptrs: &mut [*const f32; kernel::MR]| {
                     self.tap_rows(xp.get(), xs, os, r0 + row0..r1, seg, ptrs)
                 };
-                // SAFETY: every pointer tap_rows gives starts `cin` floats inside `x`; the
+                // SAFETY: every pointer tap_rows gives starts `run` floats inside `x`; the
                 // callers give disjoint tiles.
-                return unsafe { kernel::pack_a_tiles(r1 - r0, kk, cin, &src, dst, tiles) };
+                return unsafe { kernel::pack_a_tiles(r1 - r0, kk, run, &src, dst, tiles) };
             }
             if direct {
                 // SAFETY: rows r0..r1 of `x` hold `cin` floats each.
@@ -411,8 +427,16 @@ impl Conv {
         );
     }
 
-    /// Where output pixels `pixels` (at most [`kernel::MR`]) read tap `seg = ky·k + kx`: their
-    /// `cin` input floats in NHWC `x`, or null outside the image (zero padding).
+    /// Whether A is read in whole kernel rows: on a padded input with one group and no dilation,
+    /// a row of `k` taps is one run of `k · cin` floats.
+    fn row_runs(&self) -> bool {
+        let s = self.spec;
+        s.padded && s.dilation == 1 && s.groups == 1
+    }
+
+    /// Where output pixels `pixels` (at most [`kernel::MR`]) read tap `seg = ky·k + kx` (or, with
+    /// [`Conv::row_runs`], kernel row `seg = ky`): their input floats in NHWC `x`, or null
+    /// outside the image (zero padding).
     fn tap_rows(
         &self,
         x: *const f32,
@@ -429,8 +453,9 @@ impl Conv {
             dilation,
             ..
         } = self.spec;
-        let pad = self.spec.pad() as isize;
-        let (ky, kx) = (seg / k, seg % k);
+        let pad = self.spec.pad_in() as isize;
+        // Whole kernel rows on a padded input (segment = ky), else single taps (ky·k + kx).
+        let (ky, kx) = if self.row_runs() { (seg, 0) } else { (seg / k, seg % k) };
         for (p, ptr) in pixels.zip(ptrs.iter_mut()) {
             let (n, rest) = (p / (os.h * os.w), p % (os.h * os.w));
             let (oy, ox) = (rest / os.w, rest % os.w);
@@ -454,7 +479,7 @@ impl Conv {
             groups,
             ..
         } = self.spec;
-        let pad = self.spec.pad();
+        let pad = self.spec.pad_in();
         let (c, g) = (cin / groups, groups);
         let kk = k * k * c;
         for (r, p) in rows.enumerate() {

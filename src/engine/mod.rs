@@ -13,6 +13,8 @@ mod winograd;
 
 use std::sync::Mutex;
 
+use rayon::prelude::*;
+
 pub use conv::Shape;
 use conv::{global_avg_pool, max_pool_3x3s2, zero_pad_shortcut, Conv, ConvSpec};
 pub use kernel::Kernel;
@@ -99,7 +101,11 @@ impl Engine {
             Stem::ImageNet => (7, 2),
             Stem::Cifar => (3, 1),
         };
-        let spec = ConvSpec::new(config.in_channels, config.stem_width, k, stride);
+        // The stem reads an input padded while it is converted to NHWC.
+        let spec = ConvSpec {
+            padded: true,
+            ..ConvSpec::new(config.in_channels, config.stem_width, k, stride)
+        };
         let stem = conv(sd, "conv1", "bn1", spec, kernel)?;
         let mut blocks = Vec::new();
         for (i, stage) in config.plan().into_iter().enumerate() {
@@ -233,17 +239,30 @@ impl Engine {
             }
         };
         let mut t = t0;
-        // NCHW → NHWC.
+        // NCHW → NHWC inside the stem's zero border, a row at a time on the pool.
+        let padded = self.padded(input);
+        let p = self.stem.spec.pad();
         let plane = h * w;
-        for i in 0..n {
-            for p in 0..plane {
-                for ch in 0..c {
-                    a[(i * plane + p) * c + ch] = x[(i * c + ch) * plane + p];
-                }
-            }
-        }
+        self.pool.install(|| {
+            a[..padded.len()]
+                .par_chunks_mut(padded.w * c)
+                .enumerate()
+                .for_each(|(row, dst)| {
+                    let (i, y) = (row / padded.h, row % padded.h);
+                    dst.fill(0.0);
+                    if y < p || y >= p + h {
+                        return;
+                    }
+                    let src = i * c * plane + (y - p) * w;
+                    for (xx, px) in dst[p * c..(p + w) * c].chunks_exact_mut(c).enumerate() {
+                        for (ch, v) in px.iter_mut().enumerate() {
+                            *v = x[src + ch * plane + xx];
+                        }
+                    }
+                })
+        });
         step("input to NHWC", &mut t);
-        let mut s = self.stem.run(a, input, b, None, true, &self.pool, scratch);
+        let mut s = self.stem.run(a, padded, b, None, true, &self.pool, scratch);
         t = std::time::Instant::now();
         let (mut cur, mut next) = (b, a);
         if self.config.stem == Stem::ImageNet {
@@ -291,12 +310,23 @@ impl Engine {
         Ok(out)
     }
 
+    /// The NHWC input with the stem's zero border.
+    fn padded(&self, input: Shape) -> Shape {
+        let p = self.stem.spec.pad();
+        Shape {
+            h: input.h + 2 * p,
+            w: input.w + 2 * p,
+            ..input
+        }
+    }
+
     /// Sizes of the activation, block-internal and shortcut buffers for `input`, found by
     /// walking the network once; refused when they would not fit.
     fn plan(&self, input: Shape) -> Result<[usize; 3]> {
-        let mut max_act = input.len();
+        let padded = self.padded(input);
+        let mut max_act = padded.len();
         let (mut max_t, mut max_sc) = (0, 0);
-        let mut s = self.stem.out_shape(input);
+        let mut s = self.stem.out_shape(padded);
         max_act = max_act.max(s.len());
         if self.config.stem == Stem::ImageNet {
             s = Shape {
