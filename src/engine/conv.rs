@@ -68,6 +68,10 @@ pub struct Conv {
     /// Stride-1 3×3 convs that Winograd F(4×4, 3×3) serves (AVX-512 only).
     #[cfg(target_arch = "x86_64")]
     winograd: Option<Winograd>,
+    /// Wider stride-1 3×3 convs, which Winograd serves once inputs are large enough: built
+    /// from `weights` the first time.
+    #[cfg(target_arch = "x86_64")]
+    wide_winograd: Option<std::sync::OnceLock<Winograd>>,
 }
 
 /// An NHWC activation's shape.
@@ -167,6 +171,7 @@ impl Conv {
                 weights: Vec::new(),
                 bias,
                 winograd: Some(Winograd::new(&matrix(0), cin, cout, kernel)),
+                wide_winograd: None,
             };
         }
         Conv {
@@ -177,6 +182,13 @@ impl Conv {
             bias,
             #[cfg(target_arch = "x86_64")]
             winograd: None,
+            #[cfg(target_arch = "x86_64")]
+            wide_winograd: (k == 3
+                && spec.stride == 1
+                && spec.dilation == 1
+                && groups == 1
+                && Winograd::possible(cin, cout, kernel))
+            .then(std::sync::OnceLock::new),
         }
     }
 
@@ -222,7 +234,13 @@ impl Conv {
         let os = self.out_shape(xs);
         debug_assert!(x.len() >= xs.len() && out.len() >= os.len());
         #[cfg(target_arch = "x86_64")]
-        if let Some(w) = &self.winograd {
+        let wide = self
+            .wide_winograd
+            .as_ref()
+            .filter(|_| Winograd::worth_it(xs))
+            .map(|w| w.get_or_init(|| Winograd::new(&self.weights[0].unpack(), cin, cout, Kernel::Auto)));
+        #[cfg(target_arch = "x86_64")]
+        if let Some(w) = self.winograd.as_ref().or(wide) {
             let t0 = std::time::Instant::now();
             w.run(x, xs, out, &self.bias, residual, relu, pool, scratch);
             self.report(xs, os, t0, "winograd");

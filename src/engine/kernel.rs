@@ -54,6 +54,21 @@ impl PackedB {
         self.n.div_ceil(NR)
     }
 
+    /// The row-major `k × n` matrix back from the panels (or the portable copy).
+    pub fn unpack(&self) -> Vec<f32> {
+        if !self.is_packed() {
+            return self.rows.clone();
+        }
+        let mut b = vec![0f32; self.k * self.n];
+        for j in 0..self.panels() {
+            let cols = (self.n - j * NR).min(NR);
+            for r in 0..self.k {
+                b[r * self.n + j * NR..][..cols].copy_from_slice(&self.panels[(j * self.k + r) * NR..][..cols]);
+            }
+        }
+        b
+    }
+
     /// Whether this runs the AVX-512 kernel (packed panels) rather than the portable one.
     pub fn is_packed(&self) -> bool {
         !self.panels.is_empty()

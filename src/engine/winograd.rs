@@ -59,13 +59,27 @@ pub struct Winograd {
 }
 
 impl Winograd {
-    /// Whether a conv of this shape runs here: AVX-512, whole 16-channel vectors, and weights
-    /// small enough that their 4× larger transform stays cheap to stream (the late, wide stages
-    /// at 7×7 run faster as a direct GEMM). `RESNET_WINOGRAD=0` turns it off.
+    /// Whether a conv of this shape always runs here: AVX-512, whole 16-channel vectors, and
+    /// weights small enough that their 4× larger transform stays cheap to stream.
+    /// `RESNET_WINOGRAD=0` turns it off.
     pub fn applies(cin: usize, cout: usize, kernel: Kernel) -> bool {
+        Self::possible(cin, cout, kernel) && cin * cout <= 256 * 256
+    }
+
+    /// Whether a conv of this shape may run here for large enough inputs (see
+    /// [`Winograd::worth_it`]): up to 512×512 channels, whose 38 MB transform is only built the
+    /// first time such an input comes.
+    pub fn possible(cin: usize, cout: usize, kernel: Kernel) -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let on = *ON.get_or_init(|| std::env::var("RESNET_WINOGRAD").map_or(true, |v| v != "0"));
-        on && kernel.avx512() && cin.is_multiple_of(16) && cout.is_multiple_of(16) && cin * cout <= 256 * 256
+        on && kernel.avx512() && cin.is_multiple_of(16) && cout.is_multiple_of(16) && cin * cout <= 512 * 512
+    }
+
+    /// For the wide convs: whether `xs` has enough 4×4 tiles (16, e.g. a batch of 4 at 7×7) to
+    /// reuse the transformed weights; at batch 1 and 7×7 the direct GEMM is faster, as
+    /// streaming the 4× larger weights costs more than the multiplies saved.
+    pub fn worth_it(xs: Shape) -> bool {
+        xs.n * xs.h.div_ceil(OUT) * xs.w.div_ceil(OUT) >= 16
     }
 
     /// From the folded weights as `[(ky, kx, cin), cout]`.
