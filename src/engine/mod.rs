@@ -26,7 +26,7 @@ use crate::weights::{StateDict, Values};
 enum Shortcut {
     Identity,
     ZeroPad { stride: usize },
-    Projection(Conv),
+    Projection(Box<Conv>),
     None,
 }
 
@@ -135,13 +135,13 @@ impl Engine {
                     ShortcutPlan::Identity => Shortcut::Identity,
                     ShortcutPlan::None => Shortcut::None,
                     ShortcutPlan::ZeroPad => Shortcut::ZeroPad { stride: p.stride },
-                    ShortcutPlan::Projection => Shortcut::Projection(conv(
+                    ShortcutPlan::Projection => Shortcut::Projection(Box::new(conv(
                         sd,
                         &format!("{pre}.downsample.0"),
                         &format!("{pre}.downsample.1"),
                         ConvSpec::new(p.in_channels, out, 1, p.stride),
                         kernel,
-                    )?),
+                    )?)),
                 };
                 blocks.push(Block { convs, shortcut });
             }
