@@ -110,13 +110,13 @@ thread_local! {
 
 /// Raw pointers shared across the worker threads; every task writes disjoint rows/columns.
 #[derive(Clone, Copy)]
-struct Ptr<T>(T);
+pub(super) struct Ptr<T>(pub(super) T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 
 impl<T: Copy> Ptr<T> {
     /// Through a method, so closures capture the whole `Ptr` (Send + Sync), not its field.
-    fn get(self) -> T {
+    pub(super) fn get(self) -> T {
         self.0
     }
 }

@@ -403,7 +403,7 @@ mod avx512 {
         }
     }
 
-    /// [`super::pack_a`]: 16 columns of a tile's 14 rows at a time, loaded as rows, transposed
+    /// [`super::pack_a_tiles`]: 16 columns of a tile's 14 rows at a time, loaded as rows, transposed
     /// in registers and stored as 16 runs of 14 (several times faster than copying one float at
     /// a time down the columns).
     #[target_feature(enable = "avx512f")]

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::conv::Shape;
+use super::conv::{Ptr, Shape};
 use super::kernel::{self, Epilogue, Kernel, PackedB};
 
 /// Output pixels per tile side, and input pixels per tile side.
@@ -36,17 +36,6 @@ const G: [[f64; 3]; 6] = [
 thread_local! {
     /// Each thread's transformed inputs, packed rows and products for one block of tiles.
     static BUFS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Raw pointers shared across the worker threads; every task writes its own tiles.
-#[derive(Clone, Copy)]
-struct Ptr<T>(T);
-unsafe impl<T> Send for Ptr<T> {}
-unsafe impl<T> Sync for Ptr<T> {}
-impl<T: Copy> Ptr<T> {
-    fn get(self) -> T {
-        self.0
-    }
 }
 
 /// A 3×3 stride-1 conv (BatchNorm folded) prepared for Winograd.
