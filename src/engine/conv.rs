@@ -192,6 +192,20 @@ impl Conv {
         }
     }
 
+    /// Whether this conv runs through Winograd for input `xs`.
+    #[cfg(test)]
+    pub fn uses_winograd(&self, xs: Shape) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.winograd.is_some() || (self.wide_winograd.is_some() && Winograd::worth_it(xs))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = xs;
+            false
+        }
+    }
+
     pub fn out_shape(&self, s: Shape) -> Shape {
         let ConvSpec {
             cout,
