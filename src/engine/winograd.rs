@@ -140,34 +140,41 @@ impl Winograd {
         // each reading its `U_ξ` once. Small ones stay in cache: then each thread takes whole
         // blocks of tiles (transform, products, inverse) whose buffers stay in L2.
         if XI * cin * cout > 1 << 18 {
-            let (vn, mn) = (XI * tiles * cin, XI * tiles * cout);
+            // Huge batches go through in parts, so the transformed tiles and products stay
+            // within 64 MB (typical batches are one part).
+            let part = ((1 << 24) / (XI * (cin + cout))).max(kernel::MR);
+            let rows = part.min(tiles);
+            let (vn, mn) = (XI * rows * cin, XI * rows * cout);
             if scratch.len() < vn + mn {
                 scratch.resize(vn + mn, 0.0);
             }
             let (v, m) = scratch.split_at_mut(vn);
             let (vp, mp) = (Ptr(v.as_mut_ptr()), Ptr(m.as_mut_ptr()));
-            let chunks = tiles.div_ceil(threads * 4).max(1);
-            let packed = kernel::packed_len(tiles, cin);
-            pool.install(|| {
-                (0..tiles.div_ceil(chunks)).into_par_iter().for_each(|c| {
-                    let r = c * chunks..((c + 1) * chunks).min(tiles);
-                    // SAFETY: each chunk writes its own rows of V.
-                    unsafe { input_transform(&io, r, vp.get(), tiles, 0) }
+            for p0 in (0..tiles).step_by(part) {
+                let nt = part.min(tiles - p0);
+                let chunks = nt.div_ceil(threads * 4).max(1);
+                let ranges = move |c: usize| p0 + c * chunks..p0 + ((c + 1) * chunks).min(nt);
+                let packed = kernel::packed_len(nt, cin);
+                pool.install(|| {
+                    (0..nt.div_ceil(chunks)).into_par_iter().for_each(|c| {
+                        // SAFETY: each chunk writes its own rows of V.
+                        unsafe { input_transform(&io, ranges(c), vp.get(), nt, p0) }
+                    });
+                    (0..XI).into_par_iter().for_each(|xi| {
+                        with_buf(packed, |pa| unsafe {
+                            // SAFETY: each ξ reads its V_ξ and writes its own M_ξ.
+                            kernel::pack_a_rows(nt, vp.get().add(xi * nt * cin), cin, cin, pa);
+                            let u = &self.u[xi];
+                            let mx = mp.get().add(xi * nt * cout);
+                            kernel::gemm_packed(nt, pa, u, mx, cout, ep(), 0..u.panels());
+                        })
+                    });
+                    (0..nt.div_ceil(chunks)).into_par_iter().for_each(|c| {
+                        // SAFETY: each chunk writes its own tiles' output pixels.
+                        unsafe { output_transform(&io, mp.get(), nt, p0, cout, ranges(c)) }
+                    });
                 });
-                (0..XI).into_par_iter().for_each(|xi| {
-                    with_buf(packed, |pa| unsafe {
-                        // SAFETY: each ξ reads its V_ξ and writes its own M_ξ.
-                        kernel::pack_a_rows(tiles, vp.get().add(xi * tiles * cin), cin, cin, pa);
-                        let u = &self.u[xi];
-                        kernel::gemm_packed(tiles, pa, u, mp.get().add(xi * tiles * cout), cout, ep(), 0..u.panels());
-                    })
-                });
-                (0..tiles.div_ceil(chunks)).into_par_iter().for_each(|c| {
-                    let r = c * chunks..((c + 1) * chunks).min(tiles);
-                    // SAFETY: each chunk writes its own tiles' output pixels.
-                    unsafe { output_transform(&io, mp.get(), tiles, 0, cout, r) }
-                });
-            });
+            }
             return;
         }
         // Blocks whose transformed tiles and products (36 × tiles × (cin + cout) floats) stay
@@ -372,6 +379,8 @@ mod tests {
             (128, 128, 1, 28, 28),
             (256, 256, 3, 7, 7),
             (512, 512, 4, 7, 7),
+            // 480 tiles: two parts of the batch.
+            (512, 512, 120, 7, 7),
         ] {
             let spec = ConvSpec::new(cin, cout, 3, 1);
             let weight = values(cout * cin * 9, 1).iter().map(|v| v * 0.05).collect::<Vec<_>>();
