@@ -165,7 +165,9 @@ impl Conv {
         };
         let bias = bias.into_iter().map(|b| b as f32).collect();
         #[cfg(target_arch = "x86_64")]
-        if k == 3 && spec.stride == 1 && spec.dilation == 1 && groups == 1 && Winograd::applies(cin, cout, kernel) {
+        let stride1_3x3 = k == 3 && spec.stride == 1 && spec.dilation == 1 && groups == 1;
+        #[cfg(target_arch = "x86_64")]
+        if stride1_3x3 && Winograd::applies(cin, cout, kernel) {
             return Conv {
                 spec,
                 weights: Vec::new(),
@@ -183,12 +185,7 @@ impl Conv {
             #[cfg(target_arch = "x86_64")]
             winograd: None,
             #[cfg(target_arch = "x86_64")]
-            wide_winograd: (k == 3
-                && spec.stride == 1
-                && spec.dilation == 1
-                && groups == 1
-                && Winograd::possible(cin, cout, kernel))
-            .then(std::sync::OnceLock::new),
+            wide_winograd: (stride1_3x3 && Winograd::possible(cin, cout, kernel)).then(std::sync::OnceLock::new),
         }
     }
 

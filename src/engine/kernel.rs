@@ -13,11 +13,6 @@ pub const MR: usize = 14;
 /// Depth per pass: a `KC × NR` slice of B (32 KB) stays in L1 while every row tile uses it.
 const KC: usize = 256;
 
-thread_local! {
-    /// Each thread's packed rows of A, reused across calls.
-    static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// B (`k × n`, e.g. conv weights as `[kh·kw·cin, cout]`), packed into `NR`-column panels,
 /// zero-padded on the right; plus the row-major source for the portable path.
 pub struct PackedB {
@@ -156,8 +151,8 @@ pub unsafe fn pack_a_rows_tiles(
     pack_a_tiles(m, k, k.max(1), &rows, out, tiles);
 }
 
-/// [`gemm`] on A already packed by [`pack_a_tiles`] (AVX-512 engines only), so several tasks
-/// can share one packing.
+/// [`gemm`]'s product on the AVX-512 kernel, with A already packed by [`pack_a_tiles`], so
+/// several tasks can share one packing.
 ///
 /// # Safety
 /// As for [`gemm`]; `packed` holds [`packed_len`]`(m, b.k)` floats.
@@ -272,7 +267,9 @@ fn avx512_available() -> bool {
     })
 }
 
-/// `C[rows, cols of panels p0..p1] = A · B + epilogue` for `m` rows.
+/// `C[rows, cols of panels p0..p1] = A · B + epilogue` for `m` rows, on the portable kernel
+/// (the `gemm` crate): C is pre-filled with bias (+ residual), accumulated into, then ReLU'd.
+/// AVX-512 engines pack A instead ([`pack_a_tiles`]) and run [`gemm_packed`].
 ///
 /// # Safety
 /// `a` points at `m` rows of `b.k` floats with stride `lda`; `c` at `m` rows with stride `ldc`
@@ -289,36 +286,10 @@ pub unsafe fn gemm(
     ep: Epilogue<'_>,
     panels: std::ops::Range<usize>,
 ) {
+    debug_assert!(!b.is_packed(), "packed weights run through gemm_packed");
     if m == 0 || panels.is_empty() {
         return;
     }
-    if b.is_packed() {
-        PACKED_A.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let need = packed_len(m, b.k);
-            if buf.len() < need {
-                buf.resize(need, 0.0);
-            }
-            pack_a_rows(m, a, lda, b.k, &mut buf[..need]);
-            gemm_packed(m, &buf[..need], b, c, ldc, ep, panels);
-        });
-        return;
-    }
-    portable(m, a, lda, b, c, ldc, ep, panels);
-}
-
-/// Through the `gemm` crate: C is pre-filled with bias (+ residual), accumulated into, then ReLU'd.
-#[allow(clippy::too_many_arguments)]
-unsafe fn portable(
-    m: usize,
-    a: *const f32,
-    lda: usize,
-    b: &PackedB,
-    c: *mut f32,
-    ldc: usize,
-    ep: Epilogue<'_>,
-    panels: std::ops::Range<usize>,
-) {
     let col0 = panels.start * NR;
     let col1 = (panels.end * NR).min(b.n);
     let n = col1 - col0;
