@@ -487,9 +487,10 @@ mod avx512 {
         } else {
             0
         };
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        // Always MR rows so the asm below can name them; rows past R are never touched.
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         if accumulate {
-            for (r, acc) in acc.iter_mut().enumerate() {
+            for (r, acc) in acc.iter_mut().enumerate().take(R) {
                 acc[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
                 acc[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
             }
@@ -504,11 +505,27 @@ mod avx512 {
             }
             let b0 = _mm512_loadu_ps(bp);
             let b1 = _mm512_loadu_ps(bp.add(16));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(r));
-                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            // Each FMA broadcasts its A value from memory ({1to16}): one fused uop instead of a
+            // broadcast plus two FMAs. The front end is what this kernel runs out of when the
+            // core's other hyperthread is busy; LLVM never folds a broadcast used twice.
+            macro_rules! rows {
+                ($($r:literal)*) => {$(
+                    if $r < R {
+                        std::arch::asm!(
+                            "vfmadd231ps {x}, {b0}, dword ptr [{a} + {o}]{{1to16}}",
+                            "vfmadd231ps {y}, {b1}, dword ptr [{a} + {o}]{{1to16}}",
+                            x = inout(zmm_reg) acc[$r][0],
+                            y = inout(zmm_reg) acc[$r][1],
+                            b0 = in(zmm_reg) b0,
+                            b1 = in(zmm_reg) b1,
+                            a = in(reg) ap,
+                            o = const $r * 4,
+                            options(pure, readonly, nostack, preserves_flags),
+                        );
+                    }
+                )*};
             }
+            rows!(0 1 2 3 4 5 6 7 8 9 10 11 12 13);
             ap = ap.add(MR);
             bp = bp.add(NR);
         }
@@ -516,7 +533,7 @@ mod avx512 {
             let bias0 = _mm512_maskz_loadu_ps(m0, bias.as_ptr());
             let bias1 = _mm512_maskz_loadu_ps(m1, bias.as_ptr().add(16));
             let zero = _mm512_setzero_ps();
-            for (r, acc) in acc.iter_mut().enumerate() {
+            for (r, acc) in acc.iter_mut().enumerate().take(R) {
                 acc[0] = _mm512_add_ps(acc[0], bias0);
                 acc[1] = _mm512_add_ps(acc[1], bias1);
                 if let Some((rp, ldr)) = res {
@@ -529,7 +546,7 @@ mod avx512 {
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
+        for (r, acc) in acc.iter().enumerate().take(R) {
             _mm512_mask_storeu_ps(c.add(r * ldc), m0, acc[0]);
             _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, acc[1]);
         }
