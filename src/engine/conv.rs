@@ -485,14 +485,24 @@ impl Conv {
         let pad = self.spec.pad_in() as isize;
         // Whole kernel rows on a padded input (segment = ky), else single taps (ky·k + kx).
         let (ky, kx) = if self.row_runs() { (seg, 0) } else { (seg / k, seg % k) };
-        for (p, ptr) in pixels.zip(ptrs.iter_mut()) {
-            let (n, rest) = (p / (os.h * os.w), p % (os.h * os.w));
-            let (oy, ox) = (rest / os.w, rest % os.w);
+        // Divide once, then walk the pixels: this runs for every tile and tap, and divisions
+        // here cost the stem more than its packing did.
+        let p0 = pixels.start;
+        let (mut n, rest) = (p0 / (os.h * os.w), p0 % (os.h * os.w));
+        let (mut oy, mut ox) = (rest / os.w, rest % os.w);
+        for ptr in ptrs.iter_mut().take(pixels.len()) {
             let iy = (oy * stride + ky * dilation) as isize - pad;
             let ix = (ox * stride + kx * dilation) as isize - pad;
             if iy >= 0 && ix >= 0 && iy < xs.h as isize && ix < xs.w as isize {
                 // SAFETY: the pixel is inside the image, so its channels are inside `x`.
                 *ptr = unsafe { x.add(((n * xs.h + iy as usize) * xs.w + ix as usize) * cin) };
+            }
+            ox += 1;
+            if ox == os.w {
+                (ox, oy) = (0, oy + 1);
+                if oy == os.h {
+                    (oy, n) = (0, n + 1);
+                }
             }
         }
     }
@@ -569,20 +579,19 @@ pub fn max_pool_3x3s2(x: &[f32], xs: Shape, out: &mut [f32], pool: &rayon::Threa
             .for_each(|(row, o)| {
                 let (n, oy) = (row / os.h, row % os.h);
                 o.fill(f32::NEG_INFINITY);
+                // The window's rows and columns inside the image (padding never wins).
+                let ys = (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(xs.h);
                 for ox in 0..os.w {
                     let d = &mut o[ox * c..(ox + 1) * c];
-                    for ky in 0..3 {
-                        let iy = (oy * 2 + ky) as isize - 1;
-                        if iy < 0 || iy >= xs.h as isize {
-                            continue;
-                        }
-                        for kx in 0..3 {
-                            let ix = (ox * 2 + kx) as isize - 1;
-                            if ix < 0 || ix >= xs.w as isize {
-                                continue;
-                            }
-                            let s = ((n * xs.h + iy as usize) * xs.w + ix as usize) * c;
-                            d.iter_mut().zip(&x[s..s + c]).for_each(|(a, &b)| *a = a.max(b));
+                    let xr = (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(xs.w);
+                    for iy in ys.clone() {
+                        let line = &x[((n * xs.h + iy) * xs.w + xr.start) * c..((n * xs.h + iy) * xs.w + xr.end) * c];
+                        for px in line.chunks_exact(c) {
+                            // A compare-and-select, which compiles to vmaxps; f32::max's NaN
+                            // rules keep LLVM from vectorizing this loop.
+                            d.iter_mut()
+                                .zip(px)
+                                .for_each(|(a, &b)| *a = if b > *a { b } else { *a });
                         }
                     }
                 }

@@ -410,16 +410,18 @@ mod avx512 {
                             ((1u32 << w) - 1) as __mmask16
                         };
                         let off = x - seg * run;
-                        let mut v = [_mm512_setzero_ps(); 16];
-                        for (v, p) in v.iter_mut().zip(&ptrs) {
-                            if !p.is_null() {
-                                *v = _mm512_maskz_loadu_ps(mask, p.add(off));
-                            }
-                        }
+                        // Fixed-size loops that unroll, so the 16 rows live in registers (a
+                        // loop over `w` kept them on the stack).
+                        let mut v: [__m512; 16] = std::array::from_fn(|r| match ptrs.get(r) {
+                            Some(p) if !p.is_null() => _mm512_maskz_loadu_ps(mask, p.add(off)),
+                            _ => _mm512_setzero_ps(),
+                        });
                         transpose16(&mut v);
                         let dst = tile.add((x - k0) * MR);
-                        for (j, v) in v.iter().take(w).enumerate() {
-                            _mm512_mask_storeu_ps(dst.add(j * MR), (1 << MR) - 1, *v);
+                        for (j, v) in v.iter().enumerate() {
+                            if j < w {
+                                _mm512_mask_storeu_ps(dst.add(j * MR), (1 << MR) - 1, *v);
+                            }
                         }
                         x += w;
                     }
