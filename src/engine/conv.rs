@@ -257,6 +257,14 @@ impl Conv {
             self.report(xs, os, t0, "winograd");
             return os;
         }
+        if self.row_runs()
+            && stride * cin == kernel::STEM_STEP
+            && k <= 16
+            && residual.is_none()
+            && self.weights[0].is_packed()
+        {
+            return self.run_stem(x, xs, out, relu, pool);
+        }
         let m = os.pixels();
         let kk = k * k * (cin / groups);
         let direct = k == 1 && stride == 1 && groups == 1;
@@ -427,6 +435,53 @@ impl Conv {
             pool.install(|| (0..tasks).into_par_iter().for_each(task));
         }
         self.report(xs, os, t0, &format!("tasks {tasks}"));
+        os
+    }
+
+    /// The 7×7 stride-2 stem on its padded input ([`kernel::stem_tile`]): each output row
+    /// in tiles of `MR` pixels, reading the input in place.
+    fn run_stem(&self, x: &[f32], xs: Shape, out: &mut [f32], relu: bool, pool: &rayon::ThreadPool) -> Shape {
+        let t0 = std::time::Instant::now();
+        let ConvSpec {
+            cin, cout, k, stride, ..
+        } = self.spec;
+        let os = self.out_shape(xs);
+        let w = &self.weights[0];
+        let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
+        pool.install(|| {
+            (0..os.n * os.h).into_par_iter().for_each(|line| {
+                let (n, oy) = (line / os.h, line % os.h);
+                let mut segs = [std::ptr::null(); 16];
+                // One panel at a time over the whole row, so its weights stay in L1.
+                for j in 0..w.panels() {
+                    let col0 = j * kernel::NR;
+                    let ncols = (cout - col0).min(kernel::NR);
+                    for ox0 in (0..os.w).step_by(kernel::MR) {
+                        for (ky, seg) in segs.iter_mut().enumerate().take(k) {
+                            let at = ((n * xs.h + oy * stride + ky) * xs.w + ox0 * stride) * cin;
+                            // SAFETY: the input is padded, so every window lies inside it.
+                            *seg = unsafe { xp.get().add(at) };
+                        }
+                        // SAFETY: pixel ox0 + r reads k·cin floats from seg + r·stride·cin,
+                        // inside the padded input; this task owns output row `line`.
+                        unsafe {
+                            kernel::stem_tile(
+                                (os.w - ox0).min(kernel::MR),
+                                &segs[..k],
+                                k * cin,
+                                w.panel(j),
+                                op.get().add((line * os.w + ox0) * cout + col0),
+                                cout,
+                                ncols,
+                                &self.bias[col0..col0 + ncols],
+                                relu,
+                            )
+                        };
+                    }
+                }
+            })
+        });
+        self.report(xs, os, t0, "stem");
         os
     }
 

@@ -64,6 +64,12 @@ impl PackedB {
         b
     }
 
+    /// Panel `j`'s first float (`k × NR`, row by row). AVX-512 engines only.
+    pub fn panel(&self, j: usize) -> *const f32 {
+        debug_assert!(self.is_packed() && j < self.panels());
+        self.panels[j * self.k * NR..].as_ptr()
+    }
+
     /// Whether this runs the AVX-512 kernel (packed panels) rather than the portable one.
     pub fn is_packed(&self) -> bool {
         !self.panels.is_empty()
@@ -230,6 +236,48 @@ pub unsafe fn gemm_packed(
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("packed A only exists with the AVX-512 kernel");
+}
+
+/// Output pixels apart, in floats, of a [`stem_tile`]'s input rows: stride 2 × 3 channels.
+pub const STEM_STEP: usize = 6;
+
+/// `C = A · B + bias` (ReLU'd if asked) for up to `MR` consecutive output pixels of the 7×7
+/// stride-2 stem on its padded 3-channel NHWC input, one panel of B, reading A in place: pixel
+/// `r`'s kernel row `ky` is the `run` floats at `segs[ky] + r · STEM_STEP`. The 14 pixels'
+/// windows overlap inside a few cache lines, so this skips the packing, which cost the stem
+/// as much as its products.
+///
+/// # Safety
+/// Each `segs[ky]` is readable for `(rows - 1) · STEM_STEP + run` floats; `b` is a panel of
+/// `segs.len() · run` rows; `c` holds `rows` rows of `ncols ≤ NR` floats at stride `ldc`;
+/// `bias` has `ncols` floats. AVX-512 engines only.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub unsafe fn stem_tile(
+    rows: usize,
+    segs: &[*const f32],
+    run: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    ncols: usize,
+    bias: &[f32],
+    relu: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! go {
+            ($($r:literal)*) => {
+                match rows {
+                    $($r => avx512::stem::<$r>(segs, run, b, c, ldc, ncols, bias, relu),)*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the stem kernel only exists with the AVX-512 kernel");
 }
 
 /// Which matrix kernel an engine uses.
@@ -551,6 +599,75 @@ mod avx512 {
         for (r, acc) in acc.iter().enumerate().take(R) {
             _mm512_mask_storeu_ps(c.add(r * ldc), m0, acc[0]);
             _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, acc[1]);
+        }
+    }
+
+    /// [`super::stem_tile`] for `R` pixels.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn stem<const R: usize>(
+        segs: &[*const f32],
+        run: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        ncols: usize,
+        bias: &[f32],
+        relu: bool,
+    ) {
+        const _: () = assert!(super::STEM_STEP == 6);
+        let m0: __mmask16 = if ncols >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << ncols) - 1) as u16
+        };
+        let m1: __mmask16 = if ncols >= 32 {
+            0xFFFF
+        } else if ncols > 16 {
+            ((1u32 << (ncols - 16)) - 1) as u16
+        } else {
+            0
+        };
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let mut bp = b;
+        for &seg in segs {
+            let mut ap = seg;
+            for _ in 0..run {
+                let b0 = _mm512_loadu_ps(bp);
+                let b1 = _mm512_loadu_ps(bp.add(16));
+                macro_rules! rows {
+                    ($($r:literal)*) => {$(
+                        if $r < R {
+                            std::arch::asm!(
+                                "vfmadd231ps {x}, {b0}, dword ptr [{a} + {o}]{{1to16}}",
+                                "vfmadd231ps {y}, {b1}, dword ptr [{a} + {o}]{{1to16}}",
+                                x = inout(zmm_reg) acc[$r][0],
+                                y = inout(zmm_reg) acc[$r][1],
+                                b0 = in(zmm_reg) b0,
+                                b1 = in(zmm_reg) b1,
+                                a = in(reg) ap,
+                                o = const $r * 24,
+                                options(pure, readonly, nostack, preserves_flags),
+                            );
+                        }
+                    )*};
+                }
+                rows!(0 1 2 3 4 5 6 7 8 9 10 11 12 13);
+                ap = ap.add(1);
+                bp = bp.add(NR);
+            }
+        }
+        let bias0 = _mm512_maskz_loadu_ps(m0, bias.as_ptr());
+        let bias1 = _mm512_maskz_loadu_ps(m1, bias.as_ptr().add(16));
+        let zero = _mm512_setzero_ps();
+        for (r, acc) in acc.iter().enumerate().take(R) {
+            let (mut v0, mut v1) = (_mm512_add_ps(acc[0], bias0), _mm512_add_ps(acc[1], bias1));
+            if relu {
+                v0 = _mm512_max_ps(v0, zero);
+                v1 = _mm512_max_ps(v1, zero);
+            }
+            _mm512_mask_storeu_ps(c.add(r * ldc), m0, v0);
+            _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, v1);
         }
     }
 }
