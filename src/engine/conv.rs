@@ -10,6 +10,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::aligned::AlignedVec;
 use super::kernel::{self, Epilogue, Kernel, PackedB};
 #[cfg(target_arch = "x86_64")]
 use super::winograd::Winograd;
@@ -232,7 +233,7 @@ impl Conv {
         residual: Option<&[f32]>,
         relu: bool,
         pool: &rayon::ThreadPool,
-        scratch: &mut Vec<f32>,
+        scratch: &mut AlignedVec,
     ) -> Shape {
         let ConvSpec {
             cin,
@@ -370,9 +371,7 @@ impl Conv {
         // in parts when the blocks are fewer than the threads.
         if shared {
             let need = blocks * groups * per_group;
-            if scratch.len() < need {
-                scratch.resize(need, 0.0);
-            }
+            scratch.grow(need);
             let parts = if splittable {
                 (2 * threads).div_ceil(blocks).min(rows / kernel::MR)
             } else {

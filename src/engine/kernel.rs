@@ -19,7 +19,7 @@ pub struct PackedB {
     pub k: usize,
     pub n: usize,
     /// `panels × k × NR` floats: panel `j` holds columns `j·NR .. j·NR+NR`, row by row.
-    panels: Vec<f32>,
+    panels: super::aligned::AlignedVec,
     /// Row-major `k × n`, only kept when the portable path is in use.
     rows: Vec<f32>,
 }
@@ -30,7 +30,7 @@ impl PackedB {
         assert_eq!(b.len(), k * n);
         let np = n.div_ceil(NR);
         let (panels, rows) = if kernel.avx512() {
-            let mut p = vec![0f32; np * k * NR];
+            let mut p = super::aligned::AlignedVec::zeros(np * k * NR);
             for j in 0..np {
                 let cols = (n - j * NR).min(NR);
                 for r in 0..k {
@@ -40,7 +40,7 @@ impl PackedB {
             }
             (p, Vec::new())
         } else {
-            (Vec::new(), b.to_vec())
+            (Default::default(), b.to_vec())
         };
         PackedB { k, n, panels, rows }
     }

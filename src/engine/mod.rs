@@ -6,12 +6,15 @@
 //! buffers are planned per input shape and reused across calls. The burn model
 //! ([`crate::model::ResNet`]) remains the reference, for training and for GPU backends.
 
+mod aligned;
 mod conv;
 mod kernel;
 #[cfg(target_arch = "x86_64")]
 mod winograd;
 
 use std::sync::Mutex;
+
+use aligned::AlignedVec;
 
 use rayon::prelude::*;
 
@@ -43,9 +46,9 @@ const MAX_WORKSPACE_FLOATS: usize = 1 << 32;
 struct Workspace {
     input: Shape,
     /// Ping-pong activations, two block-internal ones and the shortcut.
-    bufs: [Vec<f32>; 5],
+    bufs: [AlignedVec; 5],
     /// Packed rows shared by the tasks of one conv.
-    scratch: Vec<f32>,
+    scratch: AlignedVec,
 }
 
 /// A ResNet ready for fast CPU inference.
@@ -219,13 +222,13 @@ impl Engine {
             *guard = Some(Workspace {
                 input,
                 bufs: [
-                    vec![0.0; act],
-                    vec![0.0; act],
-                    vec![0.0; t],
-                    vec![0.0; t],
-                    vec![0.0; sc],
+                    AlignedVec::zeros(act),
+                    AlignedVec::zeros(act),
+                    AlignedVec::zeros(t),
+                    AlignedVec::zeros(t),
+                    AlignedVec::zeros(sc),
                 ],
-                scratch: Vec::new(),
+                scratch: AlignedVec::default(),
             });
         }
         let ws = guard.as_mut().expect("planned above");

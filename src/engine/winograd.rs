@@ -14,6 +14,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::aligned::AlignedVec;
 use super::conv::{Ptr, Shape};
 use super::kernel::{self, Epilogue, Kernel, PackedB};
 
@@ -113,7 +114,7 @@ impl Winograd {
         residual: Option<&[f32]>,
         relu: bool,
         pool: &rayon::ThreadPool,
-        scratch: &mut Vec<f32>,
+        scratch: &mut AlignedVec,
     ) {
         let (ty, tx) = (xs.h.div_ceil(OUT), xs.w.div_ceil(OUT));
         let tiles = xs.n * ty * tx;
@@ -145,9 +146,7 @@ impl Winograd {
             let part = ((1 << 24) / (XI * (cin + cout))).max(kernel::MR);
             let rows = part.min(tiles);
             let (vn, mn) = (XI * rows * cin, XI * rows * cout);
-            if scratch.len() < vn + mn {
-                scratch.resize(vn + mn, 0.0);
-            }
+            scratch.grow(vn + mn);
             let (v, m) = scratch.split_at_mut(vn);
             let (vp, mp) = (Ptr(v.as_mut_ptr()), Ptr(m.as_mut_ptr()));
             for p0 in (0..tiles).step_by(part) {
@@ -391,8 +390,8 @@ mod tests {
             let x = values(xs.len(), 3);
             let res = values(n * h * w * cout, 4);
             let (mut want, mut got) = (vec![0f32; res.len()], vec![0f32; res.len()]);
-            direct.run(&x, xs, &mut want, Some(&res), true, &pool, &mut Vec::new());
-            fast.run(&x, xs, &mut got, Some(&res), true, &pool, &mut Vec::new());
+            direct.run(&x, xs, &mut want, Some(&res), true, &pool, &mut AlignedVec::default());
+            fast.run(&x, xs, &mut got, Some(&res), true, &pool, &mut AlignedVec::default());
             let err: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
             let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
             let rel = (err / norm).sqrt();
