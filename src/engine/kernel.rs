@@ -384,6 +384,61 @@ mod avx512 {
 
     use super::{RowSource, KC, MR, NR};
 
+    /// Applies `finish` (bias, residual, ReLU) to rows `..R` of `acc` and stores them: a macro,
+    /// since a function would take the accumulators through memory.
+    macro_rules! store {
+        ($acc:ident, $R:ident, $c:expr, $ldc:expr, ($m0:expr, $m1:expr), $finish:expr) => {{
+            let (c, ldc, m0, m1): (*mut f32, usize, __mmask16, __mmask16) = ($c, $ldc, $m0, $m1);
+            let finish: Finish<'_> = $finish;
+            if let Some((bias, res, relu)) = finish {
+                let bias0 = _mm512_maskz_loadu_ps(m0, bias.as_ptr());
+                let bias1 = _mm512_maskz_loadu_ps(m1, bias.as_ptr().add(16));
+                let zero = _mm512_setzero_ps();
+                for (r, acc) in $acc.iter_mut().enumerate().take($R) {
+                    acc[0] = _mm512_add_ps(acc[0], bias0);
+                    acc[1] = _mm512_add_ps(acc[1], bias1);
+                    if let Some((rp, ldr)) = res {
+                        acc[0] = _mm512_add_ps(acc[0], _mm512_maskz_loadu_ps(m0, rp.add(r * ldr)));
+                        acc[1] = _mm512_add_ps(acc[1], _mm512_maskz_loadu_ps(m1, rp.add(r * ldr + 16)));
+                    }
+                    if relu {
+                        acc[0] = _mm512_max_ps(acc[0], zero);
+                        acc[1] = _mm512_max_ps(acc[1], zero);
+                    }
+                }
+            }
+            for (r, acc) in $acc.iter().enumerate().take($R) {
+                _mm512_mask_storeu_ps(c.add(r * ldc), m0, acc[0]);
+                _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, acc[1]);
+            }
+        }};
+    }
+
+    /// One k-step for rows `..R`: row `r` broadcasts its A value from `[ap + r·step]` (bytes)
+    /// inside each FMA (`{1to16}`): one fused uop instead of a broadcast plus two FMAs. The
+    /// front end is what the kernel runs out of when the core's other hyperthread is busy, and
+    /// LLVM never folds a broadcast that is used twice.
+    macro_rules! fma_rows {
+        ($acc:ident, $R:ident, $ap:expr, $b0:expr, $b1:expr, $step:literal) => {
+            fma_rows!(@ $acc, $R, $ap, $b0, $b1, $step; 0 1 2 3 4 5 6 7 8 9 10 11 12 13)
+        };
+        (@ $acc:ident, $R:ident, $ap:expr, $b0:expr, $b1:expr, $step:literal; $($r:literal)*) => {$(
+            if $r < $R {
+                std::arch::asm!(
+                    "vfmadd231ps {x}, {b0}, dword ptr [{a} + {o}]{{1to16}}",
+                    "vfmadd231ps {y}, {b1}, dword ptr [{a} + {o}]{{1to16}}",
+                    x = inout(zmm_reg) $acc[$r][0],
+                    y = inout(zmm_reg) $acc[$r][1],
+                    b0 = in(zmm_reg) $b0,
+                    b1 = in(zmm_reg) $b1,
+                    a = in(reg) $ap,
+                    o = const $r * $step,
+                    options(pure, readonly, nostack, preserves_flags),
+                );
+            }
+        )*};
+    }
+
     /// Asks for the cache lines of `n` floats at `p` (at most 32: two lines, or three unaligned).
     #[inline(always)]
     pub unsafe fn prefetch(p: *const f32, n: usize) {
@@ -525,18 +580,7 @@ mod avx512 {
         finish: Finish<'_>,
     ) {
         debug_assert!(R <= MR);
-        let m0: __mmask16 = if ncols >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << ncols) - 1) as u16
-        };
-        let m1: __mmask16 = if ncols >= 32 {
-            0xFFFF
-        } else if ncols > 16 {
-            ((1u32 << (ncols - 16)) - 1) as u16
-        } else {
-            0
-        };
+        let (m0, m1) = masks(ncols);
         // Always MR rows so the asm below can name them; rows past R are never touched.
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         if accumulate {
@@ -555,51 +599,11 @@ mod avx512 {
             }
             let b0 = _mm512_loadu_ps(bp);
             let b1 = _mm512_loadu_ps(bp.add(16));
-            // Each FMA broadcasts its A value from memory ({1to16}): one fused uop instead of a
-            // broadcast plus two FMAs. The front end is what this kernel runs out of when the
-            // core's other hyperthread is busy; LLVM never folds a broadcast used twice.
-            macro_rules! rows {
-                ($($r:literal)*) => {$(
-                    if $r < R {
-                        std::arch::asm!(
-                            "vfmadd231ps {x}, {b0}, dword ptr [{a} + {o}]{{1to16}}",
-                            "vfmadd231ps {y}, {b1}, dword ptr [{a} + {o}]{{1to16}}",
-                            x = inout(zmm_reg) acc[$r][0],
-                            y = inout(zmm_reg) acc[$r][1],
-                            b0 = in(zmm_reg) b0,
-                            b1 = in(zmm_reg) b1,
-                            a = in(reg) ap,
-                            o = const $r * 4,
-                            options(pure, readonly, nostack, preserves_flags),
-                        );
-                    }
-                )*};
-            }
-            rows!(0 1 2 3 4 5 6 7 8 9 10 11 12 13);
+            fma_rows!(acc, R, ap, b0, b1, 4);
             ap = ap.add(MR);
             bp = bp.add(NR);
         }
-        if let Some((bias, res, relu)) = finish {
-            let bias0 = _mm512_maskz_loadu_ps(m0, bias.as_ptr());
-            let bias1 = _mm512_maskz_loadu_ps(m1, bias.as_ptr().add(16));
-            let zero = _mm512_setzero_ps();
-            for (r, acc) in acc.iter_mut().enumerate().take(R) {
-                acc[0] = _mm512_add_ps(acc[0], bias0);
-                acc[1] = _mm512_add_ps(acc[1], bias1);
-                if let Some((rp, ldr)) = res {
-                    acc[0] = _mm512_add_ps(acc[0], _mm512_maskz_loadu_ps(m0, rp.add(r * ldr)));
-                    acc[1] = _mm512_add_ps(acc[1], _mm512_maskz_loadu_ps(m1, rp.add(r * ldr + 16)));
-                }
-                if relu {
-                    acc[0] = _mm512_max_ps(acc[0], zero);
-                    acc[1] = _mm512_max_ps(acc[1], zero);
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate().take(R) {
-            _mm512_mask_storeu_ps(c.add(r * ldc), m0, acc[0]);
-            _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, acc[1]);
-        }
+        store!(acc, R, c, ldc, (m0, m1), finish);
     }
 
     /// [`super::stem_tile`] for `R` pixels.
@@ -616,18 +620,7 @@ mod avx512 {
         relu: bool,
     ) {
         const _: () = assert!(super::STEM_STEP == 6);
-        let m0: __mmask16 = if ncols >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << ncols) - 1) as u16
-        };
-        let m1: __mmask16 = if ncols >= 32 {
-            0xFFFF
-        } else if ncols > 16 {
-            ((1u32 << (ncols - 16)) - 1) as u16
-        } else {
-            0
-        };
+        let (m0, m1) = masks(ncols);
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let mut bp = b;
         for &seg in segs {
@@ -635,39 +628,19 @@ mod avx512 {
             for _ in 0..run {
                 let b0 = _mm512_loadu_ps(bp);
                 let b1 = _mm512_loadu_ps(bp.add(16));
-                macro_rules! rows {
-                    ($($r:literal)*) => {$(
-                        if $r < R {
-                            std::arch::asm!(
-                                "vfmadd231ps {x}, {b0}, dword ptr [{a} + {o}]{{1to16}}",
-                                "vfmadd231ps {y}, {b1}, dword ptr [{a} + {o}]{{1to16}}",
-                                x = inout(zmm_reg) acc[$r][0],
-                                y = inout(zmm_reg) acc[$r][1],
-                                b0 = in(zmm_reg) b0,
-                                b1 = in(zmm_reg) b1,
-                                a = in(reg) ap,
-                                o = const $r * 24,
-                                options(pure, readonly, nostack, preserves_flags),
-                            );
-                        }
-                    )*};
-                }
-                rows!(0 1 2 3 4 5 6 7 8 9 10 11 12 13);
+                fma_rows!(acc, R, ap, b0, b1, 24);
                 ap = ap.add(1);
                 bp = bp.add(NR);
             }
         }
-        let bias0 = _mm512_maskz_loadu_ps(m0, bias.as_ptr());
-        let bias1 = _mm512_maskz_loadu_ps(m1, bias.as_ptr().add(16));
-        let zero = _mm512_setzero_ps();
-        for (r, acc) in acc.iter().enumerate().take(R) {
-            let (mut v0, mut v1) = (_mm512_add_ps(acc[0], bias0), _mm512_add_ps(acc[1], bias1));
-            if relu {
-                v0 = _mm512_max_ps(v0, zero);
-                v1 = _mm512_max_ps(v1, zero);
-            }
-            _mm512_mask_storeu_ps(c.add(r * ldc), m0, v0);
-            _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, v1);
-        }
+        store!(acc, R, c, ldc, (m0, m1), Some((bias, None, relu)));
+    }
+
+    /// The masks of a panel's two vectors for `ncols ≤ NR` real columns.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn masks(ncols: usize) -> (__mmask16, __mmask16) {
+        let m = |n: usize| if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as u16 };
+        (m(ncols), m(ncols.saturating_sub(16)))
     }
 }
