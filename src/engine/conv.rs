@@ -1,9 +1,11 @@
 //! Convolutions on NHWC activations as GEMMs over output pixels:
 //! `out[pixel, cout] = patch[pixel, (ky, kx, cin)] · W[(ky, kx, cin), cout]`.
 //!
-//! A stride-1 1×1 conv reads its input rows in place (no im2col); every other conv gathers the
-//! patches of a block of output pixels into a per-thread buffer that stays in L2, then runs the
-//! kernel on it. Work is split over pixel blocks and, when they are few (batch 1, late stages),
+//! On the AVX-512 kernel, A is packed straight from the NHWC input: a 1×1 conv packs its input
+//! rows, other convs each tap of each output pixel (implicit im2col); stride-1 3×3 convs go
+//! through Winograd and the 7×7 stem reads its padded input in place. Grouped convs, and on
+//! the portable kernel every conv but a stride-1 1×1 (which reads its input rows as they are),
+//! gather the patches of a block of pixels into a per-thread buffer first. Work is split over pixel blocks and, when they are few (batch 1, late stages),
 //! over column panels too, so both threads stay busy.
 
 use std::cell::RefCell;
@@ -639,7 +641,8 @@ pub fn max_pool_3x3s2(x: &[f32], xs: Shape, out: &mut [f32], pool: &rayon::Threa
                     let d = &mut o[ox * c..(ox + 1) * c];
                     let xr = (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(xs.w);
                     for iy in ys.clone() {
-                        let line = &x[((n * xs.h + iy) * xs.w + xr.start) * c..((n * xs.h + iy) * xs.w + xr.end) * c];
+                        let row = (n * xs.h + iy) * xs.w;
+                        let line = &x[(row + xr.start) * c..(row + xr.end) * c];
                         for px in line.chunks_exact(c) {
                             // A compare-and-select, which compiles to vmaxps; f32::max's NaN
                             // rules keep LLVM from vectorizing this loop.

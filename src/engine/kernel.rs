@@ -419,10 +419,10 @@ mod avx512 {
     /// front end is what the kernel runs out of when the core's other hyperthread is busy, and
     /// LLVM never folds a broadcast that is used twice.
     macro_rules! fma_rows {
-        ($acc:ident, $R:ident, $ap:expr, $b0:expr, $b1:expr, $step:literal) => {
+        ($acc:ident, $R:ident, $ap:expr, $b0:expr, $b1:expr, $step:expr) => {
             fma_rows!(@ $acc, $R, $ap, $b0, $b1, $step; 0 1 2 3 4 5 6 7 8 9 10 11 12 13)
         };
-        (@ $acc:ident, $R:ident, $ap:expr, $b0:expr, $b1:expr, $step:literal; $($r:literal)*) => {$(
+        (@ $acc:ident, $R:ident, $ap:expr, $b0:expr, $b1:expr, $step:expr; $($r:literal)*) => {$(
             if $r < $R {
                 std::arch::asm!(
                     "vfmadd231ps {x}, {b0}, dword ptr [{a} + {o}]{{1to16}}",
@@ -619,7 +619,6 @@ mod avx512 {
         bias: &[f32],
         relu: bool,
     ) {
-        const _: () = assert!(super::STEM_STEP == 6);
         let (m0, m1) = masks(ncols);
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let mut bp = b;
@@ -628,7 +627,7 @@ mod avx512 {
             for _ in 0..run {
                 let b0 = _mm512_loadu_ps(bp);
                 let b1 = _mm512_loadu_ps(bp.add(16));
-                fma_rows!(acc, R, ap, b0, b1, 24);
+                fma_rows!(acc, R, ap, b0, b1, 4 * super::STEM_STEP);
                 ap = ap.add(1);
                 bp = bp.add(NR);
             }
