@@ -642,4 +642,162 @@ mod avx512 {
         let m = |n: usize| if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as u16 };
         (m(ncols), m(ncols.saturating_sub(16)))
     }
+
+    /// A prototype for the next step, a channel-blocked layout (`[n][c/16][h·w][16]`, as MLAS's
+    /// NCHWc): a 1×1 conv whose kernel reads A in place (pixels 64 bytes apart) and writes each
+    /// 16-channel block as contiguous lines. It checks itself against the engine's NHWC conv
+    /// and prints both times (`cargo test --release --lib blocked_1x1 -- --ignored --nocapture`).
+    #[cfg(test)]
+    mod blocked_proto {
+        use super::*;
+        use crate::engine::aligned::AlignedVec;
+        use crate::engine::conv::{Conv, ConvSpec, Ptr, Shape};
+        use crate::engine::kernel::{Kernel, PackedB};
+
+        /// Where a tile reads and writes: A at pixel `p0` of channel block 0 (blocks `astride`
+        /// floats apart), the two output blocks (and residual blocks) at pixel `p0`.
+        struct Io {
+            a: *const f32,
+            astride: usize,
+            c: [*mut f32; 2],
+            res: Option<[*const f32; 2]>,
+        }
+
+        /// `R` pixels × 32 output channels over `kb` input blocks, bias and ReLU fused.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn tile<const R: usize>(kb: usize, io: &Io, b: *const f32, bias: *const f32) {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            let mut bp = b;
+            for blk in 0..kb {
+                let mut ap = io.a.add(blk * io.astride);
+                for _ in 0..16 {
+                    let b0 = _mm512_load_ps(bp);
+                    let b1 = _mm512_load_ps(bp.add(16));
+                    fma_rows!(acc, R, ap, b0, b1, 64);
+                    ap = ap.add(1);
+                    bp = bp.add(NR);
+                }
+            }
+            // Both halves spelled out: indexing `acc` by a run-time half puts it on the stack.
+            let (zero, b0, b1) = (
+                _mm512_setzero_ps(),
+                _mm512_loadu_ps(bias),
+                _mm512_loadu_ps(bias.add(16)),
+            );
+            for (r, acc) in acc.iter().enumerate().take(R) {
+                let (mut y0, mut y1) = (_mm512_add_ps(acc[0], b0), _mm512_add_ps(acc[1], b1));
+                if let Some([r0, r1]) = io.res {
+                    y0 = _mm512_add_ps(y0, _mm512_load_ps(r0.add(r * 16)));
+                    y1 = _mm512_add_ps(y1, _mm512_load_ps(r1.add(r * 16)));
+                }
+                _mm512_store_ps(io.c[0].add(r * 16), _mm512_max_ps(y0, zero));
+                _mm512_store_ps(io.c[1].add(r * 16), _mm512_max_ps(y1, zero));
+            }
+        }
+
+        /// NHWC → `[n][c/16][h·w][16]`.
+        fn blocked(x: &[f32], n: usize, px: usize, c: usize) -> AlignedVec {
+            let mut y = AlignedVec::zeros(x.len());
+            for i in 0..n * px {
+                let (img, p) = (i / px, i % px);
+                for ch in 0..c {
+                    y[((img * c / 16 + ch / 16) * px + p) * 16 + ch % 16] = x[i * c + ch];
+                }
+            }
+            y
+        }
+
+        fn one(cin: usize, cout: usize, hw: usize, n: usize, res: bool) {
+            let w: Vec<f32> = (0..cin * cout).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.01).collect();
+            let conv = Conv::fold(&w, ConvSpec::new(cin, cout, 1, 1), None, None, Kernel::Auto);
+            // `[cin][cout]` for the panels, as Conv::fold packs them.
+            let wt: Vec<f32> = (0..cin * cout).map(|i| w[(i % cout) * cin + i / cout]).collect();
+            let pb = PackedB::new(&wt, cin, cout, Kernel::Auto);
+            let bias = vec![0.0f32; cout];
+            let (xs, px) = (
+                Shape {
+                    n,
+                    h: hw,
+                    w: hw,
+                    c: cin,
+                },
+                hw * hw,
+            );
+            let x: Vec<f32> = (0..xs.len()).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.05).collect();
+            let r: Vec<f32> = (0..n * px * cout).map(|i| ((i * 5 % 19) as f32 - 9.0) * 0.05).collect();
+            let (xb, rb) = (blocked(&x, n, px, cin), blocked(&r, n, px, cout));
+            let mut out = vec![0f32; n * px * cout];
+            let mut out2 = AlignedVec::zeros(n * px * cout);
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            let mut scratch = AlignedVec::default();
+            let (tiles, chunk) = (px.div_ceil(MR), 8);
+            let (xp, op, rp) = (Ptr(xb.as_ptr()), Ptr(out2.as_mut_ptr()), Ptr(rb.as_ptr()));
+            let run_blocked = |u: usize| {
+                let per = tiles.div_ceil(chunk);
+                let (img, t0) = (u / per, (u % per) * chunk);
+                for t in t0..(t0 + chunk).min(tiles) {
+                    let p0 = t * MR;
+                    for j in 0..cout / 32 {
+                        let at = |base: usize| ((img * cout / 16 + 2 * j + base) * px + p0) * 16;
+                        // SAFETY: pixels p0.. of image img's blocks; each task owns its pixels.
+                        unsafe {
+                            let io = Io {
+                                a: xp.get().add((img * cin / 16 * px + p0) * 16),
+                                astride: px * 16,
+                                c: [op.get().add(at(0)), op.get().add(at(1))],
+                                res: res.then(|| [rp.get().add(at(0)), rp.get().add(at(1))]),
+                            };
+                            match px - p0 {
+                                rows if rows >= MR => tile::<MR>(cin / 16, &io, pb.panel(j), bias.as_ptr().add(32 * j)),
+                                _ => unimplemented!("the prototype takes whole tiles"),
+                            }
+                        }
+                    }
+                }
+            };
+            let mut t = [Vec::new(), Vec::new()];
+            for i in 0..40 {
+                let t0 = std::time::Instant::now();
+                if i % 2 == 0 {
+                    pool.install(|| conv.run(&x, xs, &mut out, res.then_some(&r[..]), true, &pool, &mut scratch));
+                } else {
+                    use rayon::prelude::*;
+                    pool.install(|| (0..n * tiles.div_ceil(chunk)).into_par_iter().for_each(run_blocked));
+                }
+                t[i % 2].push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            let want = blocked(&out, n, px, cout);
+            let err = want
+                .iter()
+                .zip(out2.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-4, "{cin}->{cout}: the blocked conv differs by {err}");
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
+            let (a, b) = (med(&mut t[0]), med(&mut t[1]));
+            let f = 2.0 * (n * px * cin * cout) as f64 / 1e6;
+            eprintln!(
+                "{cin}->{cout} {hw}x{hw} b{n} residual {res}: NHWC {a:.3} ms ({:.0} GFLOP/s), blocked {b:.3} ms ({:.0} GFLOP/s), {:.2}x",
+                f / a,
+                f / b,
+                b / a
+            );
+        }
+
+        #[test]
+        #[ignore]
+        fn blocked_1x1() {
+            for _ in 0..2 {
+                one(64, 256, 56, 8, true);
+                one(64, 256, 56, 8, false);
+                one(256, 64, 56, 8, false);
+                one(64, 64, 56, 8, false);
+                one(64, 256, 56, 1, true);
+                one(256, 1024, 14, 1, true);
+            }
+        }
+    }
 }
