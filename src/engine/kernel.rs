@@ -796,6 +796,10 @@ mod avx512 {
                 one(256, 64, 56, 8, false);
                 one(64, 64, 56, 8, false);
                 one(64, 256, 56, 1, true);
+                one(128, 512, 28, 1, true);
+                one(512, 128, 28, 1, false);
+                one(128, 512, 28, 8, true);
+                one(512, 128, 28, 8, false);
                 one(256, 1024, 14, 1, true);
             }
         }
