@@ -652,7 +652,7 @@ mod avx512 {
         use super::*;
         use crate::engine::aligned::AlignedVec;
         use crate::engine::conv::{Conv, ConvSpec, Ptr, Shape};
-        use crate::engine::kernel::{Kernel, PackedB};
+        use crate::engine::kernel::Kernel;
 
         /// Where a tile reads and writes: A at pixel `p0` of channel block 0 (blocks `astride`
         /// floats apart), the two output blocks (and residual blocks) at pixel `p0`.
@@ -710,10 +710,8 @@ mod avx512 {
         fn one(cin: usize, cout: usize, hw: usize, n: usize, res: bool) {
             let w: Vec<f32> = (0..cin * cout).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.01).collect();
             let conv = Conv::fold(&w, ConvSpec::new(cin, cout, 1, 1), None, None, Kernel::Auto);
-            // `[cin][cout]` for the panels, as Conv::fold packs them.
-            let wt: Vec<f32> = (0..cin * cout).map(|i| w[(i % cout) * cin + i / cout]).collect();
-            let pb = PackedB::new(&wt, cin, cout, Kernel::Auto);
-            let bias = vec![0.0f32; cout];
+            // The blocked kernel reads the conv's own packed panels and bias.
+            let (pb, bias) = (&conv.weights[0], &conv.bias);
             let (xs, px) = (
                 Shape {
                     n,
@@ -730,7 +728,8 @@ mod avx512 {
             let mut out2 = AlignedVec::zeros(n * px * cout);
             let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
             let mut scratch = AlignedVec::default();
-            let (tiles, chunk) = (px.div_ceil(MR), 8);
+            assert!(px.is_multiple_of(MR), "the prototype takes whole tiles");
+            let (tiles, chunk) = (px / MR, 8);
             let (xp, op, rp) = (Ptr(xb.as_ptr()), Ptr(out2.as_mut_ptr()), Ptr(rb.as_ptr()));
             let run_blocked = |u: usize| {
                 let per = tiles.div_ceil(chunk);
@@ -747,10 +746,7 @@ mod avx512 {
                                 c: [op.get().add(at(0)), op.get().add(at(1))],
                                 res: res.then(|| [rp.get().add(at(0)), rp.get().add(at(1))]),
                             };
-                            match px - p0 {
-                                rows if rows >= MR => tile::<MR>(cin / 16, &io, pb.panel(j), bias.as_ptr().add(32 * j)),
-                                _ => unimplemented!("the prototype takes whole tiles"),
-                            }
+                            tile::<MR>(cin / 16, &io, pb.panel(j), bias.as_ptr().add(32 * j));
                         }
                     }
                 }
