@@ -205,17 +205,19 @@ pub unsafe fn gemm_packed(
                     });
                     let res = ep.residual.map(|(r, ldr)| (r.add(i * ldr + col0), ldr));
                     // The next tile's output rows (and residual) are scattered lines, often
-                    // outside L2 at the first touch: fetch them while this tile computes.
-                    let next = (i + MR..(i + 2 * MR).min(m)).map(|r| r - i);
+                    // outside L2 at the first touch: the kernel asks for them a row at a time
+                    // while it computes this tile (all at once, they stalled on the fill
+                    // buffers: 0.97× at batch 8, 0.99× at batch 1 spread out).
+                    let mut next = avx512::NextRows {
+                        rows: (m - i).saturating_sub(MR).min(MR),
+                        ncols,
+                        ..Default::default()
+                    };
                     if k0 == 0 || last {
-                        for r in next.clone() {
-                            avx512::prefetch(c.add((i + r) * ldc + col0), ncols);
-                        }
+                        (next.c, next.ldc) = (c.add((i + MR) * ldc + col0), ldc);
                     }
                     if let (true, Some((rp, ldr))) = (last, res) {
-                        for r in next {
-                            avx512::prefetch(rp.add(r * ldr), ncols);
-                        }
+                        (next.r, next.ldr) = (rp.add(MR * ldr), ldr);
                     }
                     avx512::tile(
                         (m - i).min(MR),
@@ -223,6 +225,7 @@ pub unsafe fn gemm_packed(
                         chunk.as_ptr().add(t * MR * kc),
                         bp,
                         pf,
+                        next,
                         c.add(i * ldc + col0),
                         ldc,
                         ncols,
@@ -534,6 +537,31 @@ mod avx512 {
         }
     }
 
+    /// The next tile's output and residual rows (null: none), which [`kernel`] asks for a
+    /// row at a time.
+    #[derive(Clone, Copy)]
+    pub struct NextRows {
+        pub c: *const f32,
+        pub ldc: usize,
+        pub r: *const f32,
+        pub ldr: usize,
+        pub rows: usize,
+        pub ncols: usize,
+    }
+
+    impl Default for NextRows {
+        fn default() -> Self {
+            NextRows {
+                c: std::ptr::null(),
+                ldc: 0,
+                r: std::ptr::null(),
+                ldr: 0,
+                rows: 0,
+                ncols: 0,
+            }
+        }
+    }
+
     /// `(bias, residual, relu)`, applied on the last pass over k only.
     pub type Finish<'a> = Option<(&'a [f32], Option<(*const f32, usize)>, bool)>;
 
@@ -546,6 +574,7 @@ mod avx512 {
         a: *const f32,
         b: *const f32,
         pf: (*const f32, usize),
+        next: NextRows,
         c: *mut f32,
         ldc: usize,
         ncols: usize,
@@ -555,7 +584,7 @@ mod avx512 {
         macro_rules! go {
             ($($r:literal)*) => {
                 match rows {
-                    $($r => kernel::<$r>(k, a, b, pf, c, ldc, ncols, accumulate, finish),)*
+                    $($r => kernel::<$r>(k, a, b, pf, next, c, ldc, ncols, accumulate, finish),)*
                     _ => unreachable!(),
                 }
             };
@@ -564,8 +593,8 @@ mod avx512 {
     }
 
     /// `C (+)= A·B` for one tile: A packed `[k][MR]`, B a `[k][NR]` panel slice. Along the way
-    /// it asks for `pf.1` cache lines from `pf.0` on (up to two per step), spread out so the
-    /// requests never pile up in the fill buffers.
+    /// it asks for `pf.1` cache lines from `pf.0` on (up to two per step) and for `next`'s rows,
+    /// spread out so the requests never pile up in the fill buffers.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn kernel<const R: usize>(
@@ -573,6 +602,7 @@ mod avx512 {
         a: *const f32,
         b: *const f32,
         (pf, lines): (*const f32, usize),
+        next: NextRows,
         c: *mut f32,
         ldc: usize,
         ncols: usize,
@@ -590,7 +620,23 @@ mod avx512 {
             }
         }
         let (mut ap, mut bp) = (a, b);
+        // One of the next tile's rows every `space` steps.
+        let space = (k / (next.rows + 1)).max(1);
+        let (mut countdown, mut row) = (space, 0);
         for kk in 0..k {
+            countdown -= 1;
+            if countdown == 0 {
+                countdown = space;
+                if row < next.rows {
+                    if !next.c.is_null() {
+                        prefetch(next.c.add(row * next.ldc), next.ncols);
+                    }
+                    if !next.r.is_null() {
+                        prefetch(next.r.add(row * next.ldr), next.ncols);
+                    }
+                    row += 1;
+                }
+            }
             if kk < lines {
                 _mm_prefetch::<_MM_HINT_T0>(pf.add(kk * 16) as *const i8);
             }
