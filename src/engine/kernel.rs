@@ -637,11 +637,13 @@ mod avx512 {
                     row += 1;
                 }
             }
+            // To L2 only: in L1 the next slice would evict the one in use (0.96× at one
+            // thread, 0.97–0.99× at two, against T0).
             if kk < lines {
-                _mm_prefetch::<_MM_HINT_T0>(pf.add(kk * 16) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(pf.add(kk * 16) as *const i8);
             }
             if kk + k < lines {
-                _mm_prefetch::<_MM_HINT_T0>(pf.add((kk + k) * 16) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(pf.add((kk + k) * 16) as *const i8);
             }
             let b0 = _mm512_loadu_ps(bp);
             let b1 = _mm512_loadu_ps(bp.add(16));
