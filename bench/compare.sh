@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Our engine against PyTorch and ONNX Runtime on this CPU, side by side in one run.
 #   bench/compare.sh                  # resnet50 + resnet18, batch 1 and 8, 2 threads
-#   MODELS=resnet50 BATCHES=1 THREADS=2 ITERS=30 ROUNDS=5 bench/compare.sh
+#   MODELS=resnet50 BATCHES=1 THREADS=2 ROUNDS=30 BURST=3 bench/compare.sh
 # Sets up its Python reference (bench/requirements.txt) in a venv outside the repo, unless
 # BENCH_PYTHON names an interpreter that already has it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODELS=${MODELS:-resnet50,resnet18} BATCHES=${BATCHES:-1,8} THREADS=${THREADS:-2} ITERS=${ITERS:-10} ROUNDS=${ROUNDS:-3}
+MODELS=${MODELS:-resnet50,resnet18} BATCHES=${BATCHES:-1,8} THREADS=${THREADS:-2} ROUNDS=${ROUNDS:-15} BURST=${BURST:-3}
 CACHE=${BENCH_CACHE:-$HOME/.cache/resnet-bench}
 mkdir -p "$CACHE"
 PY=${BENCH_PYTHON:-$CACHE/venv/bin/python}
@@ -17,36 +17,38 @@ if ! "$PY" -c 'import torch, torchvision, onnxruntime, onnx' 2>/dev/null; then
 fi
 cargo build --release --quiet
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(uptime | sed 's/.*load/load/')"
-# This VM's speed drifts by tens of percent within minutes, so every case runs ROUNDS times,
-# each round ours and the references back to back; ratios are taken within a round, and the
-# median round is reported.
-rm -f "$CACHE"/round.*.jsonl
-for r in $(seq "$ROUNDS"); do
-  for m in ${MODELS//,/ }; do
-    for b in ${BATCHES//,/ }; do
-      target/release/resnet bench --model "$m" --batch "$b" --threads "$THREADS" --iters "$ITERS" --json >> "$CACHE/round.$r.jsonl"
-      "$PY" bench/compare.py --model "$m" --batch "$b" --threads "$THREADS" --iters "$ITERS" --cache "$CACHE" >> "$CACHE/round.$r.jsonl"
-    done
+# This VM's speed drifts by tens of percent within seconds, so the engines take turns in short
+# bursts (bench/compare.py) and each ratio is the median of per-round ratios.
+OUT=$CACHE/compare.jsonl
+: > "$OUT"
+for m in ${MODELS//,/ }; do
+  for b in ${BATCHES//,/ }; do
+    # Peak RSS and the model's FLOPs, from a short run of its own.
+    target/release/resnet bench --model "$m" --batch "$b" --threads "$THREADS" --iters 3 --json >> "$OUT"
   done
 done
-"$PY" - "$CACHE"/round.*.jsonl <<'PY'
+"$PY" bench/compare.py --ours target/release/resnet --model "$MODELS" --batch "$BATCHES" --threads "$THREADS" \
+  --rounds "$ROUNDS" --burst "$BURST" --cache "$CACHE" | sed 's/"engine": "fast"/"engine": "fast-interleaved"/' >> "$OUT"
+"$PY" - "$OUT" <<'PY'
 import json, statistics as st, sys
-runs = {}  # (model, batch) -> [{engine: row}] per round
-for r, f in enumerate(sys.argv[1:]):
-    for l in open(f):
-        if l.strip():
-            x = json.loads(l)
-            runs.setdefault((x["model"], x["batch"]), {}).setdefault(r, {})[x["engine"]] = x
+rows, ratios = {}, {}
+for l in open(sys.argv[1]):
+    x = json.loads(l)
+    key = (x["model"], x["batch"])
+    if "ratios" in x:
+        ratios[key] = x["ratios"]
+    else:
+        rows.setdefault(key, {})[x["engine"]] = x
 print(f"{'model':<10} {'batch':>5} | {'ours ms':>8} {'ORT ms':>8} {'PyTorch':>8} | {'ours/ORT':>8} {'ours/PT':>8} | "
-      f"{'ours/ORT per round':<24} | {'GFLOP/s':>7} {'RSS MB':>6}")
-for (m, b), rounds in sorted(runs.items()):
-    rs = [e for e in rounds.values() if {"fast", "onnxruntime", "pytorch"} <= e.keys()]
-    med = lambda eng: st.median(e[eng]["median_ms"] for e in rs)
-    ox = [e["fast"]["median_ms"] / e["onnxruntime"]["median_ms"] for e in rs]
-    pt = [e["fast"]["median_ms"] / e["pytorch"]["median_ms"] for e in rs]
-    print(f"{m:<10} {b:>5} | {med('fast'):>8.2f} {med('onnxruntime'):>8.2f} {med('pytorch'):>8.2f} | "
-          f"{st.median(ox):>8.2f} {st.median(pt):>8.2f} | {' '.join(f'{v:.2f}' for v in ox):<24} | "
-          f"{st.median(e['fast']['gflops'] for e in rs):>7.1f} {max(e['fast']['peak_rss_mb'] for e in rs):>6.0f}")
+      f"{'ours/ORT per round (min-max)':<28} | {'GFLOP/s':>7} {'RSS MB':>6}")
+for key, r in sorted(ratios.items()):
+    e = rows[key]
+    ours = e["fast-interleaved"]["median_ms"]
+    ox, pt = r["onnxruntime"], r["pytorch"]
+    gflops = e["fast"]["gflops"] * e["fast"]["median_ms"] / ours
+    print(f"{key[0]:<10} {key[1]:>5} | {ours:>8.2f} {e['onnxruntime']['median_ms']:>8.2f} {e['pytorch']['median_ms']:>8.2f} | "
+          f"{st.median(ox):>8.2f} {st.median(pt):>8.2f} | {f'{min(ox):.2f}-{max(ox):.2f} over {len(ox)}':<28} | "
+          f"{gflops:>7.1f} {e['fast']['peak_rss_mb']:>6.0f}")
 PY
 # Start to printed result, one JPEG, resnet50 weights from a local file (a torch.save .pth).
 W=$CACHE/resnet50-random.pth

@@ -30,6 +30,11 @@ pub struct BenchArgs {
     pub engine: Vec<String>,
     #[arg(long)]
     pub json: bool,
+    /// For `bench/compare.sh`: one model and batch on the fast engine, driven over stdin. It
+    /// prints `ready`, then for each line `N` runs N forwards and prints their times (ms) as a
+    /// JSON list, so another process can interleave its own runs with ours.
+    #[arg(long)]
+    pub stdin: bool,
 }
 
 #[derive(Serialize)]
@@ -74,7 +79,47 @@ fn time(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     Ok(v)
 }
 
+/// `--stdin`: forwards on demand, timed one by one.
+fn serve_stdin(a: &BenchArgs) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let ([m], [batch], ["fast"]) = (
+        &a.model[..],
+        &a.batch[..],
+        &a.engine.iter().map(String::as_str).collect::<Vec<_>>()[..],
+    ) else {
+        anyhow::bail!("--stdin takes one --model, one --batch and the fast engine");
+    };
+    let config = m.parse::<ModelName>()?.config();
+    let mut reference = ResNet::new(&config, &resnet::default_device())?;
+    let engine = Engine::new(&config, &weights::state_dict(&mut reference)?, a.threads)?;
+    drop(reference);
+    let dims = [*batch, config.in_channels, a.size, a.size];
+    let x: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect();
+    let forward = || -> Result<f64> {
+        let t = Instant::now();
+        std::hint::black_box(engine.forward(&x, dims)?);
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    forward()?;
+    forward()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let n: usize = line?.trim().parse().unwrap_or(1);
+        let times = (0..n).map(|_| forward()).collect::<Result<Vec<_>>>()?;
+        writeln!(out, "{}", serde_json::to_string(&times)?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.stdin {
+        return serve_stdin(&a);
+    }
     if !a.json {
         println!(
             "{:<16} {:>6} {:>5} {:>5} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>8} {:>8}",
