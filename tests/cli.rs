@@ -239,3 +239,49 @@ fn convert_writes_safetensors_that_reload() {
     }
     assert_eq!(a.len(), b.len());
 }
+
+/// `resnet bench --json` prints one row per case; `--stdin` runs forwards on demand, as
+/// `bench/compare.sh` drives it.
+#[test]
+fn bench_rows_and_stdin_protocol() {
+    let out = resnet(&[
+        "bench", "--model", "resnet20", "--batch", "1,2", "--size", "32", "--iters", "2", "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for (row, batch) in rows.iter().zip([1, 2]) {
+        assert_eq!(row["batch"], batch);
+        assert!(row["min_ms"].as_f64().unwrap() > 0.0);
+        assert!(row["min_ms"].as_f64() <= row["median_ms"].as_f64());
+        assert!(row["gflops"].as_f64().unwrap() > 0.0);
+    }
+
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args([
+            "bench", "--stdin", "--model", "resnet20", "--batch", "2", "--size", "32",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run resnet");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    for n in [3, 1] {
+        writeln!(stdin, "{n}").unwrap();
+        let times: Vec<f64> = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(times.len(), n);
+        assert!(times.iter().all(|&t| t > 0.0), "{times:?}");
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+
+    let out = resnet(&["bench", "--stdin", "--model", "resnet20,resnet32", "--size", "32"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("one --model"), "{}", text(&out.stderr));
+}
