@@ -59,6 +59,29 @@ impl ConvSpec {
     }
 }
 
+/// What a conv adds to its output before the ReLU.
+#[derive(Clone, Copy)]
+pub enum Residual<'a> {
+    None,
+    /// A tensor of the output's shape.
+    From(&'a [f32]),
+    /// What the output buffer holds when the conv starts: a block's input, overwritten in place
+    /// (see [`Conv::adds_in_place`]). Each output value is read once and then written where it
+    /// lay, so the store finds its line already in cache instead of fetching a cold one.
+    InOut,
+}
+
+impl Residual<'_> {
+    /// The residual's first float, given the output's.
+    pub(super) fn ptr(self, out: *mut f32) -> Option<*const f32> {
+        match self {
+            Residual::None => None,
+            Residual::From(r) => Some(r.as_ptr()),
+            Residual::InOut => Some(out.cast_const()),
+        }
+    }
+}
+
 /// A BatchNorm's `(weight, bias, running_mean, running_var)`.
 pub type BnStats<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32]);
 
@@ -224,7 +247,20 @@ impl Conv {
         }
     }
 
-    /// `out = act(conv(x) + bias [+ residual])`; `residual` has `out`'s shape. `scratch` holds
+    /// Whether this conv can take its residual from its output buffer ([`Residual::InOut`])
+    /// for input `xs`: Winograd and the portable kernel read each value before writing it; the
+    /// packed kernel does too when k fits in one pass, but with more it stores partial sums
+    /// over the output before the pass that adds the residual.
+    pub fn adds_in_place(&self, xs: Shape) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.winograd.is_some() || (self.wide_winograd.is_some() && Winograd::worth_it(xs)) {
+            return true;
+        }
+        let _ = xs;
+        !self.weights[0].is_packed() || self.weights[0].k <= kernel::KC
+    }
+
+    /// `out = act(conv(x) + bias [+ residual])`; a residual has `out`'s shape. `scratch` holds
     /// packed rows between calls.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
@@ -232,7 +268,7 @@ impl Conv {
         x: &[f32],
         xs: Shape,
         out: &mut [f32],
-        residual: Option<&[f32]>,
+        residual: Residual<'_>,
         relu: bool,
         pool: &rayon::ThreadPool,
         scratch: &mut AlignedVec,
@@ -247,6 +283,10 @@ impl Conv {
         } = self.spec;
         let os = self.out_shape(xs);
         debug_assert!(x.len() >= xs.len() && out.len() >= os.len());
+        assert!(
+            !matches!(residual, Residual::InOut) || self.adds_in_place(xs),
+            "this conv cannot add its residual in place"
+        );
         #[cfg(target_arch = "x86_64")]
         let wide = self
             .wide_winograd
@@ -263,7 +303,7 @@ impl Conv {
         if self.row_runs()
             && stride * cin == kernel::STEM_STEP
             && k <= 16
-            && residual.is_none()
+            && matches!(residual, Residual::None)
             && self.weights[0].is_packed()
         {
             return self.run_stem(x, xs, out, relu, pool);
@@ -295,7 +335,7 @@ impl Conv {
         }
         let splits = panels.div_ceil(per);
         let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
-        let rp = Ptr(residual.map(|r| r.as_ptr()));
+        let rp = Ptr(residual.ptr(op.get()));
         let cout_g = cout / groups;
         let block_rows = |b: usize| (b * rows, ((b + 1) * rows).min(m));
         // Block b's A for the portable kernel: its patch rows (im2col in this thread's buffer)
@@ -692,4 +732,63 @@ pub fn zero_pad_shortcut(x: &[f32], xs: Shape, stride: usize, cout: usize, out: 
         }
     }
     os
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7 + seed * 13) % 23) as f32 - 11.0) * 0.05)
+            .collect()
+    }
+
+    /// A residual taken from the output buffer gives exactly what a separate one gives, on
+    /// every path that says it can (packed and portable GEMMs, Winograd); the packed kernel
+    /// says no when k needs several passes.
+    #[test]
+    fn residual_in_place_matches_a_separate_one() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for kernel in [Kernel::Auto, Kernel::Portable] {
+            for (k, cin, cout) in [(1, 64, 256), (3, 64, 64), (1, 256, 64)] {
+                let spec = ConvSpec::new(cin, cout, k, 1);
+                let conv = Conv::fold(
+                    &values(cout * cin * k * k, 1),
+                    spec,
+                    None,
+                    Some(&values(cout, 2)),
+                    kernel,
+                );
+                let xs = Shape {
+                    n: 2,
+                    h: 9,
+                    w: 11,
+                    c: cin,
+                };
+                assert!(conv.adds_in_place(xs));
+                let (x, res) = (values(xs.len(), 3), values(conv.out_shape(xs).len(), 4));
+                let mut want = vec![0f32; res.len()];
+                let mut scratch = AlignedVec::default();
+                pool.install(|| conv.run(&x, xs, &mut want, Residual::From(&res), true, &pool, &mut scratch));
+                let mut got = res.clone();
+                pool.install(|| conv.run(&x, xs, &mut got, Residual::InOut, true, &pool, &mut scratch));
+                assert_eq!(got, want, "k{k} {cin}->{cout} {kernel:?}");
+            }
+        }
+        let deep = Conv::fold(
+            &values(64 * 512, 1),
+            ConvSpec::new(512, 64, 1, 1),
+            None,
+            None,
+            Kernel::Auto,
+        );
+        let xs = Shape {
+            n: 1,
+            h: 4,
+            w: 4,
+            c: 512,
+        };
+        assert_eq!(deep.adds_in_place(xs), !Kernel::Auto.avx512());
+    }
 }

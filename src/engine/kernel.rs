@@ -11,7 +11,7 @@ pub const NR: usize = 32;
 /// Rows per micro-kernel call.
 pub const MR: usize = 14;
 /// Depth per pass: a `KC × NR` slice of B (32 KB) stays in L1 while every row tile uses it.
-const KC: usize = 256;
+pub const KC: usize = 256;
 
 /// B (`k × n`, e.g. conv weights as `[kh·kw·cin, cout]`), packed into `NR`-column panels,
 /// zero-padded on the right; plus the row-major source for the portable path.
@@ -345,11 +345,21 @@ pub unsafe fn gemm(
     let col1 = (panels.end * NR).min(b.n);
     let n = col1 - col0;
     for r in 0..m {
-        let row = std::slice::from_raw_parts_mut(c.add(r * ldc + col0), n);
-        row.copy_from_slice(&ep.bias[col0..col1]);
-        if let Some((res, ldr)) = ep.residual {
-            let rr = std::slice::from_raw_parts(res.add(r * ldr + col0), n);
-            row.iter_mut().zip(rr).for_each(|(o, x)| *o += x);
+        let (row, bias) = (c.add(r * ldc + col0), &ep.bias[col0..col1]);
+        match ep.residual.map(|(res, ldr)| res.add(r * ldr + col0)) {
+            // The residual already in place (Residual::InOut).
+            Some(rr) if std::ptr::eq(rr, row) => {
+                let row = std::slice::from_raw_parts_mut(row, n);
+                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            }
+            Some(rr) => {
+                let (row, rr) = (
+                    std::slice::from_raw_parts_mut(row, n),
+                    std::slice::from_raw_parts(rr, n),
+                );
+                row.iter_mut().zip(bias).zip(rr).for_each(|((o, b), x)| *o = b + x);
+            }
+            None => std::slice::from_raw_parts_mut(row, n).copy_from_slice(bias),
         }
     }
     ::gemm::gemm(
@@ -803,7 +813,21 @@ mod avx512 {
             for i in 0..40 {
                 let t0 = std::time::Instant::now();
                 if i % 2 == 0 {
-                    pool.install(|| conv.run(&x, xs, &mut out, res.then_some(&r[..]), true, &pool, &mut scratch));
+                    pool.install(|| {
+                        conv.run(
+                            &x,
+                            xs,
+                            &mut out,
+                            if res {
+                                crate::engine::conv::Residual::From(&r)
+                            } else {
+                                crate::engine::conv::Residual::None
+                            },
+                            true,
+                            &pool,
+                            &mut scratch,
+                        )
+                    });
                 } else {
                     use rayon::prelude::*;
                     pool.install(|| (0..n * tiles.div_ceil(chunk)).into_par_iter().for_each(run_blocked));

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::aligned::AlignedVec;
-use super::conv::{Ptr, Shape};
+use super::conv::{Ptr, Residual, Shape};
 use super::kernel::{self, Epilogue, Kernel, PackedB};
 
 /// Output pixels per tile side, and input pixels per tile side.
@@ -111,7 +111,7 @@ impl Winograd {
         xs: Shape,
         out: &mut [f32],
         bias: &[f32],
-        residual: Option<&[f32]>,
+        residual: Residual<'_>,
         relu: bool,
         pool: &rayon::ThreadPool,
         scratch: &mut AlignedVec,
@@ -120,15 +120,16 @@ impl Winograd {
         let tiles = xs.n * ty * tx;
         let threads = pool.current_num_threads().max(1);
         let (cin, cout) = (self.cin, self.cout);
+        let out = out.as_mut_ptr();
         let io = Io {
             x: Ptr(x.as_ptr()),
             xs,
             ty,
             tx,
             bias,
-            residual: Ptr(residual.map(|r| r.as_ptr())),
+            residual: Ptr(residual.ptr(out)),
             relu,
-            out: Ptr(out.as_mut_ptr()),
+            out: Ptr(out),
         };
         // Inside each task: an Epilogue holds a raw pointer, so it is not shared.
         let ep = || Epilogue {
@@ -390,8 +391,24 @@ mod tests {
             let x = values(xs.len(), 3);
             let res = values(n * h * w * cout, 4);
             let (mut want, mut got) = (vec![0f32; res.len()], vec![0f32; res.len()]);
-            direct.run(&x, xs, &mut want, Some(&res), true, &pool, &mut AlignedVec::default());
-            fast.run(&x, xs, &mut got, Some(&res), true, &pool, &mut AlignedVec::default());
+            direct.run(
+                &x,
+                xs,
+                &mut want,
+                Residual::From(&res),
+                true,
+                &pool,
+                &mut AlignedVec::default(),
+            );
+            fast.run(
+                &x,
+                xs,
+                &mut got,
+                Residual::From(&res),
+                true,
+                &pool,
+                &mut AlignedVec::default(),
+            );
             let err: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
             let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
             let rel = (err / norm).sqrt();
