@@ -317,8 +317,8 @@ impl Conv {
         // packed rows are reused and each weight panel is read once.
         let threads = pool.current_num_threads().max(1);
         let cap = ((1 << 16) / (kk * groups).max(1)).clamp(4 * kernel::MR, kernel::MR * 32);
-        let rows = cap.min(m).div_ceil(kernel::MR) * kernel::MR;
-        let blocks = m.div_ceil(rows);
+        let mut rows = cap.min(m).div_ceil(kernel::MR) * kernel::MR;
+        let mut blocks = m.div_ceil(rows);
         let panels = self.weights[0].panels();
         let want = 4 * threads;
         let mut per = if blocks >= want {
@@ -334,6 +334,12 @@ impl Conv {
             }
         }
         let splits = panels.div_ceil(per);
+        // Whole panels and a few blocks (resnet50's first 1×1 conv at batch 1: 7 on 2
+        // threads): smaller blocks, as many as a multiple of the thread count.
+        if splits == 1 && blocks < want && !blocks.is_multiple_of(threads) {
+            rows = m.div_ceil(blocks.next_multiple_of(threads)).div_ceil(kernel::MR) * kernel::MR;
+            blocks = m.div_ceil(rows);
+        }
         let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
         let rp = Ptr(residual.ptr(op.get()));
         let cout_g = cout / groups;
