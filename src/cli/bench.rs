@@ -79,6 +79,13 @@ fn time(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     Ok(v)
 }
 
+/// A deterministic input batch in [-1, 1) of shape `dims` (NCHW).
+fn input(dims: [usize; 4]) -> Vec<f32> {
+    (0..dims.iter().product::<usize>())
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect()
+}
+
 /// `--stdin`: forwards on demand, timed one by one.
 fn serve_stdin(a: &BenchArgs) -> Result<()> {
     use std::io::{BufRead, Write};
@@ -94,9 +101,7 @@ fn serve_stdin(a: &BenchArgs) -> Result<()> {
     let engine = Engine::new(&config, &weights::state_dict(&mut reference)?, a.threads)?;
     drop(reference);
     let dims = [*batch, config.in_channels, a.size, a.size];
-    let x: Vec<f32> = (0..dims.iter().product::<usize>())
-        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-        .collect();
+    let x = input(dims);
     let forward = || -> Result<f64> {
         let t = Instant::now();
         std::hint::black_box(engine.forward(&x, dims)?);
@@ -142,9 +147,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let threads = fast.as_ref().map_or(rayon::current_num_threads(), Engine::threads);
             for &batch in &a.batch {
                 let dims = [batch, config.in_channels, a.size, a.size];
-                let x: Vec<f32> = (0..dims.iter().product::<usize>())
-                    .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-                    .collect();
+                let x = input(dims);
                 let times = match &fast {
                     Some(e) => time(a.iters, || {
                         std::hint::black_box(e.forward(&x, dims)?);

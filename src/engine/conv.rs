@@ -251,12 +251,12 @@ impl Conv {
     /// for input `xs`: Winograd and the portable kernel read each value before writing it; the
     /// packed kernel does too when k fits in one pass, but with more it stores partial sums
     /// over the output before the pass that adds the residual.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn adds_in_place(&self, xs: Shape) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self.winograd.is_some() || (self.wide_winograd.is_some() && Winograd::worth_it(xs)) {
             return true;
         }
-        let _ = xs;
         !self.weights[0].is_packed() || self.weights[0].k <= kernel::KC
     }
 
@@ -320,6 +320,8 @@ impl Conv {
         // - larger weights split the column panels instead, several per task, so the packed
         //   rows are shared and reused and each weight panel is read once.
         let threads = pool.current_num_threads().max(1);
+        // Whole tiles per block, for about `b` blocks.
+        let rows_for = |b: usize| m.div_ceil(b).div_ceil(kernel::MR) * kernel::MR;
         let cap = ((1 << 16) / (kk * groups).max(1)).clamp(4 * kernel::MR, kernel::MR * 32);
         let mut rows = cap.min(m).div_ceil(kernel::MR) * kernel::MR;
         let mut blocks = m.div_ceil(rows);
@@ -327,7 +329,7 @@ impl Conv {
         let want = 4 * threads;
         let small_weights = kk * cout <= 640 << 10;
         if blocks < want && small_weights {
-            rows = m.div_ceil(want).div_ceil(kernel::MR) * kernel::MR;
+            rows = rows_for(want);
             blocks = m.div_ceil(rows);
         }
         let mut per = if blocks >= want || small_weights {
@@ -346,7 +348,7 @@ impl Conv {
         // Whole panels and a few blocks (resnet50's first 1×1 conv at batch 1: 7 on 2
         // threads): smaller blocks, as many as a multiple of the thread count.
         if splits == 1 && blocks < want && !blocks.is_multiple_of(threads) {
-            rows = m.div_ceil(blocks.next_multiple_of(threads)).div_ceil(kernel::MR) * kernel::MR;
+            rows = rows_for(blocks.next_multiple_of(threads));
             blocks = m.div_ceil(rows);
         }
         let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));

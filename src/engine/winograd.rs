@@ -390,25 +390,12 @@ mod tests {
             let xs = Shape { n, h, w, c: cin };
             let x = values(xs.len(), 3);
             let res = values(n * h * w * cout, 4);
-            let (mut want, mut got) = (vec![0f32; res.len()], vec![0f32; res.len()]);
-            direct.run(
-                &x,
-                xs,
-                &mut want,
-                Residual::From(&res),
-                true,
-                &pool,
-                &mut AlignedVec::default(),
-            );
-            fast.run(
-                &x,
-                xs,
-                &mut got,
-                Residual::From(&res),
-                true,
-                &pool,
-                &mut AlignedVec::default(),
-            );
+            let [want, got] = [&direct, &fast].map(|conv| {
+                let mut out = vec![0f32; res.len()];
+                let mut scratch = AlignedVec::default();
+                conv.run(&x, xs, &mut out, Residual::From(&res), true, &pool, &mut scratch);
+                out
+            });
             let err: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
             let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
             let rel = (err / norm).sqrt();
