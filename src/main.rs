@@ -519,10 +519,11 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
 
 fn convert(model: &str, input: &Path, output: &Path, strict: bool) -> Result<ExitCode> {
     let name: ModelName = model.parse()?;
-    let sd = weights::read_state_dict(input)?;
+    let file = weights::WeightsFile::open(input)?;
     let mut config = name.config();
-    weights::fit_config(&mut config, &sd);
+    weights::fit_config(&mut config, &file);
     let mut m = resnet::ResNet::new(&config, &resnet::default_device())?;
+    let sd = file.read_for(&m.state_dict_shapes())?;
     let report = weights::load_into(&mut m, sd, strict, name.as_str())?;
     weights::write_safetensors(output, &weights::state_dict(&mut m)?)?;
     eprintln!("wrote {} ({} tensors loaded)", output.display(), report.loaded);

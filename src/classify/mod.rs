@@ -145,17 +145,17 @@ impl Classifier {
     pub fn build(name: ModelName, weights: Weights, opts: ClassifierOptions<'_>) -> Result<Self> {
         let mut config = name.config();
         let mut noop = |_: u64, _: Option<u64>| {};
-        let state_dict = weights.state_dict(name, opts.on_download.unwrap_or(&mut noop))?;
-        if let Some(sd) = &state_dict {
-            weights::fit_config(&mut config, sd);
+        let file = weights.open(name, opts.on_download.unwrap_or(&mut noop))?;
+        if let Some(f) = &file {
+            weights::fit_config(&mut config, f);
         }
         let label = match &weights {
             Weights::File(p) => format!("{name} (from {})", p.display()),
             w => format!("{name} ({})", w.describe()),
         };
         let mut model = ResNet::new(&config, &opts.device)?;
-        let sd = match state_dict {
-            Some(sd) => sd,
+        let sd = match file {
+            Some(f) => f.read_for(&model.state_dict_shapes())?,
             None => weights::state_dict(&mut model)?,
         };
         // The engine needs every weight; a non-strict load with gaps stays on the burn model.

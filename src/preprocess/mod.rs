@@ -11,7 +11,7 @@ use serde::Serialize;
 
 pub use augment::{to_chw, Augment};
 pub use decode::{decode, open_image, DEFAULT_MAX_PIXELS};
-pub use resize::{resize_bilinear_pil, resize_u8};
+pub use resize::{resize_bilinear_pil, resize_u8, resize_window_u8};
 
 /// File extensions treated as images when walking folders.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
@@ -93,14 +93,14 @@ impl Transform {
         }
     }
 
-    /// The geometric part: resize and crop, still 8-bit.
+    /// The geometric part: resize and crop, still 8-bit. Only the pixels the crop keeps are
+    /// computed, so memory follows the output size whatever the input's aspect ratio.
     pub fn resize_and_crop(&self, img: &RgbImage) -> RgbImage {
         match self.resize {
             Resize::Stretch { size } => resize_bilinear_pil(img, size as u32, size as u32),
             Resize::ShorterSide { resize, crop } => {
                 let (w, h) = (img.width() as usize, img.height() as usize);
-                let (nw, nh) = resized_size(w, h, resize);
-                center_crop(&resize_bilinear_pil(img, nw as u32, nh as u32), crop)
+                resize_center_crop(img, resized_size(w, h, resize), crop)
             }
         }
     }
@@ -154,19 +154,41 @@ pub fn resized_size(w: usize, h: usize, size: usize) -> (usize, usize) {
     }
 }
 
+/// Where torchvision's `center_crop` of `crop` takes its pixels along one axis of length `n`:
+/// the first source index (negative into the zero padding) of the window.
+fn crop_start(n: usize, crop: usize) -> isize {
+    let pad = crop.saturating_sub(n) / 2;
+    let padded = n.max(crop);
+    let off = ((padded - crop) as f64 / 2.0).round_ties_even() as usize;
+    off as isize - pad as isize
+}
+
+/// The source range `[start, start + crop)` clipped to `[0, n)`, and where it lands in the crop.
+fn crop_span(n: usize, crop: usize) -> (std::ops::Range<usize>, usize) {
+    let start = crop_start(n, crop);
+    let lo = start.max(0) as usize;
+    let hi = ((start + crop as isize).max(0) as usize).min(n);
+    (lo..hi.max(lo), (lo as isize - start) as usize)
+}
+
+/// `center_crop(resize(img, size), crop)` with only the kept window resized.
+pub fn resize_center_crop(img: &RgbImage, size: (usize, usize), crop: usize) -> RgbImage {
+    let (nw, nh) = size;
+    let (cols, dx) = crop_span(nw, crop);
+    let (rows, dy) = crop_span(nh, crop);
+    let (kw, kh) = (cols.len(), rows.len());
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let win = resize_window_u8(img.as_raw(), w, h, 3, (nw, nh), cols, rows);
+    let mut out = vec![0u8; crop * crop * 3];
+    for y in 0..kh {
+        let d = ((y + dy) * crop + dx) * 3;
+        out[d..d + kw * 3].copy_from_slice(&win[y * kw * 3..(y + 1) * kw * 3]);
+    }
+    RgbImage::from_raw(crop as u32, crop as u32, out).unwrap_or_default()
+}
+
 /// torchvision's `center_crop`: zero-pad if smaller, offsets rounded half to even.
 pub fn center_crop(img: &RgbImage, crop: usize) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let (pad_l, pad_t) = (crop.saturating_sub(w) / 2, crop.saturating_sub(h) / 2);
-    let (pw, ph) = (w.max(crop), h.max(crop));
-    let top = ((ph - crop) as f64 / 2.0).round_ties_even() as usize;
-    let left = ((pw - crop) as f64 / 2.0).round_ties_even() as usize;
-    RgbImage::from_fn(crop as u32, crop as u32, |x, y| {
-        let sx = (x as usize + left).checked_sub(pad_l).filter(|&v| v < w);
-        let sy = (y as usize + top).checked_sub(pad_t).filter(|&v| v < h);
-        match (sx, sy) {
-            (Some(sx), Some(sy)) => *img.get_pixel(sx as u32, sy as u32),
-            _ => image::Rgb([0, 0, 0]),
-        }
-    })
+    resize_center_crop(img, (w, h), crop)
 }

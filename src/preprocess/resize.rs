@@ -3,12 +3,20 @@
 //! Written here because torchvision's eval transform resizes a PIL image, and fidelity means
 //! the same bytes: `fast_image_resize` and `image` use other fixed-point precisions and
 //! rounding, which differ from Pillow by one level on some pixels (0.017 after normalising).
+//!
+//! Only a window of the output is computed ([`resize_window_u8`]): a centre crop keeps
+//! crop × crop pixels, so a 1×60000 strip resized to 256 × 15,360,000 costs what the crop
+//! costs. The vertical pass streams: each input row goes through the horizontal pass once and
+//! is added into the output rows whose windows hold it, so memory is one row plus the output.
+
+use std::ops::Range;
 
 use image::RgbImage;
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Per output pixel: first input index, tap count, and the fixed-point weights.
+/// Per kept output pixel: first input index and tap count, and the fixed-point weights
+/// (`ksize` per pixel).
 struct Coeffs {
     bounds: Vec<(usize, usize)>,
     ksize: usize,
@@ -24,16 +32,16 @@ fn bilinear(x: f64) -> f64 {
     }
 }
 
-/// `precompute_coeffs` + `normalize_coeffs_8bpc` for the whole input range.
-fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
+/// `precompute_coeffs` + `normalize_coeffs_8bpc`, for the output pixels in `keep` only.
+fn coeffs(in_size: usize, out_size: usize, keep: Range<usize>) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = 1.0 * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut k = vec![0i32; out_size * ksize];
+    let mut bounds = Vec::with_capacity(keep.len());
+    let mut k = vec![0i32; keep.len() * ksize];
     let mut w = vec![0f64; ksize];
-    for xx in 0..out_size {
+    for (i, xx) in keep.enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         // C's (int) cast truncates toward zero.
@@ -48,9 +56,9 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for (x, wx) in w.iter().enumerate().take(n) {
             let v = if ww != 0.0 { wx / ww } else { *wx };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            k[xx * ksize + x] = if v < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
+            k[i * ksize + x] = if v < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
         }
-        bounds.push((xmin, n));
+        bounds.push((xmin.min(in_size), n));
     }
     Coeffs { bounds, ksize, k }
 }
@@ -81,54 +89,85 @@ pub fn resize_bilinear_pil(src: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
 
 /// The same on interleaved 8-bit pixels with `c` channels (`L` or `RGB` in PIL terms).
 pub fn resize_u8(src: &[u8], in_w: usize, in_h: usize, c: usize, ow: usize, oh: usize) -> Vec<u8> {
-    if (ow, oh) == (in_w, in_h) {
-        return src.to_vec();
-    }
-    if ow == 0 || oh == 0 || in_w == 0 || in_h == 0 {
-        return vec![0; ow * oh * c];
-    }
-    let vert = coeffs(in_h, oh);
-    // Only the rows the vertical pass reads go through the horizontal pass.
-    let first = vert.bounds[0].0;
-    let last = vert.bounds[oh - 1].0 + vert.bounds[oh - 1].1;
+    resize_window_u8(src, in_w, in_h, c, (ow, oh), 0..ow, 0..oh)
+}
 
-    let (tmp, tmp_w) = if ow != in_w {
-        let h = coeffs(in_w, ow);
-        let mut out = vec![0u8; (last - first) * ow * c];
-        for y in first..last {
-            let row = &src[y * in_w * c..(y + 1) * in_w * c];
-            let orow = &mut out[(y - first) * ow * c..(y - first + 1) * ow * c];
-            for (xx, &(xmin, n)) in h.bounds.iter().enumerate() {
-                let k = &h.k[xx * h.ksize..xx * h.ksize + n];
-                for ch in 0..c {
-                    let mut ss: i32 = 1 << (PRECISION_BITS - 1);
-                    for (x, &kx) in k.iter().enumerate() {
-                        ss += row[(x + xmin) * c + ch] as i32 * kx;
+/// Pillow's resize of `src` (`in_w × in_h`, `c` channels) to `out = (ow, oh)`, computing only
+/// the output columns `cols` and rows `rows`: the result is `cols.len() × rows.len()` pixels,
+/// identical to that window of the full resize. Memory is the window plus one row.
+pub fn resize_window_u8(
+    src: &[u8],
+    in_w: usize,
+    in_h: usize,
+    c: usize,
+    out: (usize, usize),
+    cols: Range<usize>,
+    rows: Range<usize>,
+) -> Vec<u8> {
+    let (ow, oh) = out;
+    let cols = cols.start.min(ow)..cols.end.min(ow);
+    let rows = rows.start.min(oh)..rows.end.min(oh);
+    let (kw, kh) = (cols.len(), rows.len());
+    let row_len = kw * c;
+    let mut out = vec![0u8; kh * row_len];
+    if kw == 0 || kh == 0 || in_w == 0 || in_h == 0 || src.len() < in_w * in_h * c {
+        return out;
+    }
+    // PIL skips a pass whose size does not change.
+    let horiz = (ow != in_w).then(|| coeffs(in_w, ow, cols.clone()));
+    let hpass = |y: usize, dst: &mut [u8]| {
+        let row = &src[y * in_w * c..(y + 1) * in_w * c];
+        match &horiz {
+            None => dst.copy_from_slice(&row[cols.start * c..cols.end * c]),
+            Some(h) => {
+                for (xx, &(xmin, n)) in h.bounds.iter().enumerate() {
+                    let k = &h.k[xx * h.ksize..xx * h.ksize + n];
+                    for ch in 0..c {
+                        let mut ss: i32 = 1 << (PRECISION_BITS - 1);
+                        for (x, &kx) in k.iter().enumerate() {
+                            ss = ss.wrapping_add((row[(x + xmin) * c + ch] as i32).wrapping_mul(kx));
+                        }
+                        dst[xx * c + ch] = clip8(ss);
                     }
-                    orow[xx * c + ch] = clip8(ss);
                 }
             }
         }
-        (out, ow)
-    } else {
-        (src[first * in_w * c..last * in_w * c].to_vec(), in_w)
     };
-
     if oh == in_h {
-        return tmp;
-    }
-    let stride = tmp_w * c;
-    let mut out = vec![0u8; oh * stride];
-    for (yy, &(ymin, n)) in vert.bounds.iter().enumerate() {
-        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + n];
-        let ymin = ymin - first;
-        for i in 0..stride {
-            let mut ss: i32 = 1 << (PRECISION_BITS - 1);
-            for (y, &ky) in k.iter().enumerate() {
-                ss += tmp[(y + ymin) * stride + i] as i32 * ky;
-            }
-            out[yy * stride + i] = clip8(ss);
+        for (i, y) in rows.enumerate() {
+            hpass(y, &mut out[i * row_len..(i + 1) * row_len]);
         }
+        return out;
+    }
+    let vert = coeffs(in_h, oh, rows);
+    let first = vert.bounds[0].0;
+    let last = vert.bounds[kh - 1].0 + vert.bounds[kh - 1].1;
+    // i32 and wrapping, as in Pillow's C: the same sums in a different order give the same bits.
+    let mut acc = vec![1i32 << (PRECISION_BITS - 1); kh * row_len];
+    let mut tmp = vec![0u8; row_len];
+    // Windows start and end in non-decreasing order, so the output rows an input row feeds
+    // are a run starting at `lo`.
+    let mut lo = 0;
+    for y in first..last {
+        hpass(y, &mut tmp);
+        while lo < kh && vert.bounds[lo].0 + vert.bounds[lo].1 <= y {
+            lo += 1;
+        }
+        let mut r = lo;
+        while r < kh && vert.bounds[r].0 <= y {
+            let (ymin, n) = vert.bounds[r];
+            if y < ymin + n {
+                let k = vert.k[r * vert.ksize + (y - ymin)];
+                let a = &mut acc[r * row_len..(r + 1) * row_len];
+                for (s, &t) in a.iter_mut().zip(&tmp) {
+                    *s = s.wrapping_add((t as i32).wrapping_mul(k));
+                }
+            }
+            r += 1;
+        }
+    }
+    for (o, &s) in out.iter_mut().zip(&acc) {
+        *o = clip8(s);
     }
     out
 }

@@ -363,9 +363,10 @@ impl Trainer {
             return Ok(());
         };
         let name: ModelName = self.config.model.parse()?;
-        let Some(mut sd) = weights::Weights::parse(&w)?.state_dict(name, &mut |_, _| {})? else {
+        let Some(file) = weights::Weights::parse(&w)?.open(name, &mut |_, _| {})? else {
             return Ok(());
         };
+        let mut sd = file.read_for(&self.model.state_dict_shapes())?;
         // A new head for new classes: keep our freshly initialised fc.
         let classes = self.train.classes.len();
         if sd.get("fc.weight").is_some_and(|t| t.shape.first() != Some(&classes)) {

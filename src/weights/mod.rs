@@ -12,7 +12,9 @@ use burn::module::{Param, RunningState};
 use burn::prelude::*;
 
 pub use bundled::{bundled, Bundled, BUNDLED, FASHION_MNIST_LABELS};
-pub use files::{parse_state_dict, read_state_dict, write_atomic, write_safetensors, StateDict, TorchTensor, Values};
+pub use files::{
+    parse_state_dict, read_state_dict, write_atomic, write_safetensors, StateDict, TorchTensor, Values, WeightsFile,
+};
 pub use hub::WeightTag;
 
 use crate::error::{Error, Result};
@@ -66,17 +68,17 @@ impl Weights {
         }
     }
 
-    /// The state dict these weights name for `model`, downloading a tag if needed (`progress`
-    /// sees the bytes); `None` for random weights.
-    pub fn state_dict(&self, model: ModelName, progress: hub::Progress<'_>) -> Result<Option<StateDict>> {
+    /// The file these weights name for `model`, indexed but not read (downloading a tag if
+    /// needed; `progress` sees the bytes); `None` for random weights.
+    pub fn open(&self, model: ModelName, progress: hub::Progress<'_>) -> Result<Option<WeightsFile<'static>>> {
         Ok(Some(match self {
             Weights::Random => return Ok(None),
-            Weights::File(p) => read_state_dict(p)?,
+            Weights::File(p) => WeightsFile::open(p)?,
             Weights::Tag(tag) => {
                 let path = hub::fetch(hub::release(model, *tag)?.url, &hub::cache_dir(), progress)?;
-                read_state_dict(&path)?
+                WeightsFile::open(&path)?
             }
-            Weights::Bundled(b) => parse_state_dict(Path::new(b.name), b.safetensors)?,
+            Weights::Bundled(b) => WeightsFile::parse(Path::new(b.name), std::borrow::Cow::Borrowed(b.safetensors))?,
         }))
     }
 }
@@ -139,6 +141,7 @@ fn float_values(t: TorchTensor) -> Vec<f32> {
     match t.values {
         Values::F32(v) => v,
         Values::I64(v) => v.into_iter().map(|x| x as f32).collect(),
+        Values::Skipped => Vec::new(),
     }
 }
 
@@ -154,6 +157,11 @@ impl ParamVisitor for Loader<'_> {
             self.strict_report
                 .mismatched
                 .push((key.to_string(), shape.to_vec(), t.shape));
+            return;
+        }
+        if t.values == Values::Skipped {
+            // Read for another model's shapes: nothing to load.
+            self.strict_report.missing.push(key.to_string());
             return;
         }
         self.strict_report.loaded += 1;
@@ -219,6 +227,8 @@ pub fn check_keys(model: &mut ResNet, sd: &StateDict, strict: bool, model_name: 
                         self.1
                             .mismatched
                             .push((key.to_string(), shape.to_vec(), t.shape.clone()));
+                    } else if t.values == Values::Skipped {
+                        self.1.missing.push(key.to_string());
                     } else {
                         self.1.loaded += 1;
                     }
@@ -233,9 +243,11 @@ pub fn check_keys(model: &mut ResNet, sd: &StateDict, strict: bool, model_name: 
     report.require(strict, model_name)
 }
 
-/// Reads a file and loads it into the model (see [`load_into`]).
+/// Reads a file and loads it into the model (see [`load_into`]): only the tensors the model
+/// expects, with its shapes, are read.
 pub fn load_file(model: &mut ResNet, path: &Path, strict: bool, model_name: &str) -> Result<LoadReport> {
-    load_into(model, read_state_dict(path)?, strict, model_name)
+    let sd = WeightsFile::open(path)?.read_for(&model.state_dict_shapes())?;
+    load_into(model, sd, strict, model_name)
 }
 
 /// The model's `state_dict()` with torchvision's keys, shapes and dtypes.
@@ -273,13 +285,16 @@ pub fn state_dict(model: &mut ResNet) -> Result<StateDict> {
     }
 }
 
-/// A file decides the head size and input channels (fine-tuned or grayscale models).
-pub fn fit_config(config: &mut ResNetConfig, sd: &StateDict) {
-    if let Some(fc) = sd.get("fc.weight").filter(|t| t.shape.len() == 2) {
-        config.num_classes = fc.shape[0];
+/// A file decides the head size and input channels (fine-tuned or grayscale models). The
+/// shapes were checked at indexing to lie inside the file, so the model this sizes is no
+/// bigger than the file.
+pub fn fit_config(config: &mut ResNetConfig, file: &WeightsFile<'_>) {
+    let shapes = file.shapes();
+    if let Some(fc) = shapes.get("fc.weight").filter(|s| s.len() == 2) {
+        config.num_classes = fc[0];
     }
-    if let Some(c1) = sd.get("conv1.weight").filter(|t| t.shape.len() == 4) {
-        config.in_channels = c1.shape[1];
+    if let Some(c1) = shapes.get("conv1.weight").filter(|s| s.len() == 4) {
+        config.in_channels = c1[1];
     }
 }
 

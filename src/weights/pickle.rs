@@ -4,31 +4,75 @@
 //! Written here rather than taken from a crate because the safety rule is the point: general
 //! pickle crates either run no persistent-id protocol (needed for torch storages) or resolve
 //! globals we must refuse. The allow-list is [`allowed_global`].
+//!
+//! The file is untrusted, so the machine is bounded ([`Limits`]): operations, stack, memo,
+//! nesting depth and bytes allocated. Values are shared through `Rc` (memo GET and DUP cost
+//! nothing), containers are copy-on-write, and nesting is capped, so neither a walk nor `Drop`
+//! can recurse deeper than [`Limits::max_depth`].
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// A value on the pickle stack. Only the shapes a state dict uses exist.
 // Scalars other than ints are parsed to stay in sync with the stream, then ignored.
 #[allow(dead_code)]
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Value {
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
-    Bytes(Vec<u8>),
-    Tuple(Vec<Value>),
-    List(Vec<Value>),
-    Dict(Vec<(Value, Value)>),
+    Str(Rc<str>),
+    Bytes(Rc<[u8]>),
+    Tuple(Rc<Node<Value>>),
+    List(Rc<Node<Value>>),
+    Dict(Rc<Node<(Value, Value)>>),
     Global(Global),
     /// A persistent id resolved to a storage: its dtype and its record name in the zip.
-    Storage {
-        dtype: DType,
-        key: String,
-    },
-    Tensor(TensorRef),
-    Mark,
+    Storage(Rc<StorageRef>),
+    Tensor(Rc<TensorRef>),
+}
+
+/// A container's items and its nesting depth (1 + the deepest item's).
+#[derive(Clone)]
+pub struct Node<T> {
+    pub items: Vec<T>,
+    depth: u32,
+}
+
+/// A torch storage named by a persistent id.
+pub struct StorageRef {
+    pub dtype: DType,
+    pub key: String,
+}
+
+impl Value {
+    fn depth(&self) -> u32 {
+        match self {
+            Value::Tuple(n) | Value::List(n) => n.depth,
+            Value::Dict(n) => n.depth,
+            Value::Tensor(_) => 1,
+            _ => 0,
+        }
+    }
+
+    /// What kind of value this is, for error messages (never the value itself: it may be huge).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "a bool",
+            Value::Int(_) => "an int",
+            Value::Float(_) => "a float",
+            Value::Str(_) => "a string",
+            Value::Bytes(_) => "bytes",
+            Value::Tuple(_) => "a tuple",
+            Value::List(_) => "a list",
+            Value::Dict(_) => "a dict",
+            Value::Global(_) => "a global",
+            Value::Storage(_) => "a storage",
+            Value::Tensor(_) => "a tensor",
+        }
+    }
 }
 
 /// The globals a state dict may name.
@@ -66,7 +110,8 @@ impl DType {
     }
 }
 
-/// A tensor view into a storage, as `_rebuild_tensor_v2` describes it.
+/// A tensor view into a storage, as `_rebuild_tensor_v2` describes it. Nothing here is
+/// checked yet: `files.rs` checks the view against its storage before reading it.
 #[derive(Clone, Debug)]
 pub struct TensorRef {
     pub dtype: DType,
@@ -74,6 +119,31 @@ pub struct TensorRef {
     pub offset: usize,
     pub shape: Vec<usize>,
     pub stride: Vec<usize>,
+}
+
+/// Bounds on what one pickle may make the reader do.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_ops: usize,
+    pub max_stack: usize,
+    pub max_memo: usize,
+    pub max_depth: u32,
+    /// Bytes of strings, containers and copies made, in all.
+    pub max_alloc: usize,
+}
+
+impl Limits {
+    /// Limits for a pickle of `len` bytes: a state dict's pickle is a few hundred bytes per
+    /// tensor, so these are far above any real one and far below what hurts.
+    pub fn for_len(len: usize) -> Self {
+        Limits {
+            max_ops: len.saturating_add(1).min(100_000_000),
+            max_stack: 1 << 20,
+            max_memo: 1 << 20,
+            max_depth: 64,
+            max_alloc: len.saturating_mul(32).saturating_add(1 << 20),
+        }
+    }
 }
 
 fn allowed_global(module: &str, name: &str) -> Option<Global> {
@@ -122,17 +192,22 @@ impl<'a> Reader<'a> {
         self.pos += n;
         Ok(s)
     }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PickleError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
     fn u8(&mut self) -> Result<u8, PickleError> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, PickleError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap_or_default()))
+        Ok(u16::from_le_bytes(self.array()?))
     }
     fn u32(&mut self) -> Result<u32, PickleError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64, PickleError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(u64::from_le_bytes(self.array()?))
     }
     fn line(&mut self) -> Result<&'a str, PickleError> {
         let rest = &self.data[self.pos..];
@@ -143,71 +218,235 @@ impl<'a> Reader<'a> {
         self.pos += end + 1;
         std::str::from_utf8(&rest[..end]).or_else(|_| bad("non-UTF-8 text"))
     }
-    fn string(&mut self, n: usize) -> Result<String, PickleError> {
-        String::from_utf8(self.take(n)?.to_vec()).or_else(|_| bad("non-UTF-8 string"))
+    /// A length read from the file, as usize; `take` then checks it against what is left.
+    fn len(&mut self, n: u64) -> Result<usize, PickleError> {
+        usize::try_from(n).or_else(|_| bad("length does not fit in memory"))
+    }
+    fn string(&mut self, n: usize) -> Result<Rc<str>, PickleError> {
+        std::str::from_utf8(self.take(n)?)
+            .map(Rc::from)
+            .or_else(|_| bad("non-UTF-8 string"))
     }
 }
 
 fn as_usize(v: &Value) -> Result<usize, PickleError> {
     match v {
-        Value::Int(i) if *i >= 0 => Ok(*i as usize),
-        _ => bad(format!("expected a non-negative integer, got {v:?}")),
+        Value::Int(i) if *i >= 0 => usize::try_from(*i).or_else(|_| bad("integer too large")),
+        _ => bad(format!("expected a non-negative integer, got {}", v.kind())),
     }
 }
 
 fn usize_list(v: &Value) -> Result<Vec<usize>, PickleError> {
     match v {
-        Value::Tuple(items) | Value::List(items) => items.iter().map(as_usize).collect(),
+        Value::Tuple(n) | Value::List(n) if n.items.len() <= 64 => n.items.iter().map(as_usize).collect(),
+        Value::Tuple(_) | Value::List(_) => bad("a tensor with more than 64 dimensions"),
         _ => bad("expected a tuple of integers"),
     }
 }
 
-fn call(f: Global, args: Vec<Value>) -> Result<Value, PickleError> {
+fn call(f: Global, args: &[Value]) -> Result<Value, PickleError> {
     match f {
-        Global::OrderedDict => Ok(Value::Dict(Vec::new())),
+        Global::OrderedDict => Ok(Value::Dict(Rc::new(Node {
+            items: Vec::new(),
+            depth: 1,
+        }))),
         Global::RebuildParameter => args
-            .into_iter()
-            .next()
+            .first()
+            .cloned()
             .ok_or_else(|| PickleError::Malformed("empty _rebuild_parameter".into())),
         Global::RebuildTensorV2 => {
             if args.len() < 4 {
                 return bad("_rebuild_tensor_v2 needs (storage, offset, size, stride, ...)");
             }
-            let Value::Storage { dtype, key } = &args[0] else {
+            let Value::Storage(s) = &args[0] else {
                 return bad("_rebuild_tensor_v2 without a storage");
             };
-            Ok(Value::Tensor(TensorRef {
-                dtype: *dtype,
-                storage_key: key.clone(),
+            Ok(Value::Tensor(Rc::new(TensorRef {
+                dtype: s.dtype,
+                storage_key: s.key.clone(),
                 offset: as_usize(&args[1])?,
                 shape: usize_list(&args[2])?,
                 stride: usize_list(&args[3])?,
-            }))
+            })))
         }
         Global::Storage(_) => bad("a storage type cannot be called"),
     }
 }
 
-/// Runs the pickle and returns its top-level value.
-pub fn load(data: &[u8]) -> Result<Value, PickleError> {
-    let mut r = Reader { data, pos: 0 };
-    let mut stack: Vec<Value> = Vec::new();
-    let mut memo: HashMap<u32, Value> = HashMap::new();
-    let pop = |stack: &mut Vec<Value>| {
-        stack
+/// The machine's state, with every limit checked where it can be exceeded.
+struct Machine {
+    limits: Limits,
+    stack: Vec<Value>,
+    /// Stack heights at each MARK (CPython's metastack): nothing pops below the last one.
+    marks: Vec<usize>,
+    memo: HashMap<u32, Value>,
+    allocated: usize,
+}
+
+impl Machine {
+    fn charge(&mut self, bytes: usize) -> Result<(), PickleError> {
+        self.allocated = self.allocated.saturating_add(bytes);
+        if self.allocated > self.limits.max_alloc {
+            return bad(format!(
+                "the pickle asks for more than {} bytes of values; a state dict needs far less",
+                self.limits.max_alloc
+            ));
+        }
+        Ok(())
+    }
+
+    fn fence(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+
+    fn push(&mut self, v: Value) -> Result<(), PickleError> {
+        if self.stack.len() >= self.limits.max_stack {
+            return bad(format!("the pickle stack grows past {} values", self.limits.max_stack));
+        }
+        self.charge(size_of::<Value>())?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Result<Value, PickleError> {
+        if self.stack.len() <= self.fence() {
+            return bad("stack underflow");
+        }
+        self.stack
             .pop()
             .ok_or_else(|| PickleError::Malformed("stack underflow".into()))
-    };
-    let pop_mark = |stack: &mut Vec<Value>| -> Result<Vec<Value>, PickleError> {
-        let m = stack
-            .iter()
-            .rposition(|v| matches!(v, Value::Mark))
+    }
+
+    fn top(&self) -> Result<&Value, PickleError> {
+        if self.stack.len() <= self.fence() {
+            return bad("stack underflow");
+        }
+        self.stack
+            .last()
+            .ok_or_else(|| PickleError::Malformed("stack underflow".into()))
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+        let m = self
+            .marks
+            .pop()
             .ok_or_else(|| PickleError::Malformed("missing MARK".into()))?;
-        let items = stack.split_off(m + 1);
-        stack.pop();
-        Ok(items)
+        Ok(self.stack.split_off(m.min(self.stack.len())))
+    }
+
+    fn pop_n(&mut self, n: usize) -> Result<Vec<Value>, PickleError> {
+        if self.stack.len() < self.fence() + n {
+            return bad("stack underflow");
+        }
+        Ok(self.stack.split_off(self.stack.len() - n))
+    }
+
+    fn depth_of<'v>(&self, items: impl Iterator<Item = &'v Value>) -> Result<u32, PickleError> {
+        let d = 1 + items.map(Value::depth).max().unwrap_or(0);
+        if d > self.limits.max_depth {
+            return bad(format!("values nested deeper than {} levels", self.limits.max_depth));
+        }
+        Ok(d)
+    }
+
+    fn seq(&mut self, items: Vec<Value>) -> Result<Rc<Node<Value>>, PickleError> {
+        let depth = self.depth_of(items.iter())?;
+        Ok(Rc::new(Node { items, depth }))
+    }
+
+    fn pairs(&mut self, items: Vec<Value>) -> Result<Vec<(Value, Value)>, PickleError> {
+        if items.len() % 2 != 0 {
+            return bad("odd number of items for a dict");
+        }
+        self.charge(items.len() * size_of::<Value>())?;
+        let mut out = Vec::with_capacity(items.len() / 2);
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    /// The container on top of the stack, made unique first (copy-on-write, charged).
+    fn extend_top(&mut self, new: Items) -> Result<(), PickleError> {
+        let fence = self.fence();
+        let new_depth = 1 + match &new {
+            Items::Values(v) => v.iter().map(Value::depth).max().unwrap_or(0),
+            Items::Pairs(p) => p.iter().map(|(k, v)| k.depth().max(v.depth())).max().unwrap_or(0),
+        };
+        if new_depth > self.limits.max_depth {
+            return bad(format!("values nested deeper than {} levels", self.limits.max_depth));
+        }
+        if self.stack.len() <= fence {
+            return bad("stack underflow");
+        }
+        let (copy, added) = match (self.stack.last(), &new) {
+            (Some(Value::List(n)), Items::Values(v)) => (shared(n) * n.items.len(), v.len()),
+            (Some(Value::Dict(n)), Items::Pairs(p)) => (shared(n) * n.items.len() * 2, p.len() * 2),
+            (Some(Value::List(_)), _) => return bad("SETITEM on a list"),
+            (Some(Value::Dict(_)), _) => return bad("APPEND to a dict"),
+            (Some(other), _) => return bad(format!("adding items to {}", other.kind())),
+            (None, _) => return bad("stack underflow"),
+        };
+        self.charge((copy + added) * size_of::<Value>())?;
+        match (self.stack.last_mut(), new) {
+            (Some(Value::List(n)), Items::Values(v)) => {
+                let n = Rc::make_mut(n);
+                n.items.extend(v);
+                n.depth = n.depth.max(new_depth);
+            }
+            (Some(Value::Dict(n)), Items::Pairs(p)) => {
+                let n = Rc::make_mut(n);
+                n.items.extend(p);
+                n.depth = n.depth.max(new_depth);
+            }
+            _ => return bad("adding items to a non-container"),
+        }
+        Ok(())
+    }
+
+    fn memo_put(&mut self, i: u32) -> Result<(), PickleError> {
+        let v = self.top()?.clone();
+        if self.memo.len() >= self.limits.max_memo && !self.memo.contains_key(&i) {
+            return bad(format!("the pickle memo grows past {} entries", self.limits.max_memo));
+        }
+        self.charge(2 * size_of::<Value>())?;
+        self.memo.insert(i, v);
+        Ok(())
+    }
+}
+
+enum Items {
+    Values(Vec<Value>),
+    Pairs(Vec<(Value, Value)>),
+}
+
+/// 1 when copy-on-write will copy (the node is shared), else 0.
+fn shared<T>(n: &Rc<Node<T>>) -> usize {
+    usize::from(Rc::strong_count(n) + Rc::weak_count(n) > 1)
+}
+
+/// Runs the pickle and returns its top-level value, within [`Limits::for_len`].
+pub fn load(data: &[u8]) -> Result<Value, PickleError> {
+    load_with(data, Limits::for_len(data.len()))
+}
+
+/// Runs the pickle within `limits`.
+pub fn load_with(data: &[u8], limits: Limits) -> Result<Value, PickleError> {
+    let mut r = Reader { data, pos: 0 };
+    let mut m = Machine {
+        limits,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        allocated: 0,
     };
+    let mut ops = 0usize;
     loop {
+        ops += 1;
+        if ops > limits.max_ops {
+            return bad(format!("the pickle runs more than {} operations", limits.max_ops));
+        }
         let op = r.u8()?;
         match op {
             0x80 => {
@@ -216,25 +455,39 @@ pub fn load(data: &[u8]) -> Result<Value, PickleError> {
             0x95 => {
                 r.u64()?; // FRAME
             }
-            b'.' => return pop(&mut stack),
-            b'(' => stack.push(Value::Mark),
-            b'}' => stack.push(Value::Dict(Vec::new())),
-            b']' => stack.push(Value::List(Vec::new())),
-            b')' => stack.push(Value::Tuple(Vec::new())),
-            b'N' => stack.push(Value::None),
-            0x88 => stack.push(Value::Bool(true)),
-            0x89 => stack.push(Value::Bool(false)),
+            b'.' => return m.pop(),
+            b'(' => {
+                if m.marks.len() >= limits.max_stack {
+                    return bad("too many MARKs");
+                }
+                m.marks.push(m.stack.len())
+            }
+            b'}' => m.push(Value::Dict(Rc::new(Node {
+                items: Vec::new(),
+                depth: 1,
+            })))?,
+            b']' => {
+                let n = m.seq(Vec::new())?;
+                m.push(Value::List(n))?
+            }
+            b')' => {
+                let n = m.seq(Vec::new())?;
+                m.push(Value::Tuple(n))?
+            }
+            b'N' => m.push(Value::None)?,
+            0x88 => m.push(Value::Bool(true))?,
+            0x89 => m.push(Value::Bool(false))?,
             b'J' => {
                 let v = r.u32()? as i32;
-                stack.push(Value::Int(v as i64))
+                m.push(Value::Int(v as i64))?
             }
             b'K' => {
                 let v = r.u8()?;
-                stack.push(Value::Int(v as i64))
+                m.push(Value::Int(v as i64))?
             }
             b'M' => {
                 let v = r.u16()?;
-                stack.push(Value::Int(v as i64))
+                m.push(Value::Int(v as i64))?
             }
             0x8a => {
                 let n = r.u8()? as usize;
@@ -248,7 +501,7 @@ pub fn load(data: &[u8]) -> Result<Value, PickleError> {
                     0
                 }; 8];
                 buf[..n].copy_from_slice(bytes);
-                stack.push(Value::Int(i64::from_le_bytes(buf)))
+                m.push(Value::Int(i64::from_le_bytes(buf)))?
             }
             b'I' => {
                 let l = r.line()?;
@@ -257,200 +510,255 @@ pub fn load(data: &[u8]) -> Result<Value, PickleError> {
                     "01" => Value::Bool(true),
                     _ => Value::Int(l.parse().or_else(|_| bad("bad INT"))?),
                 };
-                stack.push(v)
+                m.push(v)?
             }
             b'G' => {
-                let v = f64::from_be_bytes(r.take(8)?.try_into().unwrap_or_default());
-                stack.push(Value::Float(v))
+                let v = f64::from_be_bytes(r.array()?);
+                m.push(Value::Float(v))?
             }
-            b'X' => {
-                let n = r.u32()? as usize;
+            b'X' | 0x8c | 0x8d | b'U' | b'T' => {
+                let n = match op {
+                    b'X' | b'T' => r.u32()? as u64,
+                    0x8d => r.u64()?,
+                    _ => r.u8()? as u64,
+                };
+                let n = r.len(n)?;
                 let s = r.string(n)?;
-                stack.push(Value::Str(s))
+                m.charge(n)?;
+                m.push(Value::Str(s))?
             }
-            0x8c => {
-                let n = r.u8()? as usize;
-                let s = r.string(n)?;
-                stack.push(Value::Str(s))
-            }
-            0x8d => {
-                let n = r.u64()? as usize;
-                let s = r.string(n)?;
-                stack.push(Value::Str(s))
-            }
-            b'U' => {
-                let n = r.u8()? as usize;
-                let s = r.string(n)?;
-                stack.push(Value::Str(s))
-            }
-            b'T' => {
-                let n = r.u32()? as usize;
-                let s = r.string(n)?;
-                stack.push(Value::Str(s))
-            }
-            b'C' => {
-                let n = r.u8()? as usize;
-                stack.push(Value::Bytes(r.take(n)?.to_vec()))
-            }
-            b'B' => {
-                let n = r.u32()? as usize;
-                stack.push(Value::Bytes(r.take(n)?.to_vec()))
+            b'C' | b'B' => {
+                let n = if op == b'C' { r.u8()? as u64 } else { r.u32()? as u64 };
+                let n = r.len(n)?;
+                let b = Rc::from(r.take(n)?);
+                m.charge(n)?;
+                m.push(Value::Bytes(b))?
             }
             b't' => {
-                let items = pop_mark(&mut stack)?;
-                stack.push(Value::Tuple(items))
+                let items = m.pop_mark()?;
+                let n = m.seq(items)?;
+                m.push(Value::Tuple(n))?
             }
             0x85..=0x87 => {
-                let n = (op - 0x84) as usize;
-                if stack.len() < n {
-                    return bad("stack underflow in TUPLE");
-                }
-                let items = stack.split_off(stack.len() - n);
-                stack.push(Value::Tuple(items))
+                let items = m.pop_n((op - 0x84) as usize)?;
+                let n = m.seq(items)?;
+                m.push(Value::Tuple(n))?
             }
             b'l' => {
-                let items = pop_mark(&mut stack)?;
-                stack.push(Value::List(items))
+                let items = m.pop_mark()?;
+                let n = m.seq(items)?;
+                m.push(Value::List(n))?
             }
             b'd' => {
-                let items = pop_mark(&mut stack)?;
-                let mut d = Vec::new();
-                let mut it = items.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    d.push((k, v));
-                }
-                stack.push(Value::Dict(d))
+                let items = m.pop_mark()?;
+                let pairs = m.pairs(items)?;
+                let depth = m.depth_of(pairs.iter().flat_map(|(k, v)| [k, v]))?;
+                m.push(Value::Dict(Rc::new(Node { items: pairs, depth })))?
             }
             b'a' => {
-                let v = pop(&mut stack)?;
-                match stack.last_mut() {
-                    Some(Value::List(l)) => l.push(v),
-                    _ => return bad("APPEND to a non-list"),
-                }
+                let v = m.pop()?;
+                m.extend_top(Items::Values(vec![v]))?
             }
             b'e' => {
-                let items = pop_mark(&mut stack)?;
-                match stack.last_mut() {
-                    Some(Value::List(l)) => l.extend(items),
-                    _ => return bad("APPENDS to a non-list"),
-                }
+                let items = m.pop_mark()?;
+                m.extend_top(Items::Values(items))?
             }
             b's' => {
-                let v = pop(&mut stack)?;
-                let k = pop(&mut stack)?;
-                match stack.last_mut() {
-                    Some(Value::Dict(d)) => d.push((k, v)),
-                    _ => return bad("SETITEM on a non-dict"),
-                }
+                let v = m.pop()?;
+                let k = m.pop()?;
+                m.extend_top(Items::Pairs(vec![(k, v)]))?
             }
             b'u' => {
-                let items = pop_mark(&mut stack)?;
-                match stack.last_mut() {
-                    Some(Value::Dict(d)) => {
-                        let mut it = items.into_iter();
-                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                            d.push((k, v));
-                        }
-                    }
-                    _ => return bad("SETITEMS on a non-dict"),
-                }
+                let items = m.pop_mark()?;
+                let pairs = m.pairs(items)?;
+                m.extend_top(Items::Pairs(pairs))?
             }
             b'q' => {
                 let i = r.u8()? as u32;
-                memo.insert(
-                    i,
-                    stack
-                        .last()
-                        .cloned()
-                        .ok_or_else(|| PickleError::Malformed("PUT on empty stack".into()))?,
-                );
+                m.memo_put(i)?
             }
             b'r' => {
                 let i = r.u32()?;
-                memo.insert(
-                    i,
-                    stack
-                        .last()
-                        .cloned()
-                        .ok_or_else(|| PickleError::Malformed("PUT on empty stack".into()))?,
-                );
+                m.memo_put(i)?
             }
             0x94 => {
-                let i = memo.len() as u32;
-                memo.insert(
-                    i,
-                    stack
-                        .last()
-                        .cloned()
-                        .ok_or_else(|| PickleError::Malformed("MEMOIZE on empty stack".into()))?,
-                );
+                let i = u32::try_from(m.memo.len()).or_else(|_| bad("memo overflow"))?;
+                m.memo_put(i)?
             }
             b'h' | b'j' => {
                 let i = if op == b'h' { r.u8()? as u32 } else { r.u32()? };
-                stack.push(
-                    memo.get(&i)
-                        .cloned()
-                        .ok_or_else(|| PickleError::Malformed(format!("memo {i} missing")))?,
-                )
+                let v = m
+                    .memo
+                    .get(&i)
+                    .cloned()
+                    .ok_or_else(|| PickleError::Malformed(format!("memo {i} missing")))?;
+                m.push(v)?
             }
             b'0' => {
-                pop(&mut stack)?;
+                m.pop()?;
             }
             b'1' => {
-                pop_mark(&mut stack)?;
+                m.pop_mark()?;
             }
             b'2' => {
-                let v = stack
-                    .last()
-                    .cloned()
-                    .ok_or_else(|| PickleError::Malformed("DUP on empty stack".into()))?;
-                stack.push(v)
+                let v = m.top()?.clone();
+                m.push(v)?
             }
             b'c' => {
-                let module = r.line()?.to_string();
-                let name = r.line()?.to_string();
-                let g = allowed_global(&module, &name).ok_or(PickleError::Forbidden(format!("{module}.{name}")))?;
-                stack.push(Value::Global(g))
+                let module = r.line()?;
+                let name = r.line()?;
+                let g = allowed_global(module, name).ok_or_else(|| PickleError::Forbidden(format!("{module}.{name}")))?;
+                m.push(Value::Global(g))?
             }
             0x93 => {
-                let name = pop(&mut stack)?;
-                let module = pop(&mut stack)?;
+                let name = m.pop()?;
+                let module = m.pop()?;
                 let (Value::Str(module), Value::Str(name)) = (module, name) else {
                     return bad("STACK_GLOBAL without strings");
                 };
-                let g = allowed_global(&module, &name).ok_or(PickleError::Forbidden(format!("{module}.{name}")))?;
-                stack.push(Value::Global(g))
+                let g = allowed_global(&module, &name).ok_or_else(|| PickleError::Forbidden(format!("{module}.{name}")))?;
+                m.push(Value::Global(g))?
             }
             b'R' | 0x81 => {
-                let args = pop(&mut stack)?;
-                let f = pop(&mut stack)?;
+                let args = m.pop()?;
+                let f = m.pop()?;
                 let (Value::Global(g), Value::Tuple(args)) = (f, args) else {
                     return bad("REDUCE needs an allowed global and a tuple");
                 };
-                stack.push(call(g, args)?)
+                let v = call(g, &args.items)?;
+                m.push(v)?
             }
             b'b' => {
                 // BUILD: object state (the state dict's `_metadata`), not needed.
-                pop(&mut stack)?;
+                m.pop()?;
             }
             b'Q' => {
-                let pid = pop(&mut stack)?;
+                let pid = m.pop()?;
                 let Value::Tuple(t) = pid else {
                     return bad("persistent id is not a tuple");
                 };
-                match t.as_slice() {
+                match t.items.as_slice() {
                     [Value::Str(kind), Value::Global(Global::Storage(dtype)), Value::Str(key), ..]
-                        if kind == "storage" =>
+                        if &**kind == "storage" =>
                     {
-                        stack.push(Value::Storage {
+                        let s = StorageRef {
                             dtype: *dtype,
-                            key: key.clone(),
-                        })
+                            key: key.to_string(),
+                        };
+                        m.push(Value::Storage(Rc::new(s)))?
                     }
                     _ => return bad("unsupported persistent id (only torch storages are)"),
                 }
             }
             other => return bad(format!("unsupported pickle opcode 0x{other:02x}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(body: &[u8]) -> Result<Value, PickleError> {
+        let mut p = vec![0x80, 2];
+        p.extend_from_slice(body);
+        p.push(b'.');
+        load(&p)
+    }
+
+    fn malformed(r: Result<Value, PickleError>) -> String {
+        match r {
+            Err(PickleError::Malformed(m)) => m,
+            Err(PickleError::Forbidden(g)) => panic!("forbidden {g}"),
+            Ok(v) => panic!("accepted: {}", v.kind()),
+        }
+    }
+
+    #[test]
+    fn dup_append_doubling_is_cheap_and_bounded() {
+        // EMPTY_LIST, then 60 × (DUP, APPEND): 2^60 leaves when copied deeply; shared, the
+        // list holds 60 items that share everything.
+        let mut body = vec![b']'];
+        for _ in 0..60 {
+            body.extend_from_slice(b"2a");
+        }
+        assert!(matches!(run(&body), Ok(Value::List(n)) if n.items.len() == 60));
+        // Each round nests one level deeper: past the limit it stops.
+        let mut body = vec![b']'];
+        for _ in 0..100 {
+            body.extend_from_slice(b"2a");
+        }
+        let m = malformed(run(&body));
+        assert!(m.contains("nested deeper"), "{m}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        let mut body = vec![b'N'];
+        body.extend(std::iter::repeat_n(0x85u8, 2_000_000));
+        let m = malformed(run(&body));
+        assert!(m.contains("nested deeper than 64"), "{m}");
+    }
+
+    #[test]
+    fn memo_get_shares_and_the_allocation_budget_holds() {
+        // A 1 KB string, memoised, then fetched 10^5 times into one list.
+        let mut body = vec![b'X'];
+        body.extend_from_slice(&1024u32.to_le_bytes());
+        body.extend(std::iter::repeat_n(b'a', 1024));
+        body.extend_from_slice(b"q\x000(");
+        for _ in 0..100_000 {
+            body.extend_from_slice(b"h\x00");
+        }
+        body.push(b'l');
+        assert!(matches!(run(&body), Ok(Value::List(n)) if n.items.len() == 100_000));
+        // Copy-on-write of a shared list, again and again, runs out of budget, not memory.
+        let mut body = vec![b']'];
+        for _ in 0..100_000 {
+            body.extend_from_slice(b"2Na");
+        }
+        let m = malformed(run(&body));
+        assert!(m.contains("bytes of values"), "{m}");
+    }
+
+    #[test]
+    fn marks_fence_the_stack() {
+        assert!(malformed(run(b"N(0")).contains("underflow"));
+        assert!(malformed(run(b"(\x85")).contains("underflow"));
+        assert!(malformed(run(b"t")).contains("MARK"));
+        let r = load(b"\x80\x02N(N1.");
+        assert!(matches!(r, Ok(Value::None)));
+    }
+
+    #[test]
+    fn limits_on_stack_memo_and_ops() {
+        let tight = Limits {
+            max_ops: 10,
+            ..Limits::for_len(1 << 20)
+        };
+        let m = malformed(load_with(&[b'N'; 100], tight));
+        assert!(m.contains("operations"), "{m}");
+        let tight = Limits {
+            max_stack: 5,
+            ..Limits::for_len(1 << 20)
+        };
+        let m = malformed(load_with(&[b'N'; 100], tight));
+        assert!(m.contains("stack grows"), "{m}");
+        let tight = Limits {
+            max_memo: 3,
+            ..Limits::for_len(1 << 20)
+        };
+        let m = malformed(load_with(b"Nq\x00q\x01q\x02q\x03.", tight));
+        assert!(m.contains("memo grows"), "{m}");
+    }
+
+    #[test]
+    fn huge_declared_lengths_fail_without_allocating() {
+        let mut p = vec![0x80, 4, 0x8d];
+        p.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(malformed(load(&p)).contains("ends early"));
+        let mut p = vec![b'B'];
+        p.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(malformed(load(&p)).contains("ends early"));
     }
 }

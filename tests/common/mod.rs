@@ -86,7 +86,7 @@ pub fn reference() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     sd.into_iter()
         .map(|(k, t)| match t.values {
             Values::F32(v) => (k, (t.shape, v)),
-            Values::I64(_) => panic!("{k}: expected f32"),
+            other => panic!("{k}: expected f32, got {other:?}"),
         })
         .collect()
 }
