@@ -74,7 +74,9 @@ fn tensor<'a>(sd: &'a StateDict, key: &str, len: usize) -> Result<&'a [f32]> {
             t.shape
         ))),
         Values::I64(_) => Err(Error::Config(format!("`{key}` holds integers, not weights"))),
-        Values::Skipped => Err(Error::Config(format!("`{key}` was not read: its shape does not fit the model"))),
+        Values::Skipped => Err(Error::Config(format!(
+            "`{key}` was not read: its shape does not fit the model"
+        ))),
     }
 }
 

@@ -70,6 +70,29 @@ pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage> {
     Ok(to_rgb_like_pil(img))
 }
 
+/// What decoding `bytes` would cost, from the header alone: `(width, height, bytes)`, where
+/// bytes is the peak of [`decode`] (the native buffer, a rotated copy for EXIF orientation,
+/// and the RGB result). Servers reserve it before decoding.
+pub fn decode_cost(bytes: &[u8], name: &str) -> Result<(u32, u32, u64)> {
+    let err = |reason: String| Error::Image {
+        path: name.to_string(),
+        reason,
+    };
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(err(
+            "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF)".into(),
+        ));
+    }
+    let decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    let native = decoder.total_bytes();
+    let rgb = w as u64 * h as u64 * 3;
+    Ok((w, h, native.saturating_mul(2).saturating_add(rgb)))
+}
+
 fn to_rgb_like_pil(img: DynamicImage) -> RgbImage {
     let (w, h) = (img.width(), img.height());
     let from = |n: usize, samples: &[u8]| -> RgbImage {

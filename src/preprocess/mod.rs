@@ -10,7 +10,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 pub use augment::{to_chw, Augment};
-pub use decode::{decode, open_image, DEFAULT_MAX_PIXELS};
+pub use decode::{decode, decode_cost, open_image, DEFAULT_MAX_PIXELS};
 pub use resize::{resize_bilinear_pil, resize_u8, resize_window_u8};
 
 /// File extensions treated as images when walking folders.

@@ -11,6 +11,9 @@
 //! Requests are decoded on tokio's blocking pool, then queued image by image for the
 //! inference threads of [`batcher`], which run concurrent images as one batch. At most
 //! `max_queue` images are admitted at once; beyond that the answer is 503 with `Retry-After`.
+//! Decoded images in flight share one memory budget (`max_decode_memory`): each image reserves
+//! what its header says decoding will cost before it is decoded; when the budget is full the
+//! answer is 503 with `Retry-After`, and an image that could never fit gets 413.
 //! Every error is JSON: `{"error": "…"}`.
 
 mod batcher;
@@ -33,7 +36,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::classify::{top_k, Classifier, Prediction};
 use crate::error::{Error, Result};
-use crate::preprocess::{decode, Transform, DEFAULT_MAX_PIXELS};
+use crate::preprocess::{decode, decode_cost, Transform, DEFAULT_MAX_PIXELS};
 use batcher::{Batcher, Job};
 pub use metrics::Metrics;
 
@@ -56,7 +59,13 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Threads of the async runtime (I/O only; inference has its own threads).
     pub io_threads: usize,
+    /// Bytes that decoded images in flight may take in all (503 when full, 413 for an image
+    /// that alone needs more).
+    pub max_decode_memory: u64,
 }
+
+/// The default decode budget: 2 GiB, room for a few photos at PIL's pixel limit at once.
+pub const DEFAULT_MAX_DECODE_MEMORY: u64 = 2 << 30;
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -68,6 +77,7 @@ impl Default for ServeConfig {
             batch_window: Duration::from_millis(2),
             max_queue: 256,
             io_threads: 2,
+            max_decode_memory: DEFAULT_MAX_DECODE_MEMORY,
         }
     }
 }
@@ -112,6 +122,9 @@ struct AppState {
     /// One permit per core: a decoded image may take hundreds of MB (up to `max_pixels`), so
     /// admitted requests decode a few at a time rather than all at once.
     decoders: Arc<Semaphore>,
+    /// The decode budget, one permit per [`BUDGET_UNIT`] bytes.
+    decode_budget: Arc<Semaphore>,
+    decode_budget_units: u32,
     batcher: Batcher,
     metrics: Arc<Metrics>,
 }
@@ -149,6 +162,9 @@ impl Server {
                     cfg.addr
                 ))
             })?;
+        let budget_units = u32::try_from(cfg.max_decode_memory.div_ceil(BUDGET_UNIT))
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
         let metrics = Arc::new(Metrics::new());
         let batcher = Batcher::start(classifiers, cfg.max_batch, cfg.batch_window, metrics.clone())
             .map_err(|e| Error::Serve(format!("cannot start the inference threads: {e}")))?;
@@ -164,6 +180,8 @@ impl Server {
                 decoders: Arc::new(Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
+                decode_budget: Arc::new(Semaphore::new(budget_units as usize)),
+                decode_budget_units: budget_units,
                 batcher,
                 metrics,
             }),
@@ -401,14 +419,15 @@ async fn classify(
         images
             .iter()
             .map(|(name, bytes)| {
-                let img = decode(bytes, name, st.max_pixels)?;
+                let _reserved = reserve_decode(&st, bytes, name)?;
+                let img = decode(bytes, name, st.max_pixels)
+                    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
                 Ok(st.transform.apply(&img))
             })
-            .collect::<Result<Vec<Vec<f32>>>>()
+            .collect::<std::result::Result<Vec<Vec<f32>>, ApiError>>()
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding failed: {e}")))?
-    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding failed: {e}")))??;
 
     let dims = state.info.input;
     let mut waits = Vec::with_capacity(n);
@@ -444,6 +463,51 @@ async fn classify(
     } else {
         Json(results.remove(0)).into_response()
     })
+}
+
+/// Bytes per permit of the decode budget (a tokio semaphore counts at most 2^61 permits, and
+/// acquires at most 2^32 at once).
+const BUDGET_UNIT: u64 = 64 << 10;
+
+/// Reserves what decoding `bytes` will take from the server's budget, for as long as the
+/// permit lives. Full budget: 503 with `Retry-After`; more than the whole budget: 413.
+fn reserve_decode(
+    st: &AppState,
+    bytes: &[u8],
+    name: &str,
+) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let unprocessable = |e: Error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+    let (w, h, cost) = decode_cost(bytes, name).map_err(unprocessable)?;
+    let pixels = w as u64 * h as u64;
+    if pixels > st.max_pixels {
+        return Err(unprocessable(Error::TooManyPixels {
+            path: name.to_string(),
+            width: w,
+            height: h,
+            pixels,
+            max: st.max_pixels,
+        }));
+    }
+    let units = cost.div_ceil(BUDGET_UNIT).max(1);
+    if units > st.decode_budget_units as u64 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{name}: decoding this {w}x{h} image needs {cost} bytes, over this server's decode budget of {} bytes (resnet serve --max-decode-memory); send a smaller image",
+                st.decode_budget_units as u64 * BUDGET_UNIT
+            ),
+        ));
+    }
+    st.decode_budget
+        .clone()
+        .try_acquire_many_owned(units as u32)
+        .map_err(|_| {
+            st.metrics.rejected();
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy decoding other images (its decode memory budget is full); retry in a moment",
+            )
+        })
 }
 
 /// The `image` parts of a multipart body, as `(file name, bytes)`.

@@ -1,9 +1,11 @@
 //! Training and fine-tuning: the loop, checkpoints, metrics and resume.
 //!
 //! Everything a run writes lives in its folder and is written atomically: `config.json`,
-//! `classes.txt`, `metrics.csv`, `last.safetensors`/`best.safetensors` (torchvision keys),
-//! `optimizer.safetensors` and `state.json`, written last, which marks an epoch complete.
+//! `classes.txt`, `metrics.csv`, the epoch's weights and optimizer state under `checkpoints/`,
+//! and `state.json`, written last, which commits them (see [`checkpoint`]); then
+//! `last.safetensors`/`best.safetensors` (torchvision keys) are pointed at the new weights.
 
+pub mod checkpoint;
 pub mod eval;
 mod optim;
 pub mod plots;
@@ -26,6 +28,7 @@ use crate::error::{io_err, Error, Result};
 use crate::model::{ModelName, ResNet};
 use crate::preprocess::{to_chw, Augment, Transform};
 use crate::weights::{self, write_atomic, FASHION_MNIST_LABELS};
+use checkpoint::{fault_point, CheckpointFiles, Step};
 
 /// Where the data comes from (`--data`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,6 +149,10 @@ pub struct RunState {
     pub epochs_done: usize,
     pub best_top1: f64,
     pub history: Vec<EpochMetrics>,
+    /// The checkpoint this state commits; absent in runs written before checkpoints were
+    /// epoch-stamped (they used `last.safetensors` and `optimizer.safetensors`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<CheckpointFiles>,
 }
 
 /// `PREFIX-images-idx3-ubyte[.gz]` and `PREFIX-labels-idx1-ubyte[.gz]` from an IDX folder
@@ -311,8 +318,18 @@ impl Trainer {
         let s = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
         t.state = serde_json::from_str(&s).map_err(|e| Error::Config(format!("state.json: {e}")))?;
         let name = t.config.model.clone();
-        weights::load_file(&mut t.model, &run_dir.join("last.safetensors"), true, &name)?;
-        t.optimizer.load(&run_dir.join("optimizer.safetensors"), &t.device)?;
+        let (weights_file, optimizer_file) = match &t.state.files {
+            Some(f) => (run_dir.join(&f.weights), run_dir.join(&f.optimizer)),
+            None => (run_dir.join("last.safetensors"), run_dir.join("optimizer.safetensors")),
+        };
+        weights::load_file(&mut t.model, &weights_file, true, &name)?;
+        t.optimizer.load(&optimizer_file, &t.device)?;
+        if let Some(f) = &t.state.files {
+            // Finish what a kill after the commit may have left undone.
+            checkpoint::link(run_dir, &f.weights, "last.safetensors")?;
+            checkpoint::link(run_dir, &f.best, "best.safetensors")?;
+            checkpoint::cleanup(run_dir, f)?;
+        }
         t.apply_freeze();
         // metrics.csv may hold a row of an epoch whose checkpoint never completed.
         write_metrics(run_dir, &t.state.history)?;
@@ -512,22 +529,51 @@ impl Trainer {
         Ok(())
     }
 
+    /// Writes epoch `m.epoch`'s checkpoint in the order [`checkpoint`] describes.
     fn checkpoint(&mut self, m: &EpochMetrics, ev: &Evaluation) -> Result<()> {
-        let dir = &self.run_dir;
-        let sd = weights::state_dict(&mut self.model)?;
-        weights::write_safetensors(&dir.join("last.safetensors"), &sd)?;
-        if m.top1 > self.state.best_top1 || self.state.history.is_empty() {
-            self.state.best_top1 = m.top1;
-            weights::write_safetensors(&dir.join("best.safetensors"), &sd)?;
+        let dir = self.run_dir.clone();
+        let epoch = m.epoch;
+        let stamped = dir.join(checkpoint::DIR);
+        std::fs::create_dir_all(&stamped).map_err(io_err(&stamped))?;
+        let is_best = m.top1 > self.state.best_top1 || self.state.history.is_empty();
+        let mut files = CheckpointFiles::for_epoch(epoch, epoch);
+        if !is_best {
+            files.best = match &self.state.files {
+                Some(f) => f.best.clone(),
+                // A run from before stamped checkpoints keeps its best.safetensors.
+                None => "best.safetensors".into(),
+            };
         }
-        self.optimizer.save(&dir.join("optimizer.safetensors"))?;
-        self.state.history.push(m.clone());
-        self.state.epochs_done = m.epoch;
-        write_metrics(dir, &self.state.history)?;
-        plots::curves(&dir.join("curves.png"), &self.state.history)?;
+        let sd = weights::state_dict(&mut self.model)?;
+        weights::write_safetensors(&dir.join(&files.weights), &sd)?;
+        fault_point(epoch, Step::Weights);
+        self.optimizer.save(&dir.join(&files.optimizer))?;
+        fault_point(epoch, Step::Optimizer);
+
+        let mut state = self.state.clone();
+        if is_best {
+            state.best_top1 = m.top1;
+        }
+        state.history.push(m.clone());
+        state.epochs_done = epoch;
+        state.files = Some(files.clone());
+        write_metrics(&dir, &state.history)?;
+        fault_point(epoch, Step::Metrics);
+        plots::curves(&dir.join("curves.png"), &state.history)?;
+        fault_point(epoch, Step::Curves);
         plots::confusion(&dir.join("confusion.png"), &ev.confusion, &self.val.classes)?;
-        // Last: this marks the epoch complete for --resume.
-        write_json(&dir.join("state.json"), &self.state)
+        fault_point(epoch, Step::Confusion);
+        // The commit: from here on --resume continues after this epoch.
+        write_json(&dir.join("state.json"), &state)?;
+        self.state = state;
+        fault_point(epoch, Step::Commit);
+        checkpoint::link(&dir, &files.weights, "last.safetensors")?;
+        fault_point(epoch, Step::LinkLast);
+        checkpoint::link(&dir, &files.best, "best.safetensors")?;
+        fault_point(epoch, Step::LinkBest);
+        checkpoint::cleanup(&dir, &files)?;
+        fault_point(epoch, Step::Cleanup);
+        Ok(())
     }
 
     /// Loss, top-1/top-5 and the confusion matrix on the validation set.

@@ -38,9 +38,15 @@ pub struct TorchTensor {
 /// `state_dict()` as torch names it: key → tensor, sorted by key.
 pub type StateDict = BTreeMap<String, TorchTensor>;
 
-/// A compressed zip entry may inflate to at most this many times the file's size. torch
-/// stores entries uncompressed; re-zipped float weights compress little.
+/// A compressed zip entry may inflate to at most this many times the file's size (or
+/// [`MIN_INFLATE_CAP`]). torch stores entries uncompressed; re-zipped float weights compress
+/// little, pickles more.
 const MAX_INFLATE: usize = 16;
+const MIN_INFLATE_CAP: usize = 64 << 20;
+
+fn inflate_cap(file_len: usize) -> usize {
+    file_len.saturating_mul(MAX_INFLATE).max(MIN_INFLATE_CAP)
+}
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
     Error::BadWeights {
@@ -161,7 +167,8 @@ impl<'a> WeightsFile<'a> {
         let mut need: BTreeMap<&str, usize> = BTreeMap::new();
         for e in self.entries.iter().filter(|e| wanted(e)) {
             if let Source::Pth { entry, offset, stride } = &e.source {
-                let end = view_end(e.dtype, *offset, &e.shape, stride).map_err(|m| bad(path, format!("`{}`: {m}", e.key)))?;
+                let end =
+                    view_end(e.dtype, *offset, &e.shape, stride).map_err(|m| bad(path, format!("`{}`: {m}", e.key)))?;
                 let n = need.entry(entry.as_str()).or_default();
                 *n = (*n).max(end);
             }
@@ -236,11 +243,11 @@ fn read_entry<'b>(
             .map(Cow::Borrowed)
             .ok_or_else(|| bad(path, format!("{name} runs past the end of the file (truncated file?)")));
     }
-    let cap = bytes.len().saturating_mul(MAX_INFLATE);
+    let cap = inflate_cap(bytes.len());
     if want > cap {
         return Err(bad(
             path,
-            format!("{name} would inflate to {want} bytes, over {MAX_INFLATE}x the file's size; re-save it with torch.save"),
+            format!("{name} would inflate to {want} bytes, over the {cap} allowed for a {}-byte file; re-save it with torch.save", bytes.len()),
         ));
     }
     let mut buf = Vec::new();
@@ -249,7 +256,10 @@ fn read_entry<'b>(
         .read_to_end(&mut buf)
         .map_err(|e| bad(path, format!("cannot read {name}: {e} (truncated file?)")))?;
     if buf.len() != want {
-        return Err(bad(path, format!("{name} ends after {} of {want} bytes (truncated file?)", buf.len())));
+        return Err(bad(
+            path,
+            format!("{name} ends after {} of {want} bytes (truncated file?)", buf.len()),
+        ));
     }
     Ok(Cow::Owned(buf))
 }
@@ -293,7 +303,7 @@ fn index_pth(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>> {
     };
     // Storage sizes, from the zip's directory: checked against the real file below.
     let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
-    let cap = bytes.len().saturating_mul(MAX_INFLATE);
+    let cap = inflate_cap(bytes.len());
     let mut entries = Vec::with_capacity(items.items.len());
     for (k, v) in &items.items {
         let Value::Str(key) = k else {
@@ -463,10 +473,16 @@ fn index_safetensors(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>> {
             .zip(base.checked_add(t))
             .filter(|&(s, t)| s <= t && t <= bytes.len());
         let Some((s, t)) = range else {
-            return Err(bad(path, format!("`{key}`: its data lies outside the file (truncated file?)")));
+            return Err(bad(
+                path,
+                format!("`{key}`: its data lies outside the file (truncated file?)"),
+            ));
         };
         if numel.checked_mul(dtype.size()) != Some(t - s) {
-            return Err(bad(path, format!("`{key}`: {} bytes for shape {:?}", t - s, info.shape)));
+            return Err(bad(
+                path,
+                format!("`{key}`: {} bytes for shape {:?}", t - s, info.shape),
+            ));
         }
         entries.push(Entry {
             key,
@@ -550,7 +566,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename itself reaches the disk only with the folder's entry.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

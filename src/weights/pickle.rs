@@ -607,7 +607,8 @@ pub fn load_with(data: &[u8], limits: Limits) -> Result<Value, PickleError> {
             b'c' => {
                 let module = r.line()?;
                 let name = r.line()?;
-                let g = allowed_global(module, name).ok_or_else(|| PickleError::Forbidden(format!("{module}.{name}")))?;
+                let g =
+                    allowed_global(module, name).ok_or_else(|| PickleError::Forbidden(format!("{module}.{name}")))?;
                 m.push(Value::Global(g))?
             }
             0x93 => {
@@ -616,7 +617,8 @@ pub fn load_with(data: &[u8], limits: Limits) -> Result<Value, PickleError> {
                 let (Value::Str(module), Value::Str(name)) = (module, name) else {
                     return bad("STACK_GLOBAL without strings");
                 };
-                let g = allowed_global(&module, &name).ok_or_else(|| PickleError::Forbidden(format!("{module}.{name}")))?;
+                let g =
+                    allowed_global(&module, &name).ok_or_else(|| PickleError::Forbidden(format!("{module}.{name}")))?;
                 m.push(Value::Global(g))?
             }
             b'R' | 0x81 => {
