@@ -418,3 +418,121 @@ fn the_cli_stops_on_sigterm_after_answering() {
     assert!(exit.success(), "exit {exit:?}: {rest}");
     assert!(rest.contains("stopped"), "{rest}");
 }
+
+/// A `w × h` PNG of a smooth pattern (compresses well, decodes to w·h·3 bytes).
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 13) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A PNG whose header claims `w × h` pixels, with no pixel data behind it.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    let mut p = png(1, 1);
+    // IHDR's width and height sit at bytes 16..24; its CRC follows at 29..33.
+    p[16..20].copy_from_slice(&w.to_be_bytes());
+    p[20..24].copy_from_slice(&h.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&p[12..29]);
+    p[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    p
+}
+
+#[test]
+fn resnet50_answers_hostile_images_and_the_next_request() {
+    let server = Running::start("resnet50", vec![slow_classifier()], ServeConfig::default());
+    let url = server.url("/v1/classify");
+    let strip = |w: u32, h: u32| {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x + y) as u8, 7, 200]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let mut truncated = png(64, 64);
+    truncated.truncate(truncated.len() / 2);
+    let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
+        ("1x60000 strip", strip(1, 60000), &[200]),
+        ("60000x1 strip", strip(60000, 1), &[200]),
+        ("a 100000x100000 header", png_header_only(100_000, 100_000), &[422]),
+        (
+            "a 9000x9000 header, no pixels",
+            png_header_only(9000, 9000),
+            &[413, 422],
+        ),
+        ("a truncated PNG", truncated, &[422]),
+        ("not an image", b"GIF89a but not really".to_vec(), &[415, 422]),
+    ];
+    for (what, body, want) in cases {
+        let (status, _, json) = post(&url, "image/png", &body);
+        assert!(want.contains(&status), "{what}: status {status}, {json}");
+        if status == 200 {
+            assert_eq!(json["predictions"].as_array().map(Vec::len), Some(5), "{what}: {json}");
+        } else {
+            assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {json}");
+        }
+        // The next ordinary request is answered normally.
+        let (status, _, json) = post(&url, "image/png", &std::fs::read(fixture("chelsea.png")).unwrap());
+        assert_eq!(status, 200, "after {what}: {json}");
+    }
+}
+
+#[test]
+fn decoded_images_share_a_memory_budget() {
+    // 48 MB: one 2000x2000 PNG (about 36 MB to decode) at a time.
+    let server = Running::fashion(ServeConfig {
+        max_decode_memory: 48 << 20,
+        ..Default::default()
+    });
+    let url = server.url("/v1/classify");
+    // One that can never fit: 413, whatever else is running.
+    let (status, _, json) = post(&url, "image/png", &png(4000, 4000));
+    assert_eq!(status, 413, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("--max-decode-memory"),
+        "{json}"
+    );
+
+    // Large images from 6 threads while small ones keep being answered.
+    let large = png(2000, 2000);
+    let small = example("0000-ankle-boot.png");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (large_answers, small_answers) = std::thread::scope(|s| {
+        let smalls = s.spawn(|| {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || answers.len() < 5 {
+                answers.push(post(&url, "image/png", &small).0);
+            }
+            answers
+        });
+        let larges = post_at_once(&url, &vec![large.clone(); 6]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (larges, smalls.join().unwrap())
+    });
+    let mut rejected = 0.0;
+    for (status, headers, json) in &large_answers {
+        match status {
+            200 => {}
+            503 => {
+                rejected += 1.0;
+                assert!(headers.contains_key("retry-after"), "503 without Retry-After: {json}");
+                assert!(json["error"].as_str().unwrap().contains("budget"), "{json}");
+            }
+            s => panic!("a large image got {s}: {json}"),
+        }
+    }
+    assert!(
+        large_answers.iter().any(|a| a.0 == 200),
+        "at least one large image fits the budget"
+    );
+    assert!(
+        small_answers.iter().all(|&s| s == 200),
+        "small images: {small_answers:?}"
+    );
+    // Every 503 was counted, and the budget is whole again: a large image fits.
+    let page = get_text(&server.url("/metrics")).1;
+    assert!(metric(&page, "resnet_queue_rejections_total") >= rejected, "{page}");
+    assert_eq!(post(&url, "image/png", &large).0, 200);
+}

@@ -165,11 +165,18 @@ fn train_kill_resume_matches_uninterrupted_run() {
         "classes.txt",
         "best.safetensors",
         "last.safetensors",
-        "optimizer.safetensors",
+        "checkpoints/weights-0003.safetensors",
+        "checkpoints/optimizer-0003.safetensors",
         "state.json",
     ] {
         assert!(full.join(f).is_file(), "{f} missing");
     }
+    // Superseded checkpoints are gone; last.safetensors is the committed epoch's weights.
+    assert!(!full.join("checkpoints/optimizer-0002.safetensors").exists());
+    assert_eq!(
+        std::fs::read(full.join("last.safetensors")).unwrap(),
+        std::fs::read(full.join("checkpoints/weights-0003.safetensors")).unwrap()
+    );
     let row = |i: usize| -> Vec<f64> { want[i].split(',').map(|v| v.parse().unwrap()).collect() };
     assert!(row(3)[2] < row(1)[2], "train loss should fall: {want:?}");
     assert!(row(3)[5] > 0.3, "val top-1 after 3 epochs on 512 images: {want:?}");
@@ -239,6 +246,58 @@ fn train_kill_resume_matches_uninterrupted_run() {
     let out = train_cmd(&data, &full, 3, "0.05").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+}
+
+/// The run's files a resumed run must reproduce: metrics (without times) and the weights.
+fn outcome(run: &Path) -> (Vec<String>, Vec<u8>) {
+    (metrics(run), std::fs::read(run.join("last.safetensors")).unwrap())
+}
+
+#[test]
+fn a_kill_at_every_checkpoint_step_resumes_to_the_same_run() {
+    use resnet::train::checkpoint::STEPS;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fashion_slice(tmp.path(), 128, 64);
+    let cmd = |out: &Path| {
+        let mut c = train_cmd(&data, out, 2, "0.05");
+        c.stderr(Stdio::piped());
+        c
+    };
+    let full = tmp.path().join("full");
+    let out = cmd(&full).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = outcome(&full);
+    assert_eq!(want.0.len(), 3, "{:?}", want.0);
+
+    for step in 1..=STEPS {
+        let run = tmp.path().join(format!("fault-{step}"));
+        // Abort right after this step of epoch 2's checkpoint (epoch 1's is complete).
+        let out = cmd(&run)
+            .env("RESNET_CHECKPOINT_FAULT", format!("2:{step}"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "step {step}: the fault hook did not fire");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("RESNET_CHECKPOINT_FAULT"),
+            "step {step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+            .args(["train", "--resume", run.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "step {step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            outcome(&run) == want,
+            "step {step}: the resumed run differs from the uninterrupted one"
+        );
+        let stamped: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().collect();
+        assert!(stamped.len() <= 3, "step {step}: stale checkpoints left: {stamped:?}");
+    }
 }
 
 #[test]

@@ -69,7 +69,7 @@ impl Metrics {
         registry.register("images_classified", "Images classified", images.clone());
         registry.register(
             "queue_rejections",
-            "Requests refused with 503 because the queue was full",
+            "Requests refused with 503 because the queue or the decode memory budget was full",
             rejected.clone(),
         );
         registry.register("queued_images", "Images admitted and not yet answered", queued.clone());

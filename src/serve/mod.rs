@@ -366,25 +366,8 @@ async fn classify(
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
     let (parts, body) = req.into_parts();
     let body = read_body(body, state.max_body).await?;
-    if body.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "the body is empty: send the image bytes, or multipart/form-data with `image` parts",
-        ));
-    }
-    let images = if is_multipart {
-        read_multipart(Request::from_parts(parts, axum::body::Body::from(body))).await?
-    } else {
-        vec![(q.name.unwrap_or_else(|| "image".into()), body)]
-    };
-    for (name, bytes) in &images {
-        if image::guess_format(bytes).is_err() {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("{name}: not an image; send JPEG, PNG, WebP, BMP, TIFF or GIF"),
-            ));
-        }
-    }
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let images = request_images(is_multipart, content_type, body, q.name).await?;
 
     let n = images.len();
     if n > state.max_queue {
@@ -508,6 +491,63 @@ fn reserve_decode(
                 "the server is busy decoding other images (its decode memory budget is full); retry in a moment",
             )
         })
+}
+
+/// The images of a request body, as `(name, bytes)`: the body itself, or each `image` part of
+/// a multipart body; each must look like an image (415 otherwise).
+async fn request_images(
+    is_multipart: bool,
+    content_type: Option<&str>,
+    body: Bytes,
+    name: Option<String>,
+) -> std::result::Result<Vec<(String, Bytes)>, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body is empty: send the image bytes, or multipart/form-data with `image` parts",
+        ));
+    }
+    let images = if is_multipart {
+        let mut req = Request::new(axum::body::Body::from(body));
+        if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(c).ok()) {
+            req.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        read_multipart(req).await?
+    } else {
+        vec![(name.unwrap_or_else(|| "image".into()), body)]
+    };
+    for (name, bytes) in &images {
+        if image::guess_format(bytes).is_err() {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("{name}: not an image; send JPEG, PNG, WebP, BMP, TIFF or GIF"),
+            ));
+        }
+    }
+    Ok(images)
+}
+
+/// What the handler does with a body before inference, for the fuzzer: split it into images
+/// ([`request_images`]) and read each header ([`decode_cost`]). Returns the HTTP status the
+/// request would get so far.
+#[doc(hidden)]
+pub fn fuzz_request(content_type: &str, body: &[u8]) -> u16 {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return 500;
+    };
+    let multipart = content_type.trim_start().to_ascii_lowercase().starts_with("multipart/");
+    let body = Bytes::copy_from_slice(body);
+    match rt.block_on(request_images(multipart, Some(content_type), body, None)) {
+        Err(e) => e.status.as_u16(),
+        Ok(images) => {
+            for (name, bytes) in &images {
+                if decode_cost(bytes, name).is_err() {
+                    return 422;
+                }
+            }
+            200
+        }
+    }
 }
 
 /// The `image` parts of a multipart body, as `(file name, bytes)`.

@@ -20,6 +20,12 @@ pub use hub::WeightTag;
 use crate::error::{Error, Result};
 use crate::model::{ModelName, ParamVisitor, ResNet, ResNetConfig, Slot};
 
+/// Runs the pickle reader alone on `data`, for the fuzzer: `true` when it accepted it.
+#[doc(hidden)]
+pub fn fuzz_pickle(data: &[u8]) -> bool {
+    pickle::load(data).is_ok()
+}
+
 /// Where a model's weights come from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Weights {
