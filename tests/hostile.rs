@@ -338,9 +338,26 @@ fn extreme_aspect_strips_give_pils_numbers() {
         let pil = image::open(common::fixture(fixture)).unwrap().to_rgb8();
         assert_eq!(ours.dimensions(), (224, 224));
         assert!(ours.as_raw() == pil.as_raw(), "{w}x{h}: differs from PIL's crop");
-        // The same bound holds for a direct resize (--stretch).
+        // The same bound holds for a direct resize (--stretch) and the training augmentations.
         let s = Transform::stretch(224).resize_and_crop(&img);
         assert_eq!(s.dimensions(), (224, 224));
+        let px = resnet::data::Pixels {
+            width: w as usize,
+            height: h as usize,
+            channels: 3,
+            data: img.into_raw(),
+        };
+        for aug in [
+            resnet::preprocess::Augment::imagenet(224),
+            resnet::preprocess::Augment::Cifar { size: 224, pad: 4 },
+        ] {
+            let out = aug.apply(&px, &mut resnet::data::rng::Rng::new(7));
+            assert_eq!(
+                (out.width, out.height, out.data.len()),
+                (224, 224, 224 * 224 * 3),
+                "{aug:?}"
+            );
+        }
     }
 }
 

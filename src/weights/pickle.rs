@@ -355,7 +355,7 @@ impl Machine {
     }
 
     fn pairs(&mut self, items: Vec<Value>) -> Result<Vec<(Value, Value)>, PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return bad("odd number of items for a dict");
         }
         self.charge(items.len() * size_of::<Value>())?;
