@@ -29,6 +29,17 @@ pub fn open_image(path: &Path, max_pixels: u64) -> Result<RgbImage> {
 ///   compositing, and 16-bit samples keep their high byte (as PIL does for 16-bit RGB; PIL
 ///   clips 16-bit grey to 255 instead, which we do not copy).
 pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage> {
+    // A decoder bug must not take the process down with it: the fuzzer found crafted WebP
+    // files that make image-webp 0.2.4 (the newest image 0.25 takes) index out of bounds.
+    std::panic::catch_unwind(|| decode_inner(bytes, name, max_pixels)).unwrap_or_else(|_| {
+        Err(Error::Image {
+            path: name.to_string(),
+            reason: "the decoder failed on this file (corrupt or crafted)".into(),
+        })
+    })
+}
+
+fn decode_inner(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage> {
     let err = |reason: String| Error::Image {
         path: name.to_string(),
         reason,
@@ -74,6 +85,15 @@ pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage> {
 /// bytes is the peak of [`decode`] (the native buffer, a rotated copy for EXIF orientation,
 /// and the RGB result). Servers reserve it before decoding.
 pub fn decode_cost(bytes: &[u8], name: &str) -> Result<(u32, u32, u64)> {
+    std::panic::catch_unwind(|| decode_cost_inner(bytes, name)).unwrap_or_else(|_| {
+        Err(Error::Image {
+            path: name.to_string(),
+            reason: "the decoder failed on this file's header (corrupt or crafted)".into(),
+        })
+    })
+}
+
+fn decode_cost_inner(bytes: &[u8], name: &str) -> Result<(u32, u32, u64)> {
     let err = |reason: String| Error::Image {
         path: name.to_string(),
         reason,
