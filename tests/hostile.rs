@@ -242,6 +242,35 @@ fn views_are_checked_against_their_storage_with_checked_arithmetic() {
 }
 
 #[test]
+fn a_zip64_directory_claiming_ten_million_entries_is_refused() {
+    // A zip64 end record: 10^7 entries at offset 10^9, in a 180-byte file.
+    let mut z = b"PK\x03\x04".to_vec();
+    z.extend([0u8; 60]);
+    let at = z.len() as u64;
+    let n = 10_000_000u64;
+    z.extend(0x0606_4b50u32.to_le_bytes());
+    z.extend(44u64.to_le_bytes());
+    z.extend([45, 0, 45, 0]);
+    z.extend([0u8; 8]);
+    for v in [n, n, 46 * n, 1_000_000_000] {
+        z.extend(v.to_le_bytes());
+    }
+    z.extend(0x0706_4b50u32.to_le_bytes());
+    z.extend(0u32.to_le_bytes());
+    z.extend(at.to_le_bytes());
+    z.extend(1u32.to_le_bytes());
+    z.extend(0x0605_4b50u32.to_le_bytes());
+    z.extend([0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    z.extend([0xff; 8]);
+    z.extend([0, 0]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("zip64.pth");
+    std::fs::write(&p, z).unwrap();
+    let e = resnet::weights::read_state_dict(&p).unwrap_err();
+    assert!(e.to_string().contains("corrupt zip archive"), "{e}");
+}
+
+#[test]
 fn a_state_dict_read_for_a_model_reads_only_what_fits_it() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("extra.pth");

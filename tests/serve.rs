@@ -483,17 +483,14 @@ fn resnet50_answers_hostile_images_and_the_next_request() {
 fn decoded_images_share_a_memory_budget() {
     // 48 MB: one 2000x2000 PNG (about 36 MB to decode) at a time.
     let server = Running::fashion(ServeConfig {
-        max_decode_memory: 48 << 20,
+        max_image_memory: 48 << 20,
         ..Default::default()
     });
     let url = server.url("/v1/classify");
     // One that can never fit: 413, whatever else is running.
     let (status, _, json) = post(&url, "image/png", &png(4000, 4000));
     assert_eq!(status, 413, "{json}");
-    assert!(
-        json["error"].as_str().unwrap().contains("--max-decode-memory"),
-        "{json}"
-    );
+    assert!(json["error"].as_str().unwrap().contains("--max-image-memory"), "{json}");
 
     // Large images from 6 threads while small ones keep being answered.
     let large = png(2000, 2000);
@@ -535,4 +532,20 @@ fn decoded_images_share_a_memory_budget() {
     let page = get_text(&server.url("/metrics")).1;
     assert!(metric(&page, "resnet_queue_rejections_total") >= rejected, "{page}");
     assert_eq!(post(&url, "image/png", &large).0, 200);
+}
+
+#[test]
+fn request_bodies_count_against_the_image_budget() {
+    let server = Running::fashion(ServeConfig {
+        max_image_memory: 1 << 20,
+        ..Default::default()
+    });
+    let url = server.url("/v1/classify");
+    // Under --max-body (20 MB) but over the whole budget: 413 while it is read.
+    let (status, _, json) = post(&url, "image/png", &vec![7u8; 3 << 20]);
+    assert_eq!(status, 413, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("--max-image-memory"), "{json}");
+    // The budget is released: a small image is answered.
+    let (status, _, json) = post(&url, "image/png", &example("0000-ankle-boot.png"));
+    assert_eq!(status, 200, "{json}");
 }

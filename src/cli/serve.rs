@@ -25,10 +25,11 @@ pub struct ServeArgs {
     /// Largest image in pixels, read from its header before decoding (422 above it).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
-    /// Memory that decoded images in flight may take in all: an image reserves what its
-    /// header says decoding costs; when full, 503 with Retry-After; an image over it, 413.
+    /// Memory that images in flight may take in all: request bodies as they arrive, and what
+    /// each image's header says decoding costs; when full, 503 with Retry-After; an image
+    /// over it alone, 413.
     #[arg(long, default_value = "2GiB")]
-    max_decode_memory: bytesize::ByteSize,
+    max_image_memory: bytesize::ByteSize,
     /// Inference workers, each with its own copy of the model and threads/N threads.
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -79,7 +80,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_batch: a.max_batch.max(1),
         batch_window: Duration::from_millis(a.batch_window_ms),
         max_queue: a.max_queue,
-        max_decode_memory: a.max_decode_memory.as_u64(),
+        max_image_memory: a.max_image_memory.as_u64(),
         ..Default::default()
     };
     let server = Server::bind(&a.model.model, classifiers, &cfg)?;

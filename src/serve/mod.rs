@@ -11,9 +11,11 @@
 //! Requests are decoded on tokio's blocking pool, then queued image by image for the
 //! inference threads of [`batcher`], which run concurrent images as one batch. At most
 //! `max_queue` images are admitted at once; beyond that the answer is 503 with `Retry-After`.
-//! Decoded images in flight share one memory budget (`max_decode_memory`): each image reserves
-//! what its header says decoding will cost before it is decoded; when the budget is full the
-//! answer is 503 with `Retry-After`, and an image that could never fit gets 413.
+//! Images in flight share one memory budget (`max_image_memory`): a request's body reserves its
+//! bytes as they arrive, and each image reserves what its header says decoding will cost
+//! before it is decoded; when the budget is full the answer is 503 with `Retry-After`, and an
+//! image that could never fit gets 413. So no number of concurrent requests can make the
+//! server hold more than the budget in bodies and pixels.
 //! Every error is JSON: `{"error": "…"}`.
 
 mod batcher;
@@ -59,13 +61,13 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Threads of the async runtime (I/O only; inference has its own threads).
     pub io_threads: usize,
-    /// Bytes that decoded images in flight may take in all (503 when full, 413 for an image
-    /// that alone needs more).
-    pub max_decode_memory: u64,
+    /// Bytes that request bodies and decoded images in flight may take in all (503 when full,
+    /// 413 for an image that alone needs more).
+    pub max_image_memory: u64,
 }
 
-/// The default decode budget: 2 GiB, room for a few photos at PIL's pixel limit at once.
-pub const DEFAULT_MAX_DECODE_MEMORY: u64 = 2 << 30;
+/// The default image budget: 2 GiB, room for a few photos at PIL's pixel limit at once.
+pub const DEFAULT_MAX_IMAGE_MEMORY: u64 = 2 << 30;
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -77,7 +79,7 @@ impl Default for ServeConfig {
             batch_window: Duration::from_millis(2),
             max_queue: 256,
             io_threads: 2,
-            max_decode_memory: DEFAULT_MAX_DECODE_MEMORY,
+            max_image_memory: DEFAULT_MAX_IMAGE_MEMORY,
         }
     }
 }
@@ -122,9 +124,9 @@ struct AppState {
     /// One permit per core: a decoded image may take hundreds of MB (up to `max_pixels`), so
     /// admitted requests decode a few at a time rather than all at once.
     decoders: Arc<Semaphore>,
-    /// The decode budget, one permit per [`BUDGET_UNIT`] bytes.
-    decode_budget: Arc<Semaphore>,
-    decode_budget_units: u32,
+    /// The image budget (bodies and decoded pixels), one permit per [`BUDGET_UNIT`] bytes.
+    image_budget: Arc<Semaphore>,
+    image_budget_units: u32,
     batcher: Batcher,
     metrics: Arc<Metrics>,
 }
@@ -162,7 +164,7 @@ impl Server {
                     cfg.addr
                 ))
             })?;
-        let budget_units = u32::try_from(cfg.max_decode_memory.div_ceil(BUDGET_UNIT))
+        let budget_units = u32::try_from(cfg.max_image_memory.div_ceil(BUDGET_UNIT))
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32);
         let metrics = Arc::new(Metrics::new());
@@ -180,8 +182,8 @@ impl Server {
                 decoders: Arc::new(Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
-                decode_budget: Arc::new(Semaphore::new(budget_units as usize)),
-                decode_budget_units: budget_units,
+                image_budget: Arc::new(Semaphore::new(budget_units as usize)),
+                image_budget_units: budget_units,
                 batcher,
                 metrics,
             }),
@@ -365,7 +367,7 @@ async fn classify(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
     let (parts, body) = req.into_parts();
-    let body = read_body(body, state.max_body).await?;
+    let (body, _body_reserved) = read_body(body, state.max_body, &state).await?;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let images = request_images(is_multipart, content_type, body, q.name).await?;
 
@@ -472,23 +474,23 @@ fn reserve_decode(
         }));
     }
     let units = cost.div_ceil(BUDGET_UNIT).max(1);
-    if units > st.decode_budget_units as u64 {
+    if units > st.image_budget_units as u64 {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "{name}: decoding this {w}x{h} image needs {cost} bytes, over this server's decode budget of {} bytes (resnet serve --max-decode-memory); send a smaller image",
-                st.decode_budget_units as u64 * BUDGET_UNIT
+                "{name}: decoding this {w}x{h} image needs {cost} bytes, over this server's decode budget of {} bytes (resnet serve --max-image-memory); send a smaller image",
+                st.image_budget_units as u64 * BUDGET_UNIT
             ),
         ));
     }
-    st.decode_budget
+    st.image_budget
         .clone()
         .try_acquire_many_owned(units as u32)
         .map_err(|_| {
             st.metrics.rejected();
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the server is busy decoding other images (its decode memory budget is full); retry in a moment",
+                "the server is busy decoding other images (its image memory budget is full); retry in a moment",
             )
         })
 }
@@ -594,7 +596,12 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 const DRAIN_LIMIT: usize = 64 << 20;
 
 /// The whole body, up to `limit` bytes; over it, a 413 after draining at most [`DRAIN_LIMIT`].
-async fn read_body(mut body: axum::body::Body, limit: usize) -> std::result::Result<Bytes, ApiError> {
+/// The bytes kept are reserved from the image budget as they arrive (503 when it is full).
+async fn read_body(
+    mut body: axum::body::Body,
+    limit: usize,
+    st: &AppState,
+) -> std::result::Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
     use http_body_util::BodyExt;
     let unreadable = |e: axum::Error| {
         ApiError::new(
@@ -604,15 +611,37 @@ async fn read_body(mut body: axum::body::Body, limit: usize) -> std::result::Res
     };
     let mut buf = Vec::new();
     let mut total = 0usize;
+    let mut reserved: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut units = 0u64;
+    let budget = st.image_budget_units as u64;
+    let (mut over_budget, mut busy) = (false, false);
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(unreadable)?.into_data() else {
             continue;
         };
         total = total.saturating_add(data.len());
-        if total <= limit {
+        let want = (total as u64).div_ceil(BUDGET_UNIT);
+        over_budget |= want > budget;
+        if total <= limit && !over_budget && !busy && want > units {
+            let more = u32::try_from(want - units).unwrap_or(u32::MAX);
+            match st.image_budget.clone().try_acquire_many_owned(more) {
+                Ok(p) => match reserved.as_mut() {
+                    Some(r) => r.merge(p),
+                    None => reserved = Some(p),
+                },
+                Err(_) => busy = true,
+            }
+            units = want;
+        }
+        if total <= limit && !over_budget && !busy {
             buf.extend_from_slice(&data);
-        } else if total > limit.saturating_add(DRAIN_LIMIT) {
-            break;
+        } else {
+            // Refused: drop what was kept, read on (not kept) so the client sees the answer.
+            buf = Vec::new();
+            reserved = None;
+            if total > limit.saturating_add(DRAIN_LIMIT) {
+                break;
+            }
         }
     }
     if total > limit {
@@ -621,7 +650,23 @@ async fn read_body(mut body: axum::body::Body, limit: usize) -> std::result::Res
             format!("the request body is over this server's limit of {limit} bytes (resnet serve --max-body); send a smaller image"),
         ));
     }
-    Ok(Bytes::from(buf))
+    if over_budget {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is over this server's image memory budget of {} bytes (resnet serve --max-image-memory); send a smaller image",
+                budget * BUDGET_UNIT
+            ),
+        ));
+    }
+    if busy {
+        st.metrics.rejected();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is busy (its image memory budget is full); retry in a moment",
+        ));
+    }
+    Ok((Bytes::from(buf), reserved))
 }
 
 /// A request's images, admitted: their queue permits, counted in the `queued_images` gauge
