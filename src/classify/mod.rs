@@ -124,10 +124,7 @@ impl Default for ClassifierOptions<'_> {
 /// # Ok::<(), resnet::Error>(())
 /// ```
 pub struct Classifier {
-    /// The burn model: the reference path, and the one GPU backends run.
-    model: Option<ResNet>,
-    /// The fast CPU engine, used instead of `model` on the CPU backend.
-    engine: Option<Engine>,
+    runner: Runner,
     name: ModelName,
     weights: Weights,
     transform: Transform,
@@ -160,12 +157,12 @@ impl Classifier {
         };
         // The engine needs every weight; a non-strict load with gaps stays on the burn model.
         let complete = weights::check_keys(&mut model, &sd, opts.strict, &label)?.is_exact();
-        let (model, engine) = if opts.engine && on_cpu(&opts.device) && complete {
+        let runner = if opts.engine && on_cpu(&opts.device) && complete {
             drop(model);
-            (None, Some(Engine::new(&config, &sd, opts.threads)?))
+            Runner::Engine(Engine::new(&config, &sd, opts.threads)?)
         } else {
             weights::load_into(&mut model, sd, opts.strict, &label)?;
-            (Some(model), None)
+            Runner::Burn(model)
         };
         let meta = weights_meta(name, &weights)?;
         let mut transform = meta
@@ -189,8 +186,7 @@ impl Classifier {
             None => default_labels(&config),
         };
         Ok(Classifier {
-            model,
-            engine,
+            runner,
             name,
             weights,
             transform,
@@ -208,17 +204,22 @@ impl Classifier {
 
     /// The burn model, when the classifier runs on it (GPU backends, or `engine: false`).
     pub fn model(&self) -> Option<&ResNet> {
-        self.model.as_ref()
+        match &self.runner {
+            Runner::Burn(m) => Some(m),
+            Runner::Engine(_) => None,
+        }
     }
     /// The fast CPU engine, when the classifier runs on it (the default on CPU).
     pub fn engine(&self) -> Option<&Engine> {
-        self.engine.as_ref()
+        match &self.runner {
+            Runner::Engine(e) => Some(e),
+            Runner::Burn(_) => None,
+        }
     }
     pub fn config(&self) -> &ResNetConfig {
-        match (&self.engine, &self.model) {
-            (Some(e), _) => e.config(),
-            (None, Some(m)) => &m.config,
-            (None, None) => unreachable!("a classifier has a model or an engine"),
+        match &self.runner {
+            Runner::Engine(e) => e.config(),
+            Runner::Burn(m) => &m.config,
         }
     }
     pub fn name(&self) -> ModelName {
@@ -263,12 +264,19 @@ impl Classifier {
             return Ok(Vec::new());
         }
         let (x, dims) = self.transform.batch_values(imgs);
-        match (&self.engine, &self.model) {
-            (Some(e), _) => Ok(split_rows(e.forward_features(&x, dims)?, e.config().feature_dim())),
-            (None, Some(m)) => rows(m.forward_features(Tensor::from_data(TensorData::new(x, dims), &self.device))?),
-            (None, None) => unreachable!("a classifier has a model or an engine"),
+        match &self.runner {
+            Runner::Engine(e) => Ok(split_rows(e.forward_features(&x, dims)?, e.config().feature_dim())),
+            Runner::Burn(m) => rows(m.forward_features(Tensor::from_data(TensorData::new(x, dims), &self.device))?),
         }
     }
+}
+
+/// What runs a classifier's forward passes.
+enum Runner {
+    /// The fast CPU engine (the default on the CPU backend).
+    Engine(Engine),
+    /// The burn model: the reference path, and the one GPU backends run.
+    Burn(ResNet),
 }
 
 /// Logits from already-preprocessed NCHW values.
@@ -278,10 +286,9 @@ pub trait Logits {
 
 impl Logits for Classifier {
     fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>> {
-        match (&self.engine, &self.model) {
-            (Some(e), _) => e.logits_nchw(x, dims),
-            (None, Some(m)) => m.logits_nchw(x, dims),
-            (None, None) => unreachable!("a classifier has a model or an engine"),
+        match &self.runner {
+            Runner::Engine(e) => e.logits_nchw(x, dims),
+            Runner::Burn(m) => m.logits_nchw(x, dims),
         }
     }
 }
