@@ -4,6 +4,9 @@
 //! image bytes → [`preprocess`] → [`model`] (burn) → [`classify`] → predictions;
 //! weight files and tags go through [`weights`] into the model and back out.
 
+// Every unsafe block says why it is sound.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod classify;
 pub mod data;
 pub mod engine;

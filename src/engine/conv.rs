@@ -137,8 +137,22 @@ thread_local! {
 /// Raw pointers shared across the worker threads; every task writes disjoint rows/columns.
 #[derive(Clone, Copy)]
 pub(super) struct Ptr<T>(pub(super) T);
-unsafe impl<T> Send for Ptr<T> {}
-unsafe impl<T> Sync for Ptr<T> {}
+
+/// The pointer types [`Ptr`] may carry: plain f32 buffers and optional ones, nothing with
+/// its own ownership or interior mutability.
+pub(super) trait RawF32: Copy {}
+impl RawF32 for *const f32 {}
+impl RawF32 for *mut f32 {}
+impl RawF32 for Option<*const f32> {}
+
+// SAFETY: a `Ptr` only carries an address into an f32 buffer that outlives the parallel
+// section using it (the pool's scope ends before the buffer is dropped or resized), and the
+// conv partition gives every task disjoint rows or columns to write; reads of shared input
+// rows never race with writes, because a layer's input and output are different buffers or,
+// for in-place residuals, each element is read by the task that then writes it.
+unsafe impl<T: RawF32> Send for Ptr<T> {}
+// SAFETY: as for `Send`: shared `&Ptr` only hands out copies of the address.
+unsafe impl<T: RawF32> Sync for Ptr<T> {}
 
 impl<T: Copy> Ptr<T> {
     /// Through a method, so closures capture the whole `Ptr` (Send + Sync), not its field.
@@ -360,6 +374,7 @@ impl Conv {
         let with_a = |b: usize, f: &mut dyn FnMut(*const f32, usize)| {
             let (r0, r1) = block_rows(b);
             if direct {
+                // SAFETY: rows r0..r1 of `x` hold `cin` floats each (direct 1x1: x is the input).
                 return f(unsafe { xp.get().add(r0 * cin) }, cin);
             }
             PATCHES.with(|buf| {
@@ -374,6 +389,7 @@ impl Conv {
         };
         let epilogue = |g: usize, r0: usize| Epilogue {
             bias: &self.bias[g * cout_g..(g + 1) * cout_g],
+            // SAFETY: the residual has the output's shape; row r0, group g's columns are inside it.
             residual: rp.get().map(|r| (unsafe { r.add(r0 * cout + g * cout_g) }, cout)),
             relu,
         };
@@ -402,6 +418,7 @@ impl Conv {
             if direct {
                 // SAFETY: rows r0..r1 of `x` hold `cin` floats each.
                 let a = unsafe { xp.get().add(r0 * cin) };
+                // SAFETY: `a` has r1 - r0 rows of `cin` floats; `dst` holds their packed tiles.
                 return unsafe { kernel::pack_a_rows_tiles(r1 - r0, a, cin, kk, dst, tiles) };
             }
             with_a(b, &mut |a, lda| {
@@ -455,12 +472,14 @@ impl Conv {
             if p.is_empty() {
                 return;
             }
+            // SAFETY: row r0, group g's first column lies inside the output (n·h·w × cout).
             let out = |g: usize| unsafe { op.get().add(r0 * cout + g * cout_g) };
             // SAFETY (all three): rows r0..r1 and panels `p` of each group's columns belong to
             // this task alone.
             let run_packed = |a: &[f32]| {
                 for (g, w) in self.weights.iter().enumerate() {
                     let pa = &a[g * per_group..g * per_group + kernel::packed_len(r1 - r0, kk)];
+                    // SAFETY: see above: rows r0..r1, panels `p`, this task's alone.
                     unsafe { kernel::gemm_packed(r1 - r0, pa, w, out(g), cout, epilogue(g, r0), p.clone()) }
                 }
             };
@@ -479,6 +498,7 @@ impl Conv {
             } else {
                 with_a(b, &mut |a, lda| {
                     for (g, w) in self.weights.iter().enumerate() {
+                        // SAFETY: see above; `a` has r1 - r0 rows `lda` apart holding group g's k.
                         unsafe {
                             kernel::gemm(r1 - r0, a.add(g * kk), lda, w, out(g), cout, epilogue(g, r0), p.clone())
                         }
