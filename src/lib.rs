@@ -7,6 +7,7 @@
 // Every unsafe block says why it is sound.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod base;
 pub mod classify;
 pub mod data;
 pub mod engine;

@@ -13,7 +13,8 @@ pub use annotate::annotate;
 
 use crate::engine::Engine;
 use crate::error::{io_err, Error, Result};
-use crate::model::{ModelName, ResNet, ResNetConfig, Stem};
+pub use crate::model::{rows, Logits};
+use crate::model::{split_rows, ModelName, ResNet, ResNetConfig, Stem};
 use crate::preprocess::{open_image, Resize, Transform, DEFAULT_MAX_PIXELS};
 use crate::weights::{self, hub, Weights};
 
@@ -25,19 +26,7 @@ pub fn imagenet_labels() -> Vec<String> {
         .collect()
 }
 
-/// CIFAR-10 class names.
-pub const CIFAR10_LABELS: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub use crate::base::CIFAR10_LABELS;
 
 /// Reads one class name per line (blank trailing lines ignored).
 pub fn read_labels(path: &Path) -> Result<Vec<String>> {
@@ -279,11 +268,6 @@ enum Runner {
     Burn(ResNet),
 }
 
-/// Logits from already-preprocessed NCHW values.
-pub trait Logits {
-    fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>>;
-}
-
 impl Logits for Classifier {
     fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>> {
         match &self.runner {
@@ -291,24 +275,6 @@ impl Logits for Classifier {
             Runner::Burn(m) => m.logits_nchw(x, dims),
         }
     }
-}
-
-impl Logits for Engine {
-    fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>> {
-        Ok(split_rows(self.forward(&x, dims)?, self.config().num_classes))
-    }
-}
-
-/// On the model's own device (a GPU backend's too).
-impl Logits for ResNet {
-    fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>> {
-        let dev = self.conv1.weight.val().device();
-        rows(self.forward(Tensor::from_data(TensorData::new(x, dims), &dev))?)
-    }
-}
-
-fn split_rows(v: Vec<f32>, k: usize) -> Vec<Vec<f32>> {
-    v.chunks(k.max(1)).map(<[f32]>::to_vec).collect()
 }
 
 /// Whether `dev` is burn's CPU backend, where the fast engine replaces it.
@@ -322,17 +288,6 @@ fn on_cpu(dev: &Device) -> bool {
         let _ = dev;
         false
     }
-}
-
-/// A `[N, K]` tensor as N rows.
-pub fn rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {
-    let [_, k] = t.dims();
-    let v = t
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::Backend(format!("{e:?}")))?;
-    Ok(v.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 fn default_transform(config: &ResNetConfig, resize: usize) -> Transform {

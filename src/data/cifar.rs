@@ -42,7 +42,7 @@ pub fn read_cifar(dir: &Path, train: bool) -> Result<Dataset> {
     let classes = if is100 {
         (0..100).map(|i| i.to_string()).collect()
     } else {
-        crate::classify::CIFAR10_LABELS.iter().map(|s| s.to_string()).collect()
+        crate::base::CIFAR10_LABELS.iter().map(|s| s.to_string()).collect()
     };
     let n = labels.len();
     Ok(Dataset {

@@ -8,7 +8,7 @@ mod cifar;
 mod folder;
 mod idx;
 mod loader;
-pub mod rng;
+pub use crate::base::{rng, Pixels};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,15 +20,6 @@ pub use loader::{epoch_order, Batch, Loader, Prepare};
 
 use crate::error::{Error, Result};
 use crate::preprocess::{open_image, DEFAULT_MAX_PIXELS};
-
-/// 8-bit pixels, height × width × channels (1 for grey, 3 for RGB).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Pixels {
-    pub width: usize,
-    pub height: usize,
-    pub channels: usize,
-    pub data: Vec<u8>,
-}
 
 /// Where the samples live.
 #[derive(Clone, Debug)]

@@ -15,6 +15,8 @@ use rayon::prelude::*;
 use super::aligned::AlignedVec;
 use super::kernel::{self, Epilogue, Kernel, PackedB};
 #[cfg(target_arch = "x86_64")]
+use super::types::Ptr;
+pub use super::types::{Residual, Shape};
 use super::winograd::Winograd;
 
 /// A conv's geometry, as `nn.Conv2d` takes it (padding is `dilation · (k - 1) / 2`).
@@ -59,29 +61,6 @@ impl ConvSpec {
     }
 }
 
-/// What a conv adds to its output before the ReLU.
-#[derive(Clone, Copy)]
-pub enum Residual<'a> {
-    None,
-    /// A tensor of the output's shape.
-    From(&'a [f32]),
-    /// What the output buffer holds when the conv starts: a block's input, overwritten in place
-    /// (see [`Conv::adds_in_place`]). Each output value is read once and then written where it
-    /// lay, so the store finds its line already in cache instead of fetching a cold one.
-    InOut,
-}
-
-impl Residual<'_> {
-    /// The residual's first float, given the output's.
-    pub(super) fn ptr(self, out: *mut f32) -> Option<*const f32> {
-        match self {
-            Residual::None => None,
-            Residual::From(r) => Some(r.as_ptr()),
-            Residual::InOut => Some(out.cast_const()),
-        }
-    }
-}
-
 /// A BatchNorm's `(weight, bias, running_mean, running_var)`.
 pub type BnStats<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32]);
 
@@ -100,27 +79,6 @@ pub struct Conv {
     wide_winograd: Option<std::sync::OnceLock<Winograd>>,
 }
 
-/// An NHWC activation's shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shape {
-    pub n: usize,
-    pub h: usize,
-    pub w: usize,
-    pub c: usize,
-}
-
-impl Shape {
-    pub fn len(&self) -> usize {
-        self.n * self.h * self.w * self.c
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    pub fn pixels(&self) -> usize {
-        self.n * self.h * self.w
-    }
-}
-
 /// `RESNET_PROFILE=1` prints each conv's time and GFLOP/s to stderr (read once).
 pub(super) fn profiling() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -132,33 +90,6 @@ thread_local! {
     static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Each thread's packed A for one pixel block (when its tasks do not share one).
     static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Raw pointers shared across the worker threads; every task writes disjoint rows/columns.
-#[derive(Clone, Copy)]
-pub(super) struct Ptr<T>(pub(super) T);
-
-/// The pointer types [`Ptr`] may carry: plain f32 buffers and optional ones, nothing with
-/// its own ownership or interior mutability.
-pub(super) trait RawF32: Copy {}
-impl RawF32 for *const f32 {}
-impl RawF32 for *mut f32 {}
-impl RawF32 for Option<*const f32> {}
-
-// SAFETY: a `Ptr` only carries an address into an f32 buffer that outlives the parallel
-// section using it (the pool's scope ends before the buffer is dropped or resized), and the
-// conv partition gives every task disjoint rows or columns to write; reads of shared input
-// rows never race with writes, because a layer's input and output are different buffers or,
-// for in-place residuals, each element is read by the task that then writes it.
-unsafe impl<T: RawF32> Send for Ptr<T> {}
-// SAFETY: as for `Send`: shared `&Ptr` only hands out copies of the address.
-unsafe impl<T: RawF32> Sync for Ptr<T> {}
-
-impl<T: Copy> Ptr<T> {
-    /// Through a method, so closures capture the whole `Ptr` (Send + Sync), not its field.
-    pub(super) fn get(self) -> T {
-        self.0
-    }
 }
 
 impl Conv {
@@ -827,5 +758,58 @@ mod tests {
             c: 512,
         };
         assert_eq!(deep.adds_in_place(xs), !Kernel::Auto.avx512());
+    }
+}
+
+/// Winograd against the direct conv: here, so the Winograd file never imports this one.
+#[cfg(all(test, target_arch = "x86_64"))]
+mod winograd_tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 2654435761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    /// One stride-1 3×3 conv through Winograd against the direct GEMM (the portable kernel), on
+    /// ragged sizes, with bias, residual and ReLU: both the per-block and the per-position
+    /// schedules, and the wide convs' lazily built transform.
+    #[test]
+    fn winograd_equals_the_direct_conv() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for (cin, cout, n, h, w) in [
+            (16, 32, 1, 9, 13),
+            (64, 64, 2, 17, 10),
+            (128, 128, 1, 28, 28),
+            (256, 256, 3, 7, 7),
+            (512, 512, 4, 7, 7),
+            // 480 tiles: two parts of the batch.
+            (512, 512, 120, 7, 7),
+        ] {
+            let spec = ConvSpec::new(cin, cout, 3, 1);
+            let weight = values(cout * cin * 9, 1).iter().map(|v| v * 0.05).collect::<Vec<_>>();
+            let bias = values(cout, 2);
+            let direct = Conv::fold(&weight, spec, None, Some(&bias), Kernel::Portable);
+            let fast = Conv::fold(&weight, spec, None, Some(&bias), Kernel::Auto);
+            let xs = Shape { n, h, w, c: cin };
+            let x = values(xs.len(), 3);
+            let res = values(n * h * w * cout, 4);
+            let [want, got] = [&direct, &fast].map(|conv| {
+                let mut out = vec![0f32; res.len()];
+                let mut scratch = AlignedVec::default();
+                conv.run(&x, xs, &mut out, Residual::From(&res), true, &pool, &mut scratch);
+                out
+            });
+            let err: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+            let rel = (err / norm).sqrt();
+            assert!(rel < 1e-5, "{cin}→{cout} on {n}×{h}×{w}: relative L2 {rel:e}");
+            assert_eq!(
+                fast.uses_winograd(xs),
+                Kernel::Auto.avx512(),
+                "{cin}→{cout} on {n}×{h}×{w}: Winograd runs exactly when AVX-512 does"
+            );
+        }
     }
 }

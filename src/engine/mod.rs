@@ -9,6 +9,7 @@
 mod aligned;
 mod conv;
 mod kernel;
+mod types;
 #[cfg(target_arch = "x86_64")]
 mod winograd;
 
@@ -18,12 +19,12 @@ use aligned::AlignedVec;
 
 use rayon::prelude::*;
 
-pub use conv::Shape;
 use conv::{global_avg_pool, max_pool_3x3s2, zero_pad_shortcut, Conv, ConvSpec, Residual};
 pub use kernel::Kernel;
+pub use types::Shape;
 
 use crate::error::{Error, Result};
-use crate::model::{BlockKind, ResNetConfig, ShortcutPlan, Stem};
+use crate::model::{split_rows, BlockKind, Logits, ResNetConfig, ShortcutPlan, Stem};
 use crate::weights::{StateDict, Values};
 
 enum Shortcut {
@@ -386,5 +387,11 @@ impl Engine {
             )));
         }
         Ok([max_act, max_t, max_sc])
+    }
+}
+
+impl Logits for Engine {
+    fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>> {
+        Ok(split_rows(self.forward(&x, dims)?, self.config().num_classes))
     }
 }

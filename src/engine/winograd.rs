@@ -15,8 +15,8 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::aligned::AlignedVec;
-use super::conv::{Ptr, Residual, Shape};
 use super::kernel::{self, Epilogue, Kernel, PackedB};
+use super::types::{Ptr, Residual, Shape};
 
 /// Output pixels per tile side, and input pixels per tile side.
 const OUT: usize = 4;
@@ -352,59 +352,6 @@ unsafe fn output_transform(
                     _mm512_storeu_ps(out.add(at), o);
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::conv::{Conv, ConvSpec};
-    use super::*;
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 2654435761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
-
-    /// One stride-1 3×3 conv through Winograd against the direct GEMM (the portable kernel), on
-    /// ragged sizes, with bias, residual and ReLU: both the per-block and the per-position
-    /// schedules, and the wide convs' lazily built transform.
-    #[test]
-    fn winograd_equals_the_direct_conv() {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        for (cin, cout, n, h, w) in [
-            (16, 32, 1, 9, 13),
-            (64, 64, 2, 17, 10),
-            (128, 128, 1, 28, 28),
-            (256, 256, 3, 7, 7),
-            (512, 512, 4, 7, 7),
-            // 480 tiles: two parts of the batch.
-            (512, 512, 120, 7, 7),
-        ] {
-            let spec = ConvSpec::new(cin, cout, 3, 1);
-            let weight = values(cout * cin * 9, 1).iter().map(|v| v * 0.05).collect::<Vec<_>>();
-            let bias = values(cout, 2);
-            let direct = Conv::fold(&weight, spec, None, Some(&bias), Kernel::Portable);
-            let fast = Conv::fold(&weight, spec, None, Some(&bias), Kernel::Auto);
-            let xs = Shape { n, h, w, c: cin };
-            let x = values(xs.len(), 3);
-            let res = values(n * h * w * cout, 4);
-            let [want, got] = [&direct, &fast].map(|conv| {
-                let mut out = vec![0f32; res.len()];
-                let mut scratch = AlignedVec::default();
-                conv.run(&x, xs, &mut out, Residual::From(&res), true, &pool, &mut scratch);
-                out
-            });
-            let err: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-            let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-            let rel = (err / norm).sqrt();
-            assert!(rel < 1e-5, "{cin}→{cout} on {n}×{h}×{w}: relative L2 {rel:e}");
-            assert_eq!(
-                fast.uses_winograd(xs),
-                Kernel::Auto.avx512(),
-                "{cin}→{cout} on {n}×{h}×{w}: Winograd runs exactly when AVX-512 does"
-            );
         }
     }
 }

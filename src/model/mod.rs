@@ -7,10 +7,12 @@
 
 mod config;
 mod flops;
+mod logits;
 mod params;
 mod resnet;
 
 pub use config::{BlockKind, BlockPlan, ModelName, ResNetConfig, Shortcut, ShortcutPlan, Stem};
 pub use flops::Complexity;
+pub use logits::{rows, split_rows, Logits};
 pub use params::{ParamVisitor, Slot};
 pub use resnet::{Block, Downsample, ResNet};

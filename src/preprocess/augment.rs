@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::resize::resize_u8;
-use crate::data::rng::Rng;
-use crate::data::Pixels;
+use crate::base::rng::Rng;
+use crate::base::Pixels;
 
 /// A training-time augmentation.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use burn::prelude::*;
 use serde::Serialize;
 
-use crate::classify::Logits;
 use crate::data::{self, Batch, Dataset, Loader, Pixels, Prepare};
 use crate::error::Result;
+use crate::model::Logits;
 use crate::preprocess::{to_chw, Transform};
 
 /// Evaluation results.
