@@ -1,4 +1,6 @@
 //! The library's one error type. Every message says what to do next.
+//!
+//! Layering: may import nothing from the crate; see the README's module order.
 
 use std::path::PathBuf;
 

@@ -1,4 +1,6 @@
 //! The `Classifier`: model + weights + transform + labels → top-k predictions.
+//!
+//! Layering: may import `engine`, `model`, `preprocess`, `train` (a run folder's metadata), `weights`, `base`, `error`; see the README's module order.
 
 mod annotate;
 

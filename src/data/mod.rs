@@ -3,6 +3,8 @@
 //!
 //! Every dataset is a list of labels plus a way to fetch sample `i` as 8-bit pixels;
 //! decoding happens lazily, on the loader's worker threads.
+//!
+//! Layering: may import `base`, `preprocess`, `error`; see the README's module order.
 
 mod cifar;
 mod folder;

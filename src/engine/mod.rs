@@ -5,6 +5,8 @@
 //! store. Activations stay channels-last end to end (one NCHW→NHWC copy of the input), and the
 //! buffers are planned per input shape and reused across calls. The burn model
 //! ([`crate::model::ResNet`]) remains the reference, for training and for GPU backends.
+//!
+//! Layering: may import `model`, `weights`, `error`; see the README's module order.
 
 mod aligned;
 mod conv;

@@ -4,6 +4,8 @@
 //! (arXiv:1512.03385). A block computes `relu(F(x) + shortcut(x))`; the zoo covers
 //! torchvision's ImageNet models (v1.5: stride on the 3×3 conv), ResNeXt and Wide ResNets,
 //! the paper's CIFAR nets (6n+2 layers, option-A shortcuts) and its plain baselines.
+//!
+//! Layering: may import `error` (and `base`); see the README's module order.
 
 mod config;
 mod flops;

@@ -1,5 +1,7 @@
 //! torchvision-exact eval preprocessing: decode → RGB → resize → centre-crop → [0,1] →
 //! normalise, giving the same f32 tensor as `ImageClassification` on a PIL image.
+//!
+//! Layering: may import `base`, `error`; see the README's module order.
 
 mod augment;
 mod decode;

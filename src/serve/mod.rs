@@ -17,6 +17,8 @@
 //! image that could never fit gets 413. So no number of concurrent requests can make the
 //! server hold more than the budget in bodies and pixels.
 //! Every error is JSON: `{"error": "…"}`.
+//!
+//! Layering: may import `classify`, `preprocess`, `error`; see the README's module order.
 
 mod batcher;
 mod metrics;

@@ -4,6 +4,8 @@
 //! `classes.txt`, `metrics.csv`, the epoch's weights and optimizer state under `checkpoints/`,
 //! and `state.json`, written last, which commits them (see [`checkpoint`]); then
 //! `last.safetensors`/`best.safetensors` (torchvision keys) are pointed at the new weights.
+//!
+//! Layering: may import `data`, `model`, `preprocess`, `weights`, `base`, `error`; see the README's module order.
 
 pub mod checkpoint;
 pub mod eval;

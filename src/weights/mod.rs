@@ -1,5 +1,7 @@
 //! Weights: files (`.pth`, `.safetensors`), torchvision's tags and their download, and the
 //! strict key/shape check between a [`StateDict`] and a model.
+//!
+//! Layering: may import `model`, `error`; see the README's module order.
 
 mod bundled;
 mod files;
