@@ -441,12 +441,17 @@ pub fn load_with(data: &[u8], limits: Limits) -> Result<Value, PickleError> {
         memo: HashMap::new(),
         allocated: 0,
     };
-    let mut ops = 0usize;
-    loop {
-        ops += 1;
-        if ops > limits.max_ops {
-            return bad(format!("the pickle runs more than {} operations", limits.max_ops));
+    for _ in 0..limits.max_ops {
+        if let Some(top) = m.step(&mut r)? {
+            return Ok(top);
         }
+    }
+    bad(format!("the pickle runs more than {} operations", limits.max_ops))
+}
+
+impl Machine {
+    /// Runs one opcode; `Some` at STOP, with the pickle's value.
+    fn step(&mut self, r: &mut Reader<'_>) -> Result<Option<Value>, PickleError> {
         let op = r.u8()?;
         match op {
             0x80 => {
@@ -455,187 +460,165 @@ pub fn load_with(data: &[u8], limits: Limits) -> Result<Value, PickleError> {
             0x95 => {
                 r.u64()?; // FRAME
             }
-            b'.' => return m.pop(),
+            b'.' => return self.pop().map(Some),
             b'(' => {
-                if m.marks.len() >= limits.max_stack {
+                if self.marks.len() >= self.limits.max_stack {
                     return bad("too many MARKs");
                 }
-                m.marks.push(m.stack.len())
+                self.marks.push(self.stack.len())
             }
-            b'}' => m.push(Value::Dict(Rc::new(Node {
+            b'N' | 0x88 | 0x89 | b'J' | b'K' | b'M' | 0x8a | b'I' | b'G' => {
+                let v = scalar(op, r)?;
+                self.push(v)?
+            }
+            b'X' | 0x8c | 0x8d | b'U' | b'T' | b'C' | b'B' => self.text(op, r)?,
+            b'}' | b']' | b')' | b't' | 0x85..=0x87 | b'l' | b'd' => self.container(op)?,
+            b'a' | b'e' | b's' | b'u' => self.add_items(op)?,
+            b'q' | b'r' | 0x94 | b'h' | b'j' => self.memo_op(op, r)?,
+            b'0' => {
+                self.pop()?;
+            }
+            b'1' => {
+                self.pop_mark()?;
+            }
+            b'2' => {
+                let v = self.top()?.clone();
+                self.push(v)?
+            }
+            b'c' | 0x93 | b'R' | 0x81 | b'b' | b'Q' => self.object(op, r)?,
+            other => return bad(format!("unsupported pickle opcode 0x{other:02x}")),
+        }
+        Ok(None)
+    }
+
+    /// Strings and bytes: their length is checked against what is left of the file.
+    fn text(&mut self, op: u8, r: &mut Reader<'_>) -> Result<(), PickleError> {
+        let n = match op {
+            b'X' | b'T' | b'B' => r.u32()? as u64,
+            0x8d => r.u64()?,
+            _ => r.u8()? as u64,
+        };
+        let n = r.len(n)?;
+        let v = if matches!(op, b'C' | b'B') {
+            Value::Bytes(Rc::from(r.take(n)?))
+        } else {
+            Value::Str(r.string(n)?)
+        };
+        self.charge(n)?;
+        self.push(v)
+    }
+
+    /// Empty containers, and tuples, lists and dicts built from the stack.
+    fn container(&mut self, op: u8) -> Result<(), PickleError> {
+        let v = match op {
+            b'}' => Value::Dict(Rc::new(Node {
                 items: Vec::new(),
                 depth: 1,
-            })))?,
-            b']' => {
-                let n = m.seq(Vec::new())?;
-                m.push(Value::List(n))?
-            }
-            b')' => {
-                let n = m.seq(Vec::new())?;
-                m.push(Value::Tuple(n))?
-            }
-            b'N' => m.push(Value::None)?,
-            0x88 => m.push(Value::Bool(true))?,
-            0x89 => m.push(Value::Bool(false))?,
-            b'J' => {
-                let v = r.u32()? as i32;
-                m.push(Value::Int(v as i64))?
-            }
-            b'K' => {
-                let v = r.u8()?;
-                m.push(Value::Int(v as i64))?
-            }
-            b'M' => {
-                let v = r.u16()?;
-                m.push(Value::Int(v as i64))?
-            }
-            0x8a => {
-                let n = r.u8()? as usize;
-                let bytes = r.take(n)?;
-                if n > 8 {
-                    return bad("integer wider than 64 bits");
-                }
-                let mut buf = [if bytes.last().is_some_and(|b| b & 0x80 != 0) {
-                    0xff
-                } else {
-                    0
-                }; 8];
-                buf[..n].copy_from_slice(bytes);
-                m.push(Value::Int(i64::from_le_bytes(buf)))?
-            }
-            b'I' => {
-                let l = r.line()?;
-                let v = match l {
-                    "00" => Value::Bool(false),
-                    "01" => Value::Bool(true),
-                    _ => Value::Int(l.parse().or_else(|_| bad("bad INT"))?),
-                };
-                m.push(v)?
-            }
-            b'G' => {
-                let v = f64::from_be_bytes(r.array()?);
-                m.push(Value::Float(v))?
-            }
-            b'X' | 0x8c | 0x8d | b'U' | b'T' => {
-                let n = match op {
-                    b'X' | b'T' => r.u32()? as u64,
-                    0x8d => r.u64()?,
-                    _ => r.u8()? as u64,
-                };
-                let n = r.len(n)?;
-                let s = r.string(n)?;
-                m.charge(n)?;
-                m.push(Value::Str(s))?
-            }
-            b'C' | b'B' => {
-                let n = if op == b'C' { r.u8()? as u64 } else { r.u32()? as u64 };
-                let n = r.len(n)?;
-                let b = Rc::from(r.take(n)?);
-                m.charge(n)?;
-                m.push(Value::Bytes(b))?
-            }
+            })),
+            b']' => Value::List(self.seq(Vec::new())?),
+            b')' => Value::Tuple(self.seq(Vec::new())?),
             b't' => {
-                let items = m.pop_mark()?;
-                let n = m.seq(items)?;
-                m.push(Value::Tuple(n))?
+                let items = self.pop_mark()?;
+                Value::Tuple(self.seq(items)?)
             }
             0x85..=0x87 => {
-                let items = m.pop_n((op - 0x84) as usize)?;
-                let n = m.seq(items)?;
-                m.push(Value::Tuple(n))?
+                let items = self.pop_n((op - 0x84) as usize)?;
+                Value::Tuple(self.seq(items)?)
             }
             b'l' => {
-                let items = m.pop_mark()?;
-                let n = m.seq(items)?;
-                m.push(Value::List(n))?
+                let items = self.pop_mark()?;
+                Value::List(self.seq(items)?)
             }
-            b'd' => {
-                let items = m.pop_mark()?;
-                let pairs = m.pairs(items)?;
-                let depth = m.depth_of(pairs.iter().flat_map(|(k, v)| [k, v]))?;
-                m.push(Value::Dict(Rc::new(Node { items: pairs, depth })))?
+            _ => {
+                let items = self.pop_mark()?;
+                let pairs = self.pairs(items)?;
+                let depth = self.depth_of(pairs.iter().flat_map(|(k, v)| [k, v]))?;
+                Value::Dict(Rc::new(Node { items: pairs, depth }))
             }
-            b'a' => {
-                let v = m.pop()?;
-                m.extend_top(Items::Values(vec![v]))?
-            }
-            b'e' => {
-                let items = m.pop_mark()?;
-                m.extend_top(Items::Values(items))?
-            }
+        };
+        self.push(v)
+    }
+
+    /// APPEND, APPENDS, SETITEM, SETITEMS on the container on top of the stack.
+    fn add_items(&mut self, op: u8) -> Result<(), PickleError> {
+        let items = match op {
+            b'a' => Items::Values(vec![self.pop()?]),
+            b'e' => Items::Values(self.pop_mark()?),
             b's' => {
-                let v = m.pop()?;
-                let k = m.pop()?;
-                m.extend_top(Items::Pairs(vec![(k, v)]))?
+                let v = self.pop()?;
+                let k = self.pop()?;
+                Items::Pairs(vec![(k, v)])
             }
-            b'u' => {
-                let items = m.pop_mark()?;
-                let pairs = m.pairs(items)?;
-                m.extend_top(Items::Pairs(pairs))?
+            _ => {
+                let items = self.pop_mark()?;
+                Items::Pairs(self.pairs(items)?)
             }
+        };
+        self.extend_top(items)
+    }
+
+    /// PUT, MEMOIZE and GET: the memo shares values, it never copies them.
+    fn memo_op(&mut self, op: u8, r: &mut Reader<'_>) -> Result<(), PickleError> {
+        match op {
             b'q' => {
                 let i = r.u8()? as u32;
-                m.memo_put(i)?
+                self.memo_put(i)
             }
             b'r' => {
                 let i = r.u32()?;
-                m.memo_put(i)?
+                self.memo_put(i)
             }
             0x94 => {
-                let i = u32::try_from(m.memo.len()).or_else(|_| bad("memo overflow"))?;
-                m.memo_put(i)?
+                let i = u32::try_from(self.memo.len()).or_else(|_| bad("memo overflow"))?;
+                self.memo_put(i)
             }
-            b'h' | b'j' => {
+            _ => {
                 let i = if op == b'h' { r.u8()? as u32 } else { r.u32()? };
-                let v = m
+                let v = self
                     .memo
                     .get(&i)
                     .cloned()
                     .ok_or_else(|| PickleError::Malformed(format!("memo {i} missing")))?;
-                m.push(v)?
+                self.push(v)
             }
-            b'0' => {
-                m.pop()?;
-            }
-            b'1' => {
-                m.pop_mark()?;
-            }
-            b'2' => {
-                let v = m.top()?.clone();
-                m.push(v)?
-            }
+        }
+    }
+
+    /// Globals (only the allow-list), calls, object state and persistent ids (storages).
+    fn object(&mut self, op: u8, r: &mut Reader<'_>) -> Result<(), PickleError> {
+        match op {
             b'c' => {
                 let module = r.line()?;
                 let name = r.line()?;
                 let g =
                     allowed_global(module, name).ok_or_else(|| PickleError::Forbidden(format!("{module}.{name}")))?;
-                m.push(Value::Global(g))?
+                self.push(Value::Global(g))
             }
             0x93 => {
-                let name = m.pop()?;
-                let module = m.pop()?;
+                let name = self.pop()?;
+                let module = self.pop()?;
                 let (Value::Str(module), Value::Str(name)) = (module, name) else {
                     return bad("STACK_GLOBAL without strings");
                 };
                 let g =
                     allowed_global(&module, &name).ok_or_else(|| PickleError::Forbidden(format!("{module}.{name}")))?;
-                m.push(Value::Global(g))?
+                self.push(Value::Global(g))
             }
             b'R' | 0x81 => {
-                let args = m.pop()?;
-                let f = m.pop()?;
+                let args = self.pop()?;
+                let f = self.pop()?;
                 let (Value::Global(g), Value::Tuple(args)) = (f, args) else {
                     return bad("REDUCE needs an allowed global and a tuple");
                 };
                 let v = call(g, &args.items)?;
-                m.push(v)?
+                self.push(v)
             }
             b'b' => {
                 // BUILD: object state (the state dict's `_metadata`), not needed.
-                m.pop()?;
+                self.pop().map(drop)
             }
-            b'Q' => {
-                let pid = m.pop()?;
+            _ => {
+                let pid = self.pop()?;
                 let Value::Tuple(t) = pid else {
                     return bad("persistent id is not a tuple");
                 };
@@ -647,14 +630,46 @@ pub fn load_with(data: &[u8], limits: Limits) -> Result<Value, PickleError> {
                             dtype: *dtype,
                             key: key.to_string(),
                         };
-                        m.push(Value::Storage(Rc::new(s)))?
+                        self.push(Value::Storage(Rc::new(s)))
                     }
-                    _ => return bad("unsupported persistent id (only torch storages are)"),
+                    _ => bad("unsupported persistent id (only torch storages are)"),
                 }
             }
-            other => return bad(format!("unsupported pickle opcode 0x{other:02x}")),
         }
     }
+}
+
+/// None, bools, ints and floats.
+fn scalar(op: u8, r: &mut Reader<'_>) -> Result<Value, PickleError> {
+    Ok(match op {
+        b'N' => Value::None,
+        0x88 => Value::Bool(true),
+        0x89 => Value::Bool(false),
+        b'J' => Value::Int(r.u32()? as i32 as i64),
+        b'K' => Value::Int(r.u8()? as i64),
+        b'M' => Value::Int(r.u16()? as i64),
+        0x8a => {
+            let n = r.u8()? as usize;
+            let bytes = r.take(n)?;
+            if n > 8 {
+                return bad("integer wider than 64 bits");
+            }
+            let fill = if bytes.last().is_some_and(|b| b & 0x80 != 0) {
+                0xff
+            } else {
+                0
+            };
+            let mut buf = [fill; 8];
+            buf[..n].copy_from_slice(bytes);
+            Value::Int(i64::from_le_bytes(buf))
+        }
+        b'I' => match r.line()? {
+            "00" => Value::Bool(false),
+            "01" => Value::Bool(true),
+            l => Value::Int(l.parse().or_else(|_| bad("bad INT"))?),
+        },
+        _ => Value::Float(f64::from_be_bytes(r.array()?)),
+    })
 }
 
 #[cfg(test)]
