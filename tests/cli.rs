@@ -240,7 +240,7 @@ fn convert_writes_safetensors_that_reload() {
     assert_eq!(a.len(), b.len());
 }
 
-/// `resnet bench --json` prints one row per case; `--stdin` runs forwards on demand, as
+/// `resnet bench --json` (or `--format json`) prints one row per case; `--stdin` runs forwards on demand, as
 /// `bench/compare.sh` drives it.
 #[test]
 fn bench_rows_and_stdin_protocol() {
@@ -259,6 +259,13 @@ fn bench_rows_and_stdin_protocol() {
         assert!(row["min_ms"].as_f64() <= row["median_ms"].as_f64());
         assert!(row["gflops"].as_f64().unwrap() > 0.0);
     }
+    // `--format json`, as every printing command takes it, gives the same rows.
+    let out = resnet(&[
+        "bench", "--model", "resnet20", "--batch", "1", "--size", "32", "--iters", "2", "--format", "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let row: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("a JSON row");
+    assert_eq!(row["batch"], 1);
 
     use std::io::{BufRead, BufReader, Write};
     let mut child = Command::new(env!("CARGO_BIN_EXE_resnet"))

@@ -8,6 +8,8 @@ use resnet::model::ModelName;
 use resnet::{weights, ResNet};
 use serde::Serialize;
 
+use super::Format;
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Models, comma-separated.
@@ -28,6 +30,10 @@ pub struct BenchArgs {
     /// `fast` (the CPU engine), `burn` (the reference path) or both.
     #[arg(long, default_value = "fast", value_delimiter = ',')]
     pub engine: Vec<String>,
+    /// `json`: one JSON object per case, one per line.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// The same as `--format json` (kept for scripts that use it).
     #[arg(long)]
     pub json: bool,
     /// For `bench/compare.sh`: one model and batch on the fast engine, driven over stdin. It
@@ -125,7 +131,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.stdin {
         return serve_stdin(&a);
     }
-    if !a.json {
+    let json = a.json || a.format == Format::Json;
+    if !json {
         println!(
             "{:<16} {:>6} {:>5} {:>5} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>8} {:>8}",
             "model", "engine", "batch", "size", "threads", "median ms", "min", "max", "ms/img", "GFLOP/s", "RSS MB"
@@ -176,7 +183,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     gflops: flops * batch as f64 / (median * 1e6),
                     peak_rss_mb: peak_rss_mb(),
                 };
-                if a.json {
+                if json {
                     println!("{}", serde_json::to_string(&row)?);
                 } else {
                     println!(
