@@ -141,17 +141,19 @@ impl Classifier {
             Weights::File(p) => format!("{name} (from {})", p.display()),
             w => format!("{name} ({})", w.describe()),
         };
-        let mut model = ResNet::new(&config, &opts.device)?;
+        // Keys and shapes come from the block plan: the burn model is built only to run on it
+        // (or to draw random weights).
+        let specs = config.param_specs();
         let sd = match file {
-            Some(f) => f.read_for(&model.state_dict_shapes())?,
-            None => weights::state_dict(&mut model)?,
+            Some(f) => f.read_for(&config.state_dict_shapes())?,
+            None => weights::state_dict(&mut ResNet::new(&config, &opts.device)?)?,
         };
         // The engine needs every weight; a non-strict load with gaps stays on the burn model.
-        let complete = weights::check_keys(&mut model, &sd, opts.strict, &label)?.is_exact();
+        let complete = weights::check_specs(&specs, &sd, opts.strict, &label)?.is_exact();
         let runner = if opts.engine && on_cpu(&opts.device) && complete {
-            drop(model);
             Runner::Engine(Engine::new(&config, &sd, opts.threads)?)
         } else {
+            let mut model = ResNet::new(&config, &opts.device)?;
             weights::load_into(&mut model, sd, opts.strict, &label)?;
             Runner::Burn(model)
         };

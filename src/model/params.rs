@@ -10,7 +10,113 @@ use burn::nn::conv::Conv2d;
 use burn::nn::BatchNorm;
 use burn::prelude::*;
 
+use super::config::{BlockKind, ResNetConfig, ShortcutPlan, Stem};
 use super::resnet::ResNet;
+
+/// What a state-dict entry is to the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    ConvWeight,
+    BnWeight,
+    BnBias,
+    RunningMean,
+    RunningVar,
+    /// BN's `num_batches_tracked`: saved by torchvision, read by nothing here.
+    BatchCounter,
+    FcWeight,
+    FcBias,
+}
+
+/// One state-dict entry: torchvision's key and shape, and its role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub key: String,
+    pub shape: Vec<usize>,
+    pub role: Role,
+}
+
+impl ResNetConfig {
+    /// Every state-dict entry in torchvision's order, from the block plan alone: no model is
+    /// built. `ResNet::visit_params` walks the same keys (a test holds them equal).
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        let mut out = Vec::new();
+        let conv = |out: &mut Vec<ParamSpec>, key: String, cout: usize, cin: usize, k: usize| {
+            out.push(ParamSpec {
+                key: format!("{key}.weight"),
+                shape: vec![cout, cin, k, k],
+                role: Role::ConvWeight,
+            });
+        };
+        let bn = |out: &mut Vec<ParamSpec>, key: String, c: usize| {
+            for (name, role) in [
+                ("weight", Role::BnWeight),
+                ("bias", Role::BnBias),
+                ("running_mean", Role::RunningMean),
+                ("running_var", Role::RunningVar),
+            ] {
+                out.push(ParamSpec {
+                    key: format!("{key}.{name}"),
+                    shape: vec![c],
+                    role,
+                });
+            }
+            out.push(ParamSpec {
+                key: format!("{key}.num_batches_tracked"),
+                shape: vec![],
+                role: Role::BatchCounter,
+            });
+        };
+        let k = match self.stem {
+            Stem::ImageNet => 7,
+            Stem::Cifar => 3,
+        };
+        conv(&mut out, "conv1".into(), self.stem_width, self.in_channels, k);
+        bn(&mut out, "bn1".into(), self.stem_width);
+        for (i, stage) in self.plan().into_iter().enumerate() {
+            for (j, p) in stage.into_iter().enumerate() {
+                let pre = format!("layer{}.{j}", i + 1);
+                let (w, o) = (p.width, p.out_channels);
+                match self.block {
+                    BlockKind::Basic => {
+                        conv(&mut out, format!("{pre}.conv1"), w, p.in_channels, 3);
+                        bn(&mut out, format!("{pre}.bn1"), w);
+                        conv(&mut out, format!("{pre}.conv2"), o, w, 3);
+                        bn(&mut out, format!("{pre}.bn2"), o);
+                    }
+                    BlockKind::Bottleneck => {
+                        conv(&mut out, format!("{pre}.conv1"), w, p.in_channels, 1);
+                        bn(&mut out, format!("{pre}.bn1"), w);
+                        conv(&mut out, format!("{pre}.conv2"), w, w / p.groups, 3);
+                        bn(&mut out, format!("{pre}.bn2"), w);
+                        conv(&mut out, format!("{pre}.conv3"), o, w, 1);
+                        bn(&mut out, format!("{pre}.bn3"), o);
+                    }
+                }
+                if p.shortcut == ShortcutPlan::Projection {
+                    conv(&mut out, format!("{pre}.downsample.0"), o, p.in_channels, 1);
+                    bn(&mut out, format!("{pre}.downsample.1"), o);
+                }
+            }
+        }
+        let (f, n) = (self.feature_dim(), self.num_classes);
+        out.push(ParamSpec {
+            key: "fc.weight".into(),
+            shape: vec![n, f],
+            role: Role::FcWeight,
+        });
+        out.push(ParamSpec {
+            key: "fc.bias".into(),
+            shape: vec![n],
+            role: Role::FcBias,
+        });
+        out
+    }
+
+    /// `(key, shape)` of every state-dict entry, in order (see [`ResNetConfig::param_specs`]).
+    pub fn state_dict_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.param_specs().into_iter().map(|p| (p.key, p.shape)).collect()
+    }
+}
 
 /// A tensor slot of the model, seen with torchvision's shape.
 pub enum Slot<'a> {
@@ -96,5 +202,21 @@ impl ResNet {
         let mut s = Shapes(Vec::new());
         self.visit_params(&mut s);
         s.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelName;
+
+    /// The plan-derived keys and shapes are exactly what the burn module holds, for every model.
+    #[test]
+    fn param_specs_match_the_burn_module() {
+        for &name in ModelName::ALL {
+            let config = name.config();
+            let mut model = ResNet::new(&config, &crate::default_device()).unwrap();
+            assert_eq!(config.state_dict_shapes(), model.state_dict_shapes(), "{name}");
+        }
     }
 }

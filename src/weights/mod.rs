@@ -20,7 +20,7 @@ pub use files::{
 pub use hub::WeightTag;
 
 use crate::error::{Error, Result};
-use crate::model::{ModelName, ParamVisitor, ResNet, ResNetConfig, Slot};
+use crate::model::{ModelName, ParamSpec, ParamVisitor, ResNet, ResNetConfig, Role, Slot};
 
 /// Runs the pickle reader alone on `data`, for the fuzzer: `true` when it accepted it.
 #[doc(hidden)]
@@ -223,31 +223,32 @@ pub fn load_into(model: &mut ResNet, mut sd: StateDict, strict: bool, model_name
 /// The key and shape check of [`load_into`] without loading anything (the model's parameters
 /// stay uninitialised): for runners that take the state dict themselves.
 pub fn check_keys(model: &mut ResNet, sd: &StateDict, strict: bool, model_name: &str) -> Result<LoadReport> {
-    struct Checker<'a>(&'a StateDict, LoadReport, std::collections::BTreeSet<&'a str>);
-    impl<'a> ParamVisitor for Checker<'a> {
-        fn visit(&mut self, key: &str, shape: &[usize], slot: Slot<'_>) {
-            match self.0.get_key_value(key) {
-                None if matches!(slot, Slot::BatchCounter) => {}
-                None => self.1.missing.push(key.to_string()),
-                Some((k, t)) => {
-                    self.2.remove(k.as_str());
-                    if t.shape != shape {
-                        self.1
-                            .mismatched
-                            .push((key.to_string(), shape.to_vec(), t.shape.clone()));
-                    } else if t.values == Values::Skipped {
-                        self.1.missing.push(key.to_string());
-                    } else {
-                        self.1.loaded += 1;
-                    }
+    check_specs(&model.config.param_specs(), sd, strict, model_name)
+}
+
+/// [`check_keys`] against a config's [`ParamSpec`]s, with no model built.
+pub fn check_specs(specs: &[ParamSpec], sd: &StateDict, strict: bool, model_name: &str) -> Result<LoadReport> {
+    let mut report = LoadReport::default();
+    let mut unexpected: std::collections::BTreeSet<&str> = sd.keys().map(String::as_str).collect();
+    for p in specs {
+        match sd.get_key_value(p.key.as_str()) {
+            None if p.role == Role::BatchCounter => {}
+            None => report.missing.push(p.key.clone()),
+            Some((k, t)) => {
+                unexpected.remove(k.as_str());
+                if t.shape != p.shape {
+                    report
+                        .mismatched
+                        .push((p.key.clone(), p.shape.clone(), t.shape.clone()));
+                } else if t.values == Values::Skipped {
+                    report.missing.push(p.key.clone());
+                } else {
+                    report.loaded += 1;
                 }
             }
         }
     }
-    let mut c = Checker(sd, LoadReport::default(), sd.keys().map(String::as_str).collect());
-    model.visit_params(&mut c);
-    let mut report = c.1;
-    report.unexpected = c.2.into_iter().map(str::to_string).collect();
+    report.unexpected = unexpected.into_iter().map(str::to_string).collect();
     report.require(strict, model_name)
 }
 
