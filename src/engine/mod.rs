@@ -26,7 +26,7 @@ pub use kernel::Kernel;
 pub use types::Shape;
 
 use crate::error::{Error, Result};
-use crate::model::{split_rows, BlockKind, Logits, ResNetConfig, ShortcutPlan, Stem};
+use crate::model::{split_rows, BlockKind, Logits, ParamSpec, ResNetConfig, Role, ShortcutPlan, Stem};
 use crate::weights::{StateDict, Values};
 
 enum Shortcut {
@@ -83,16 +83,33 @@ fn tensor<'a>(sd: &'a StateDict, key: &str, len: usize) -> Result<&'a [f32]> {
     }
 }
 
-/// `{name}.weight` with the BatchNorm `{bn}` folded in.
-fn conv(sd: &StateDict, name: &str, bn: &str, spec: ConvSpec, kernel: Kernel) -> Result<Conv> {
+/// The state-dict keys of [`ResNetConfig::param_specs`], taken in order as the engine is
+/// built: the builder spells no key itself.
+struct Keys(std::vec::IntoIter<ParamSpec>);
+
+impl Keys {
+    fn next(&mut self, role: Role) -> Result<String> {
+        match self.0.next() {
+            Some(p) if p.role == role => Ok(p.key),
+            p => Err(Error::Config(format!(
+                "the engine expected a {role:?} next but the model's parameter list has {:?}",
+                p.map(|p| p.key)
+            ))),
+        }
+    }
+}
+
+/// The next conv weight with the BatchNorm after it folded in.
+fn conv(sd: &StateDict, keys: &mut Keys, spec: ConvSpec, kernel: Kernel) -> Result<Conv> {
     let (cout, k) = (spec.cout, spec.k);
-    let w = tensor(sd, &format!("{name}.weight"), cout * spec.cin / spec.groups * k * k)?;
+    let w = tensor(sd, &keys.next(Role::ConvWeight)?, cout * spec.cin / spec.groups * k * k)?;
     let stats = (
-        tensor(sd, &format!("{bn}.weight"), cout)?,
-        tensor(sd, &format!("{bn}.bias"), cout)?,
-        tensor(sd, &format!("{bn}.running_mean"), cout)?,
-        tensor(sd, &format!("{bn}.running_var"), cout)?,
+        tensor(sd, &keys.next(Role::BnWeight)?, cout)?,
+        tensor(sd, &keys.next(Role::BnBias)?, cout)?,
+        tensor(sd, &keys.next(Role::RunningMean)?, cout)?,
+        tensor(sd, &keys.next(Role::RunningVar)?, cout)?,
     );
+    keys.next(Role::BatchCounter)?;
     Ok(Conv::fold(w, spec, Some(stats), None, kernel))
 }
 
@@ -115,29 +132,30 @@ impl Engine {
             padded: true,
             ..ConvSpec::new(config.in_channels, config.stem_width, k, stride)
         };
-        let stem = conv(sd, "conv1", "bn1", spec, kernel)?;
+        let keys = &mut Keys(config.param_specs().into_iter());
+        let stem = conv(sd, keys, spec, kernel)?;
         let mut blocks = Vec::new();
-        for (i, stage) in config.plan().into_iter().enumerate() {
-            for (j, p) in stage.into_iter().enumerate() {
-                let pre = format!("layer{}.{j}", i + 1);
-                let c = |n: usize, spec| conv(sd, &format!("{pre}.conv{n}"), &format!("{pre}.bn{n}"), spec, kernel);
+        for stage in config.plan() {
+            for p in stage {
                 let (w, out) = (p.width, p.out_channels);
                 let convs = match config.block {
                     BlockKind::Basic => vec![
-                        c(1, ConvSpec::new(p.in_channels, w, 3, p.stride))?,
-                        c(2, ConvSpec::new(w, out, 3, 1))?,
+                        conv(sd, keys, ConvSpec::new(p.in_channels, w, 3, p.stride), kernel)?,
+                        conv(sd, keys, ConvSpec::new(w, out, 3, 1), kernel)?,
                     ],
                     BlockKind::Bottleneck => vec![
-                        c(1, ConvSpec::new(p.in_channels, w, 1, 1))?,
-                        c(
-                            2,
+                        conv(sd, keys, ConvSpec::new(p.in_channels, w, 1, 1), kernel)?,
+                        conv(
+                            sd,
+                            keys,
                             ConvSpec {
                                 dilation: p.dilation,
                                 groups: p.groups,
                                 ..ConvSpec::new(w, w, 3, p.stride)
                             },
+                            kernel,
                         )?,
-                        c(3, ConvSpec::new(w, out, 1, 1))?,
+                        conv(sd, keys, ConvSpec::new(w, out, 1, 1), kernel)?,
                     ],
                 };
                 let shortcut = match p.shortcut {
@@ -146,8 +164,7 @@ impl Engine {
                     ShortcutPlan::ZeroPad => Shortcut::ZeroPad { stride: p.stride },
                     ShortcutPlan::Projection => Shortcut::Projection(Box::new(conv(
                         sd,
-                        &format!("{pre}.downsample.0"),
-                        &format!("{pre}.downsample.1"),
+                        keys,
                         ConvSpec::new(p.in_channels, out, 1, p.stride),
                         kernel,
                     )?)),
@@ -156,8 +173,8 @@ impl Engine {
             }
         }
         let (f, classes) = (config.feature_dim(), config.num_classes);
-        let fcw = tensor(sd, "fc.weight", classes * f)?;
-        let fcb = tensor(sd, "fc.bias", classes)?;
+        let fcw = tensor(sd, &keys.next(Role::FcWeight)?, classes * f)?;
+        let fcb = tensor(sd, &keys.next(Role::FcBias)?, classes)?;
         let fc = Conv::fold(fcw, ConvSpec::new(f, classes, 1, 1), None, Some(fcb), kernel);
         let mut builder = rayon::ThreadPoolBuilder::new();
         if threads > 0 {

@@ -1,7 +1,8 @@
 //! The one place that maps the burn module to torchvision's state-dict keys and shapes.
 //!
-//! Loading, saving and listing all walk the model through [`ResNet::visit_params`], so a key
-//! is spelled once. Differences from burn's own layout are handled here: BN `weight`/`bias`
+//! Keys are spelled once, in [`ResNetConfig::param_specs`], from the block plan; loading,
+//! saving and listing walk the burn module through [`ResNet::visit_params`], which takes its
+//! keys from there, and the CPU engine builds itself from the same list. Differences from burn's own layout are handled here: BN `weight`/`bias`
 //! are burn's `gamma`/`beta`, the fc weight is stored transposed, and torchvision's
 //! `downsample.0`/`.1` are our `downsample.conv`/`.bn`.
 
@@ -134,60 +135,70 @@ pub trait ParamVisitor {
     fn visit(&mut self, key: &str, torch_shape: &[usize], slot: Slot<'_>);
 }
 
-fn visit_conv(v: &mut impl ParamVisitor, prefix: &str, c: &mut Conv2d) {
-    let shape = c.weight.lazy_shape().dims::<4>();
-    v.visit(&format!("{prefix}.weight"), &shape, Slot::Conv(&mut c.weight));
-    if let Some(b) = c.bias.as_mut() {
-        let shape = b.lazy_shape().dims::<1>();
-        v.visit(&format!("{prefix}.bias"), &shape, Slot::Vector(b));
+/// The keys of [`ResNetConfig::param_specs`], handed out in order as the module is walked: the
+/// walk spells no key itself.
+struct Keys(std::vec::IntoIter<ParamSpec>);
+
+impl Keys {
+    fn next(&mut self, role: Role) -> String {
+        // The specs follow the same plan as the module (a test holds them equal per preset).
+        let p = self.0.next().expect("param_specs() lists every module parameter");
+        debug_assert_eq!(p.role, role, "{}", p.key);
+        p.key
     }
 }
 
-fn visit_bn(v: &mut impl ParamVisitor, prefix: &str, b: &mut BatchNorm) {
+fn visit_conv(v: &mut impl ParamVisitor, keys: &mut Keys, c: &mut Conv2d) {
+    let shape = c.weight.lazy_shape().dims::<4>();
+    v.visit(&keys.next(Role::ConvWeight), &shape, Slot::Conv(&mut c.weight));
+}
+
+fn visit_bn(v: &mut impl ParamVisitor, keys: &mut Keys, b: &mut BatchNorm) {
     let shape = b.gamma.lazy_shape().dims::<1>();
-    v.visit(&format!("{prefix}.weight"), &shape, Slot::Vector(&mut b.gamma));
-    v.visit(&format!("{prefix}.bias"), &shape, Slot::Vector(&mut b.beta));
+    v.visit(&keys.next(Role::BnWeight), &shape, Slot::Vector(&mut b.gamma));
+    v.visit(&keys.next(Role::BnBias), &shape, Slot::Vector(&mut b.beta));
     v.visit(
-        &format!("{prefix}.running_mean"),
+        &keys.next(Role::RunningMean),
         &shape,
         Slot::Running(&mut b.running_mean),
     );
-    v.visit(
-        &format!("{prefix}.running_var"),
-        &shape,
-        Slot::Running(&mut b.running_var),
-    );
-    v.visit(&format!("{prefix}.num_batches_tracked"), &[], Slot::BatchCounter);
+    v.visit(&keys.next(Role::RunningVar), &shape, Slot::Running(&mut b.running_var));
+    v.visit(&keys.next(Role::BatchCounter), &[], Slot::BatchCounter);
 }
 
 impl ResNet {
-    /// Visits every entry in torchvision's `state_dict()` order.
+    /// Visits every entry in torchvision's `state_dict()` order, with the keys of
+    /// [`ResNetConfig::param_specs`].
     pub fn visit_params(&mut self, v: &mut impl ParamVisitor) {
-        visit_conv(v, "conv1", &mut self.conv1);
-        visit_bn(v, "bn1", &mut self.bn1);
-        for (i, stage) in self.layers.iter_mut().enumerate() {
-            for (j, block) in stage.iter_mut().enumerate() {
-                let p = format!("layer{}.{j}", i + 1);
-                visit_conv(v, &format!("{p}.conv1"), &mut block.conv1);
-                visit_bn(v, &format!("{p}.bn1"), &mut block.bn1);
-                visit_conv(v, &format!("{p}.conv2"), &mut block.conv2);
-                visit_bn(v, &format!("{p}.bn2"), &mut block.bn2);
+        let mut keys = Keys(self.config.param_specs().into_iter());
+        visit_conv(v, &mut keys, &mut self.conv1);
+        visit_bn(v, &mut keys, &mut self.bn1);
+        for stage in self.layers.iter_mut() {
+            for block in stage.iter_mut() {
+                visit_conv(v, &mut keys, &mut block.conv1);
+                visit_bn(v, &mut keys, &mut block.bn1);
+                visit_conv(v, &mut keys, &mut block.conv2);
+                visit_bn(v, &mut keys, &mut block.bn2);
                 if let Some(c) = block.conv3.as_mut() {
-                    visit_conv(v, &format!("{p}.conv3"), c);
+                    visit_conv(v, &mut keys, c);
                 }
                 if let Some(b) = block.bn3.as_mut() {
-                    visit_bn(v, &format!("{p}.bn3"), b);
+                    visit_bn(v, &mut keys, b);
                 }
                 if let Some(d) = block.downsample.as_mut() {
-                    visit_conv(v, &format!("{p}.downsample.0"), &mut d.conv);
-                    visit_bn(v, &format!("{p}.downsample.1"), &mut d.bn);
+                    visit_conv(v, &mut keys, &mut d.conv);
+                    visit_bn(v, &mut keys, &mut d.bn);
                 }
             }
         }
         let [fin, fout] = self.fc.weight.lazy_shape().dims::<2>();
-        v.visit("fc.weight", &[fout, fin], Slot::LinearWeight(&mut self.fc.weight));
+        v.visit(
+            &keys.next(Role::FcWeight),
+            &[fout, fin],
+            Slot::LinearWeight(&mut self.fc.weight),
+        );
         if let Some(b) = self.fc.bias.as_mut() {
-            v.visit("fc.bias", &[fout], Slot::Vector(b));
+            v.visit(&keys.next(Role::FcBias), &[fout], Slot::Vector(b));
         }
     }
 
