@@ -256,46 +256,10 @@ impl Conv {
         let m = os.pixels();
         let kk = k * k * (cin / groups);
         let direct = k == 1 && stride == 1 && groups == 1;
-        // Pixel blocks: a block's packed rows (rows × K) stay within 256 KB of L2, 56–448 rows
-        // (448 measured ~5 % faster than 224 on resnet50). When that gives too few tasks
-        // (batch 1, late stages):
-        // - weights that stay in L2 (up to 2.5 MB, resnet50's layer 3) get finer pixel blocks,
-        //   each task packing its own rows once and running every panel (0.97–0.98× at
-        //   resnet50 b1 against splitting the panels);
-        // - larger weights split the column panels instead, several per task, so the packed
-        //   rows are shared and reused and each weight panel is read once.
         let threads = pool.current_num_threads().max(1);
-        // Whole tiles per block, for about `b` blocks.
-        let rows_for = |b: usize| m.div_ceil(b).div_ceil(kernel::MR) * kernel::MR;
-        let cap = ((1 << 16) / (kk * groups).max(1)).clamp(4 * kernel::MR, kernel::MR * 32);
-        let mut rows = cap.min(m).div_ceil(kernel::MR) * kernel::MR;
-        let mut blocks = m.div_ceil(rows);
         let panels = self.weights[0].panels();
-        let want = 4 * threads;
-        let small_weights = kk * cout <= 640 << 10;
-        if blocks < want && small_weights {
-            rows = rows_for(want);
-            blocks = m.div_ceil(rows);
-        }
-        let mut per = if blocks >= want || small_weights {
-            panels
-        } else {
-            panels.div_ceil(want.div_ceil(blocks).min((panels / 2).max(1)))
-        };
-        // Fewer panels per task until the tasks come out a multiple of the thread count, so
-        // no thread is left with one task more than the other (9 tasks on 2 threads cost 10).
-        if per < panels {
-            while per > 1 && !(blocks * panels.div_ceil(per)).is_multiple_of(threads) {
-                per -= 1;
-            }
-        }
+        let Partition { rows, blocks, per } = partition(m, kk * groups, kk * cout, panels, threads);
         let splits = panels.div_ceil(per);
-        // Whole panels and a few blocks (resnet50's first 1×1 conv at batch 1: 7 on 2
-        // threads): smaller blocks, as many as a multiple of the thread count.
-        if splits == 1 && blocks < want && !blocks.is_multiple_of(threads) {
-            rows = rows_for(blocks.next_multiple_of(threads));
-            blocks = m.div_ceil(rows);
-        }
         let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
         let rp = Ptr(residual.ptr(op.get()));
         let cout_g = cout / groups;
@@ -627,6 +591,60 @@ impl Conv {
     }
 }
 
+/// How a GEMM-shaped conv is cut into tasks: pixel blocks of `rows` rows (`blocks` of them),
+/// and `per` weight column panels per task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Partition {
+    pub rows: usize,
+    pub blocks: usize,
+    pub per: usize,
+}
+
+/// The partition of `m` output pixels with `k_row` packed floats per row, a weight of
+/// `weight_len` floats in `panels` column panels, over `threads` threads. Pure, so it is
+/// tested alone; every figure in it was measured (docs/results/engine.md).
+pub(super) fn partition(m: usize, k_row: usize, weight_len: usize, panels: usize, threads: usize) -> Partition {
+    // Pixel blocks: a block's packed rows (rows × K) stay within 256 KB of L2, 56–448 rows
+    // (448 measured ~5 % faster than 224 on resnet50). When that gives too few tasks
+    // (batch 1, late stages):
+    // - weights that stay in L2 (up to 2.5 MB, resnet50's layer 3) get finer pixel blocks,
+    //   each task packing its own rows once and running every panel (0.97–0.98× at
+    //   resnet50 b1 against splitting the panels);
+    // - larger weights split the column panels instead, several per task, so the packed
+    //   rows are shared and reused and each weight panel is read once.
+    // Whole tiles per block, for about `b` blocks.
+    let rows_for = |b: usize| m.div_ceil(b).div_ceil(kernel::MR) * kernel::MR;
+    let cap = ((1 << 16) / k_row.max(1)).clamp(4 * kernel::MR, kernel::MR * 32);
+    let mut rows = cap.min(m).div_ceil(kernel::MR) * kernel::MR;
+    let mut blocks = m.div_ceil(rows);
+    let want = 4 * threads;
+    let small_weights = weight_len <= 640 << 10;
+    if blocks < want && small_weights {
+        rows = rows_for(want);
+        blocks = m.div_ceil(rows);
+    }
+    let mut per = if blocks >= want || small_weights {
+        panels
+    } else {
+        panels.div_ceil(want.div_ceil(blocks).min((panels / 2).max(1)))
+    };
+    // Fewer panels per task until the tasks come out a multiple of the thread count, so
+    // no thread is left with one task more than the other (9 tasks on 2 threads cost 10).
+    if per < panels {
+        while per > 1 && !(blocks * panels.div_ceil(per)).is_multiple_of(threads) {
+            per -= 1;
+        }
+    }
+    let splits = panels.div_ceil(per);
+    // Whole panels and a few blocks (resnet50's first 1×1 conv at batch 1: 7 on 2
+    // threads): smaller blocks, as many as a multiple of the thread count.
+    if splits == 1 && blocks < want && !blocks.is_multiple_of(threads) {
+        rows = rows_for(blocks.next_multiple_of(threads));
+        blocks = m.div_ceil(rows);
+    }
+    Partition { rows, blocks, per }
+}
+
 /// `nn.MaxPool2d(3, 2, 1)` on NHWC (padding never wins, as in PyTorch).
 pub fn max_pool_3x3s2(x: &[f32], xs: Shape, out: &mut [f32], pool: &rayon::ThreadPool) -> Shape {
     let os = Shape {
@@ -705,6 +723,52 @@ pub fn zero_pad_shortcut(x: &[f32], xs: Shape, stride: usize, cout: usize, out: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every partition covers the pixels in whole tiles, keeps the panels in range, and (when
+    /// panels are split) gives the threads equal numbers of tasks.
+    #[test]
+    fn partitions_cover_the_work_and_balance_the_threads() {
+        for m in [1, 13, 14, 49, 196, 784, 3136, 12544, 25088] {
+            for (k_row, cout) in [
+                (27usize, 16usize),
+                (64, 64),
+                (576, 64),
+                (1152, 256),
+                (4608, 512),
+                (2048, 1000),
+            ] {
+                for threads in [1, 2, 3, 8] {
+                    let panels = cout.div_ceil(kernel::NR);
+                    let p = partition(m, k_row, k_row * cout, panels, threads);
+                    let case = format!("m {m}, k {k_row}, cout {cout}, {threads} threads: {p:?}");
+                    assert_eq!(p.rows % kernel::MR, 0, "{case}");
+                    assert!(p.rows * p.blocks >= m && (p.blocks - 1) * p.rows < m, "{case}");
+                    assert!((1..=panels).contains(&p.per), "{case}");
+                    if p.per < panels && p.per > 1 {
+                        assert_eq!((p.blocks * panels.div_ceil(p.per)) % threads, 0, "{case}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The measured cases the planner's comments name.
+    #[test]
+    fn partitions_of_resnet50_at_batch_1() {
+        // The first 1×1 conv of layer 1 (56², 64 → 64) on 2 threads: 8 blocks, not 7.
+        let p = partition(56 * 56, 64, 64 * 64, 2, 2);
+        assert_eq!((p.blocks, p.per), (8, 2), "{p:?}");
+        // Layer 4's 3×3 conv (7², 512 → 512, 2.4 MB of weights): too few pixels for the
+        // threads, so the 16 column panels are split, into a number of tasks both threads share.
+        let p = partition(49, 4608, 4608 * 512, 16, 2);
+        assert!(p.per < 16, "{p:?}");
+        assert_eq!((p.blocks * 16usize.div_ceil(p.per)) % 2, 0, "{p:?}");
+        // Layer 3's 1×1 expansion (14², 256 → 1024, 1 MB: stays in L2): finer pixel blocks,
+        // every task runs all panels. 196 pixels are 14 tiles, so whole-tile blocks of 2 tiles
+        // make 7 (8 are not possible).
+        let p = partition(196, 256, 256 * 1024, 32, 2);
+        assert_eq!((p.rows, p.blocks, p.per), (28, 7, 32), "{p:?}");
+    }
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
