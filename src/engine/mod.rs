@@ -26,7 +26,7 @@ pub use kernel::Kernel;
 pub use types::Shape;
 
 use crate::error::{Error, Result};
-use crate::model::{split_rows, BlockKind, Logits, ParamSpec, ResNetConfig, Role, ShortcutPlan, Stem};
+use crate::model::{split_rows, BlockKind, Logits, ParamKeys, ResNetConfig, Role, ShortcutPlan, Stem};
 use crate::weights::{StateDict, Values};
 
 enum Shortcut {
@@ -83,24 +83,8 @@ fn tensor<'a>(sd: &'a StateDict, key: &str, len: usize) -> Result<&'a [f32]> {
     }
 }
 
-/// The state-dict keys of [`ResNetConfig::param_specs`], taken in order as the engine is
-/// built: the builder spells no key itself.
-struct Keys(std::vec::IntoIter<ParamSpec>);
-
-impl Keys {
-    fn next(&mut self, role: Role) -> Result<String> {
-        match self.0.next() {
-            Some(p) if p.role == role => Ok(p.key),
-            p => Err(Error::Config(format!(
-                "the engine expected a {role:?} next but the model's parameter list has {:?}",
-                p.map(|p| p.key)
-            ))),
-        }
-    }
-}
-
 /// The next conv weight with the BatchNorm after it folded in.
-fn conv(sd: &StateDict, keys: &mut Keys, spec: ConvSpec, kernel: Kernel) -> Result<Conv> {
+fn conv(sd: &StateDict, keys: &mut ParamKeys, spec: ConvSpec, kernel: Kernel) -> Result<Conv> {
     let (cout, k) = (spec.cout, spec.k);
     let w = tensor(sd, &keys.next(Role::ConvWeight)?, cout * spec.cin / spec.groups * k * k)?;
     let stats = (
@@ -132,7 +116,7 @@ impl Engine {
             padded: true,
             ..ConvSpec::new(config.in_channels, config.stem_width, k, stride)
         };
-        let keys = &mut Keys(config.param_specs().into_iter());
+        let keys = &mut ParamKeys::new(config);
         let stem = conv(sd, keys, spec, kernel)?;
         let mut blocks = Vec::new();
         for stage in config.plan() {

@@ -16,5 +16,5 @@ mod resnet;
 pub use config::{BlockKind, BlockPlan, ModelName, ResNetConfig, Shortcut, ShortcutPlan, Stem};
 pub use flops::Complexity;
 pub use logits::{rows, split_rows, Logits};
-pub use params::{ParamSpec, ParamVisitor, Role, Slot};
+pub use params::{ParamKeys, ParamSpec, ParamVisitor, Role, Slot};
 pub use resnet::{Block, Downsample, ResNet};

@@ -135,42 +135,65 @@ pub trait ParamVisitor {
     fn visit(&mut self, key: &str, torch_shape: &[usize], slot: Slot<'_>);
 }
 
-/// The keys of [`ResNetConfig::param_specs`], handed out in order as the module is walked: the
-/// walk spells no key itself.
-struct Keys(std::vec::IntoIter<ParamSpec>);
+/// The keys of [`ResNetConfig::param_specs`], handed out in order as a network is walked (the
+/// burn module here, the CPU engine's builder): the walkers spell no key themselves.
+pub struct ParamKeys(std::vec::IntoIter<ParamSpec>);
 
-impl Keys {
-    fn next(&mut self, role: Role) -> String {
-        // The specs follow the same plan as the module (a test holds them equal per preset).
-        let p = self.0.next().expect("param_specs() lists every module parameter");
-        debug_assert_eq!(p.role, role, "{}", p.key);
-        p.key
+impl ParamKeys {
+    pub fn new(config: &ResNetConfig) -> Self {
+        ParamKeys(config.param_specs().into_iter())
+    }
+
+    /// The next key, which must have `role`.
+    pub fn next(&mut self, role: Role) -> crate::error::Result<String> {
+        match self.0.next() {
+            Some(p) if p.role == role => Ok(p.key),
+            p => Err(crate::error::Error::Config(format!(
+                "expected a {role:?} next but the model's parameter list has {:?}",
+                p.map(|p| p.key)
+            ))),
+        }
+    }
+
+    /// [`ParamKeys::next`] for the burn module, which follows the same plan as the specs (a
+    /// test holds them equal for every preset).
+    fn next_of_module(&mut self, role: Role) -> String {
+        self.next(role)
+            .expect("param_specs() lists every module parameter, in order")
     }
 }
 
-fn visit_conv(v: &mut impl ParamVisitor, keys: &mut Keys, c: &mut Conv2d) {
+fn visit_conv(v: &mut impl ParamVisitor, keys: &mut ParamKeys, c: &mut Conv2d) {
     let shape = c.weight.lazy_shape().dims::<4>();
-    v.visit(&keys.next(Role::ConvWeight), &shape, Slot::Conv(&mut c.weight));
+    v.visit(
+        &keys.next_of_module(Role::ConvWeight),
+        &shape,
+        Slot::Conv(&mut c.weight),
+    );
 }
 
-fn visit_bn(v: &mut impl ParamVisitor, keys: &mut Keys, b: &mut BatchNorm) {
+fn visit_bn(v: &mut impl ParamVisitor, keys: &mut ParamKeys, b: &mut BatchNorm) {
     let shape = b.gamma.lazy_shape().dims::<1>();
-    v.visit(&keys.next(Role::BnWeight), &shape, Slot::Vector(&mut b.gamma));
-    v.visit(&keys.next(Role::BnBias), &shape, Slot::Vector(&mut b.beta));
+    v.visit(&keys.next_of_module(Role::BnWeight), &shape, Slot::Vector(&mut b.gamma));
+    v.visit(&keys.next_of_module(Role::BnBias), &shape, Slot::Vector(&mut b.beta));
     v.visit(
-        &keys.next(Role::RunningMean),
+        &keys.next_of_module(Role::RunningMean),
         &shape,
         Slot::Running(&mut b.running_mean),
     );
-    v.visit(&keys.next(Role::RunningVar), &shape, Slot::Running(&mut b.running_var));
-    v.visit(&keys.next(Role::BatchCounter), &[], Slot::BatchCounter);
+    v.visit(
+        &keys.next_of_module(Role::RunningVar),
+        &shape,
+        Slot::Running(&mut b.running_var),
+    );
+    v.visit(&keys.next_of_module(Role::BatchCounter), &[], Slot::BatchCounter);
 }
 
 impl ResNet {
     /// Visits every entry in torchvision's `state_dict()` order, with the keys of
     /// [`ResNetConfig::param_specs`].
     pub fn visit_params(&mut self, v: &mut impl ParamVisitor) {
-        let mut keys = Keys(self.config.param_specs().into_iter());
+        let mut keys = ParamKeys::new(&self.config);
         visit_conv(v, &mut keys, &mut self.conv1);
         visit_bn(v, &mut keys, &mut self.bn1);
         for stage in self.layers.iter_mut() {
@@ -193,12 +216,12 @@ impl ResNet {
         }
         let [fin, fout] = self.fc.weight.lazy_shape().dims::<2>();
         v.visit(
-            &keys.next(Role::FcWeight),
+            &keys.next_of_module(Role::FcWeight),
             &[fout, fin],
             Slot::LinearWeight(&mut self.fc.weight),
         );
         if let Some(b) = self.fc.bias.as_mut() {
-            v.visit(&keys.next(Role::FcBias), &[fout], Slot::Vector(b));
+            v.visit(&keys.next_of_module(Role::FcBias), &[fout], Slot::Vector(b));
         }
     }
 
