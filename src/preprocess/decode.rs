@@ -29,14 +29,38 @@ pub fn open_image(path: &Path, max_pixels: u64) -> Result<RgbImage> {
 ///   compositing, and 16-bit samples keep their high byte (as PIL does for 16-bit RGB; PIL
 ///   clips 16-bit grey to 255 instead, which we do not copy).
 pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage> {
-    // A decoder bug must not take the process down with it: the fuzzer found crafted WebP
-    // files that make image-webp 0.2.4 (the newest image 0.25 takes) index out of bounds.
-    std::panic::catch_unwind(|| decode_inner(bytes, name, max_pixels)).unwrap_or_else(|_| {
+    contained(name, "the decoder failed on this file (corrupt or crafted)", || {
+        decode_inner(bytes, name, max_pixels)
+    })
+}
+
+/// Runs a decoder call so that a decoder bug cannot take the process down: the fuzzer found
+/// crafted WebP files that make image-webp 0.2.4 (the newest image 0.25 takes) index out of
+/// bounds. A panic becomes `Error::Image` with `reason`.
+fn contained<T>(name: &str, reason: &str, f: impl FnOnce() -> Result<T> + std::panic::UnwindSafe) -> Result<T> {
+    std::panic::catch_unwind(f).unwrap_or_else(|_| {
         Err(Error::Image {
             path: name.to_string(),
-            reason: "the decoder failed on this file (corrupt or crafted)".into(),
+            reason: reason.into(),
         })
     })
+}
+
+/// A reader for `bytes` with its format guessed from the first bytes (an error if none fits).
+fn reader<'b>(bytes: &'b [u8], name: &str) -> Result<ImageReader<Cursor<&'b [u8]>>> {
+    let err = |reason: String| Error::Image {
+        path: name.to_string(),
+        reason,
+    };
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(err(
+            "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF)".into(),
+        ));
+    }
+    Ok(reader)
 }
 
 fn decode_inner(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage> {
@@ -47,14 +71,7 @@ fn decode_inner(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(err("the file is empty".into()));
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(err(
-            "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF)".into(),
-        ));
-    }
+    let mut reader = reader(bytes, name)?;
     let mut limits = Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 20));
     reader.limits(limits);
@@ -85,32 +102,20 @@ fn decode_inner(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage> {
 /// bytes is the peak of [`decode`] (the native buffer, a rotated copy for EXIF orientation,
 /// and the RGB result). Servers reserve it before decoding.
 pub fn decode_cost(bytes: &[u8], name: &str) -> Result<(u32, u32, u64)> {
-    std::panic::catch_unwind(|| decode_cost_inner(bytes, name)).unwrap_or_else(|_| {
-        Err(Error::Image {
-            path: name.to_string(),
-            reason: "the decoder failed on this file's header (corrupt or crafted)".into(),
-        })
-    })
-}
-
-fn decode_cost_inner(bytes: &[u8], name: &str) -> Result<(u32, u32, u64)> {
-    let err = |reason: String| Error::Image {
-        path: name.to_string(),
-        reason,
-    };
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(err(
-            "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF)".into(),
-        ));
-    }
-    let decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
-    let (w, h) = decoder.dimensions();
-    let native = decoder.total_bytes();
-    let rgb = w as u64 * h as u64 * 3;
-    Ok((w, h, native.saturating_mul(2).saturating_add(rgb)))
+    contained(
+        name,
+        "the decoder failed on this file's header (corrupt or crafted)",
+        || {
+            let decoder = reader(bytes, name)?.into_decoder().map_err(|e| Error::Image {
+                path: name.to_string(),
+                reason: e.to_string(),
+            })?;
+            let (w, h) = decoder.dimensions();
+            let native = decoder.total_bytes();
+            let rgb = w as u64 * h as u64 * 3;
+            Ok((w, h, native.saturating_mul(2).saturating_add(rgb)))
+        },
+    )
 }
 
 fn to_rgb_like_pil(img: DynamicImage) -> RgbImage {
