@@ -145,6 +145,19 @@ impl Transform {
     }
 }
 
+/// Decodes `data` (pixel limit 2^22, which keeps runs fast) and preprocesses it the eval way
+/// (resize 256, crop 224) and with `--stretch 32`, for the fuzzer and its stable replay: the
+/// two outputs' lengths, or `None` when the image is refused.
+#[doc(hidden)]
+pub fn fuzz_image(data: &[u8]) -> Option<(usize, usize)> {
+    let _ = decode_cost(data, "fuzz");
+    let img = decode(data, "fuzz", 1 << 22).ok()?;
+    Some((
+        Transform::imagenet(256, 224).apply(&img).len(),
+        Transform::stretch(32).apply(&img).len(),
+    ))
+}
+
 /// torchvision's `_compute_resized_output_size` for an int size: `(width, height)`.
 pub fn resized_size(w: usize, h: usize, size: usize) -> (usize, usize) {
     let (short, long) = if w <= h { (w, h) } else { (h, w) };

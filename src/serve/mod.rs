@@ -531,17 +531,21 @@ async fn request_images(
     Ok(images)
 }
 
-/// What the handler does with a body before inference, for the fuzzer: split it into images
-/// ([`request_images`]) and read each header ([`decode_cost`]). Returns the HTTP status the
+/// What the handler does with a body before inference, for the fuzzer and its stable replay:
+/// the input's first line is the Content-Type, the rest the body, which is split into images
+/// ([`request_images`]) whose headers are read ([`decode_cost`]). Returns the HTTP status the
 /// request would get so far.
 #[doc(hidden)]
-pub fn fuzz_request(content_type: &str, body: &[u8]) -> u16 {
+pub fn fuzz_request(input: &[u8]) -> u16 {
+    let split = input.iter().position(|&b| b == b'\n').unwrap_or(input.len());
+    let content_type = String::from_utf8_lossy(&input[..split]);
+    let body = input.get(split + 1..).unwrap_or(&[]);
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
         return 500;
     };
     let multipart = content_type.trim_start().to_ascii_lowercase().starts_with("multipart/");
     let body = Bytes::copy_from_slice(body);
-    match rt.block_on(request_images(multipart, Some(content_type), body, None)) {
+    match rt.block_on(request_images(multipart, Some(&content_type), body, None)) {
         Err(e) => e.status.as_u16(),
         Ok(images) => {
             for (name, bytes) in &images {

@@ -28,6 +28,16 @@ pub fn fuzz_pickle(data: &[u8]) -> bool {
     pickle::load(data).is_ok()
 }
 
+/// Loads `data` as a weights file the two ways the library does, for the fuzzer and its
+/// stable replay: read for resnet20's shapes, and read whole.
+#[doc(hidden)]
+pub fn fuzz_weights(data: &[u8]) {
+    if let Ok(f) = WeightsFile::parse(Path::new("fuzz"), std::borrow::Cow::Borrowed(data)) {
+        let _ = f.read_for(&ModelName::Resnet20.config().state_dict_shapes());
+        let _ = f.read_all();
+    }
+}
+
 /// Where a model's weights come from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Weights {
