@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{io_err, Error, Result};
+use crate::error::{io_err, Result};
+use crate::weights::replace_atomic;
 
 /// The folder of epoch-stamped files inside a run folder.
 pub const DIR: &str = "checkpoints";
@@ -69,13 +70,8 @@ pub fn fault_point(epoch: usize, step: Step) {
 /// over the old file, or a copy where the filesystem has no hard links.
 pub fn link(run_dir: &Path, target: &str, name: &str) -> Result<()> {
     let src = run_dir.join(target);
-    let dest = run_dir.join(name);
-    let tmp = run_dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let linked = std::fs::hard_link(&src, &tmp).or_else(|_| std::fs::copy(&src, &tmp).map(|_| ()));
-    linked.and_then(|()| std::fs::rename(&tmp, &dest)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Io { path: dest, source: e }
+    replace_atomic(&run_dir.join(name), |tmp| {
+        std::fs::hard_link(&src, tmp).or_else(|_| std::fs::copy(&src, tmp).map(|_| ()))
     })
 }
 

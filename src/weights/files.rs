@@ -349,6 +349,11 @@ fn index_pth(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// The element count of `shape`, or `None` when it overflows.
+fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s))
+}
+
 /// One past the last byte a view reads, with checked arithmetic.
 fn view_end(dtype: DType, offset: usize, shape: &[usize], stride: &[usize]) -> std::result::Result<usize, String> {
     let overflow = || "its offset, sizes and strides overflow".to_string();
@@ -374,11 +379,7 @@ fn view_end(dtype: DType, offset: usize, shape: &[usize], stride: &[usize]) -> s
 /// more elements than the storage holds (stride-0 views of a few floats can claim 10^12).
 /// Returns its element count.
 fn check_view(t: &TensorRef, storage_bytes: usize) -> std::result::Result<usize, String> {
-    let numel = t
-        .shape
-        .iter()
-        .try_fold(1usize, |a, &s| a.checked_mul(s))
-        .ok_or("its element count overflows")?;
+    let numel = numel(&t.shape).ok_or("its element count overflows")?;
     let end = view_end(t.dtype, t.offset, &t.shape, &t.stride)?;
     if end > storage_bytes {
         return Err(format!(
@@ -462,11 +463,7 @@ fn index_safetensors(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>> {
             Dtype::BOOL => DType::Bool,
             other => return Err(bad(path, format!("`{key}` has unsupported dtype {other:?}"))),
         };
-        let numel = info
-            .shape
-            .iter()
-            .try_fold(1usize, |a, &s| a.checked_mul(s))
-            .ok_or_else(|| bad(path, format!("`{key}`: its element count overflows")))?;
+        let numel = numel(&info.shape).ok_or_else(|| bad(path, format!("`{key}`: its element count overflows")))?;
         let (s, t) = info.data_offsets;
         let range = base
             .checked_add(s)
@@ -553,6 +550,16 @@ pub fn write_safetensors(path: &Path, sd: &StateDict) -> Result<()> {
 
 /// Temporary file in the same folder, fsync, rename: a crash never leaves half a file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    replace_atomic(path, |tmp| {
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(data)?;
+        f.sync_all()
+    })
+}
+
+/// Replaces `path` with what `fill` puts at a temporary path in the same folder, by a rename
+/// (and the folder synced): a crash leaves the old file or the new one, never half of one.
+pub(crate) fn replace_atomic(path: &Path, fill: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -562,10 +569,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
+    // A stale one from a killed run of the same pid would make a hard link fail.
+    let _ = std::fs::remove_file(&tmp);
+    let replace = || -> std::io::Result<()> {
+        fill(&tmp)?;
         std::fs::rename(&tmp, path)?;
         // The rename itself reaches the disk only with the folder's entry.
         if let Ok(d) = std::fs::File::open(dir) {
@@ -573,7 +580,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         }
         Ok(())
     };
-    write().map_err(|e| {
+    replace().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::Io {
             path: path.to_path_buf(),

@@ -14,6 +14,7 @@ use burn::module::{Param, RunningState};
 use burn::prelude::*;
 
 pub use bundled::{bundled, Bundled, BUNDLED, FASHION_MNIST_LABELS};
+pub(crate) use files::replace_atomic;
 pub use files::{
     parse_state_dict, read_state_dict, write_atomic, write_safetensors, StateDict, TorchTensor, Values, WeightsFile,
 };
