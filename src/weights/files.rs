@@ -215,7 +215,7 @@ fn open_zip<'b>(path: &Path, bytes: &'b [u8]) -> Result<zip::ZipArchive<std::io:
 
 /// The first `want` bytes of a zip entry (all of it for `usize::MAX`). Stored entries are
 /// borrowed from the file; compressed ones are inflated to at most `want` bytes and
-/// [`MAX_INFLATE`] times the file's size, whatever size the entry declares.
+/// [`inflate_cap`] of the file's size, whatever size the entry declares.
 fn read_entry<'b>(
     path: &Path,
     bytes: &'b [u8],
