@@ -8,7 +8,7 @@ use std::sync::Arc;
 use resnet::classify::Logits;
 use resnet::preprocess::{open_image, to_chw, DEFAULT_MAX_PIXELS};
 use resnet::train::RunFile;
-use resnet::weights::{bundled, Bundled};
+use resnet::weights::{bundled, Bundled, RunMeta};
 use resnet::{Classifier, ModelName, Weights};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist";
@@ -92,6 +92,12 @@ fn shipped_weights_are_the_runs_best_checkpoint() {
     assert_eq!((rf.mean.as_slice(), rf.std.as_slice()), (model().mean, model().std));
     assert_eq!(rf.config.model, model().arch.as_str());
     assert_eq!((rf.config.in_channels, rf.config.eval_crop), (1, model().size));
+    // Inference reads the same file through weights::RunMeta, without the trainer's types.
+    let meta = RunMeta::beside(&run.join("best.safetensors")).expect("the run's config.json");
+    assert_eq!(
+        (meta.model(), meta.eval_transform()),
+        (rf.config.model.as_str(), rf.eval_transform())
+    );
     let classes = std::fs::read_to_string(run.join("classes.txt")).unwrap();
     assert_eq!(classes.lines().collect::<Vec<_>>(), model().classes);
     // The run's file classifies like the built-in model: its normalisation, size and classes.

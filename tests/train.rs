@@ -156,10 +156,34 @@ fn train_kill_resume_matches_uninterrupted_run() {
 
     // Uninterrupted.
     let full = tmp.path().join("full");
-    let out = train_cmd(&data, &full, 3, "0.05").output().unwrap();
+    let out = train_cmd(&data, &full, 3, "0.05")
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let want = metrics(&full);
     assert_eq!(want.len(), 4, "{want:?}");
+    // --format json: one object per epoch, as metrics.csv has it, then the best checkpoint.
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for (i, epoch) in lines[..3].iter().enumerate() {
+        assert_eq!(epoch["epoch"], i + 1);
+        let top1: f64 = want[i + 1].split(',').nth(5).unwrap().parse().unwrap();
+        assert!(
+            (epoch["top1"].as_f64().unwrap() - top1).abs() < 1e-6,
+            "{epoch} vs {}",
+            want[i + 1]
+        );
+    }
+    assert!(
+        lines[3]["best"].as_str().unwrap().ends_with("best.safetensors"),
+        "{}",
+        lines[3]
+    );
     for f in [
         "config.json",
         "classes.txt",

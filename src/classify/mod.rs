@@ -1,6 +1,6 @@
 //! The `Classifier`: model + weights + transform + labels → top-k predictions.
 //!
-//! Layering: may import `engine`, `model`, `preprocess`, `train` (a run folder's metadata), `weights`, `base`, `error`; see the README's module order.
+//! Layering: may import `engine`, `model`, `preprocess`, `weights`, `base`, `error`; see the README's module order.
 
 mod annotate;
 
@@ -14,11 +14,12 @@ use serde::Serialize;
 pub use annotate::annotate;
 
 use crate::engine::Engine;
-use crate::error::{io_err, Error, Result};
+use crate::error::{Error, Result};
 pub use crate::model::{rows, Logits};
 use crate::model::{split_rows, ModelName, ResNet, ResNetConfig, Stem};
 use crate::preprocess::{open_image, Resize, Transform, DEFAULT_MAX_PIXELS};
 use crate::weights::{self, hub, Weights};
+pub use crate::weights::{read_labels, weights_meta, WeightsMeta};
 
 /// ImageNet-1k class names (WordNet lemmas), index = torchvision's class index.
 pub fn imagenet_labels() -> Vec<String> {
@@ -29,16 +30,6 @@ pub fn imagenet_labels() -> Vec<String> {
 }
 
 pub use crate::base::CIFAR10_LABELS;
-
-/// Reads one class name per line (blank trailing lines ignored).
-pub fn read_labels(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let mut labels: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
-    while labels.last().is_some_and(|l| l.is_empty()) {
-        labels.pop();
-    }
-    Ok(labels)
-}
 
 /// One of the top-k classes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -299,35 +290,6 @@ fn default_transform(config: &ResNetConfig, resize: usize) -> Transform {
         Stem::ImageNet => Transform::imagenet(resize, 224),
         Stem::Cifar => Transform::stretch(32),
     }
-}
-
-/// What weights say about their inputs and outputs, like torchvision's `weights.transforms()`
-/// and `weights.meta["categories"]`: a built-in model's own, or those of the `resnet train`
-/// run whose folder holds the file (its `config.json` and `classes.txt`).
-#[derive(Clone, Debug, Default)]
-pub struct WeightsMeta {
-    pub transform: Option<Transform>,
-    pub classes: Option<Vec<String>>,
-}
-
-pub fn weights_meta(name: ModelName, weights: &Weights) -> Result<WeightsMeta> {
-    Ok(match weights {
-        Weights::Bundled(b) => WeightsMeta {
-            transform: Some(Transform::imagenet(b.size, b.size).with_normalization(b.mean.to_vec(), b.std.to_vec())),
-            classes: Some(b.classes.iter().map(|s| s.to_string()).collect()),
-        },
-        Weights::File(p) => match crate::train::RunFile::beside(p) {
-            Some(run) if run.config.model == name.as_str() => {
-                let classes = p.parent().map(|d| d.join("classes.txt")).filter(|f| f.exists());
-                WeightsMeta {
-                    transform: Some(run.eval_transform()),
-                    classes: classes.as_deref().map(read_labels).transpose()?,
-                }
-            }
-            _ => WeightsMeta::default(),
-        },
-        _ => WeightsMeta::default(),
-    })
 }
 
 fn default_labels(config: &ResNetConfig) -> Vec<String> {

@@ -9,6 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use resnet::model::ModelName;
 
+use super::Format;
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Recipe {
     Imagenet,
@@ -31,6 +33,10 @@ enum OptimArg {
 
 #[derive(clap::Args)]
 pub(crate) struct TrainArgs {
+    /// `json`: each epoch's metrics as one JSON object per line on stdout, then
+    /// `{"best_top1", "best"}`; progress stays on stderr either way.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
     /// DIR (DIR/train + DIR/val, or DIR/<class> with --val-split), idx:DIR or cifar10:DIR.
     #[arg(long, required_unless_present = "resume")]
     data: Option<String>,
@@ -228,6 +234,9 @@ pub(crate) fn run(a: TrainArgs) -> Result<ExitCode> {
         Event::Evaluating { .. } => bar.set_message("evaluating"),
         Event::EpochEnd(m) => {
             bar.finish_and_clear();
+            if a.format == Format::Json {
+                println!("{}", serde_json::to_string(&m).unwrap_or_default());
+            }
             eprintln!(
                 "epoch {}/{epochs}: train loss {:.4} acc {:.2}% | val loss {:.4} top-1 {:.2}% top-5 {:.2}% | lr {:.2e} | {:.0}s",
                 m.epoch,
@@ -244,10 +253,11 @@ pub(crate) fn run(a: TrainArgs) -> Result<ExitCode> {
     if skipped > 0 {
         eprintln!("{skipped} samples were skipped (unreadable)");
     }
-    eprintln!(
-        "best top-1 {:.2}%: {}",
-        100.0 * trainer.state.best_top1,
-        trainer.run_dir.join("best.safetensors").display()
-    );
+    let best = trainer.run_dir.join("best.safetensors");
+    eprintln!("best top-1 {:.2}%: {}", 100.0 * trainer.state.best_top1, best.display());
+    if a.format == Format::Json {
+        let summary = serde_json::json!({"best_top1": trainer.state.best_top1, "best": best});
+        println!("{summary}");
+    }
     Ok(ExitCode::SUCCESS)
 }

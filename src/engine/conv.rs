@@ -14,7 +14,6 @@ use rayon::prelude::*;
 
 use super::aligned::AlignedVec;
 use super::kernel::{self, Epilogue, Kernel, PackedB};
-#[cfg(target_arch = "x86_64")]
 use super::types::Ptr;
 pub use super::types::{Residual, Shape};
 use super::winograd::Winograd;
@@ -218,14 +217,7 @@ impl Conv {
         pool: &rayon::ThreadPool,
         scratch: &mut AlignedVec,
     ) -> Shape {
-        let ConvSpec {
-            cin,
-            cout,
-            k,
-            stride,
-            groups,
-            ..
-        } = self.spec;
+        let ConvSpec { cin, k, stride, .. } = self.spec;
         let os = self.out_shape(xs);
         debug_assert!(x.len() >= xs.len() && out.len() >= os.len());
         assert!(
@@ -233,13 +225,7 @@ impl Conv {
             "this conv cannot add its residual in place"
         );
         #[cfg(target_arch = "x86_64")]
-        let wide = self
-            .wide_winograd
-            .as_ref()
-            .filter(|_| Winograd::worth_it(xs))
-            .map(|w| w.get_or_init(|| Winograd::new(&self.weights[0].unpack(), cin, cout, Kernel::Auto)));
-        #[cfg(target_arch = "x86_64")]
-        if let Some(w) = self.winograd.as_ref().or(wide) {
+        if let Some(w) = self.winograd_for(xs) {
             let t0 = std::time::Instant::now();
             w.run(x, xs, out, &self.bias, residual, relu, pool, scratch);
             self.report(xs, os, t0, "winograd");
@@ -253,162 +239,24 @@ impl Conv {
         {
             return self.run_stem(x, xs, out, relu, pool);
         }
-        let m = os.pixels();
-        let kk = k * k * (cin / groups);
-        let direct = k == 1 && stride == 1 && groups == 1;
-        let threads = pool.current_num_threads().max(1);
-        let panels = self.weights[0].panels();
-        let Partition { rows, blocks, per } = partition(m, kk * groups, kk * cout, panels, threads);
-        let splits = panels.div_ceil(per);
-        let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
-        let rp = Ptr(residual.ptr(op.get()));
-        let cout_g = cout / groups;
-        let block_rows = |b: usize| (b * rows, ((b + 1) * rows).min(m));
-        // Block b's A for the portable kernel: its patch rows (im2col in this thread's buffer)
-        // or its input rows.
-        let with_a = |b: usize, f: &mut dyn FnMut(*const f32, usize)| {
-            let (r0, r1) = block_rows(b);
-            if direct {
-                // SAFETY: rows r0..r1 of `x` hold `cin` floats each (direct 1x1: x is the input).
-                return f(unsafe { xp.get().add(r0 * cin) }, cin);
-            }
-            PATCHES.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                let need = (r1 - r0) * kk * groups;
-                if buf.len() < need {
-                    buf.resize(need, 0.0);
-                }
-                self.patches(x, xs, os, r0..r1, &mut buf[..need]);
-                f(buf.as_ptr(), kk * groups)
-            })
-        };
-        let epilogue = |g: usize, r0: usize| Epilogue {
-            bias: &self.bias[g * cout_g..(g + 1) * cout_g],
-            // SAFETY: the residual has the output's shape; row r0, group g's columns are inside it.
-            residual: rp.get().map(|r| (unsafe { r.add(r0 * cout + g * cout_g) }, cout)),
-            relu,
-        };
-        let packed = self.weights[0].is_packed();
-        // The AVX-512 kernel reads A packed. A 1×1 conv packs its input rows; a conv over
-        // channels that come in whole 16-float runs packs each tap straight from the input
-        // (implicit im2col, no patch buffer); others (the stem, grouped convs) gather patches first.
-        let implicit = !direct && groups == 1 && (cin.is_multiple_of(16) || self.row_runs());
-        // A padded input's kernel rows are `k · cin` contiguous floats (the stem's 7 × 3).
-        let run = if self.row_runs() { k * cin } else { cin };
-        let per_group = kernel::packed_len(rows, kk);
-        // Packs tiles `tiles` of block b's A into `dst`, the block's `groups · per_group` floats.
-        // Only 1×1 and implicit convs (one group) pack part of a block; patches take it whole.
-        let splittable = direct || implicit;
         let t0 = std::time::Instant::now();
-        let pack_block = |b: usize, tiles: std::ops::Range<usize>, dst: *mut f32| {
-            let (r0, r1) = block_rows(b);
-            if implicit {
-                let src = |row0: usize, seg: usize, ptrs: &mut [*const f32; kernel::MR]| {
-                    self.tap_rows(xp.get(), xs, os, r0 + row0..r1, seg, ptrs)
-                };
-                // SAFETY: every pointer tap_rows gives starts `run` floats inside `x`; the
-                // callers give disjoint tiles.
-                return unsafe { kernel::pack_a_tiles(r1 - r0, kk, run, &src, dst, tiles) };
-            }
-            if direct {
-                // SAFETY: rows r0..r1 of `x` hold `cin` floats each.
-                let a = unsafe { xp.get().add(r0 * cin) };
-                // SAFETY: `a` has r1 - r0 rows of `cin` floats; `dst` holds their packed tiles.
-                return unsafe { kernel::pack_a_rows_tiles(r1 - r0, a, cin, kk, dst, tiles) };
-            }
-            with_a(b, &mut |a, lda| {
-                for g in 0..groups {
-                    // SAFETY: `a` holds r1 - r0 rows of `lda ≥ groups · kk` floats; the block
-                    // is packed whole by one caller.
-                    unsafe {
-                        kernel::pack_a_rows_tiles(
-                            r1 - r0,
-                            a.add(g * kk),
-                            lda,
-                            kk,
-                            dst.add(g * per_group),
-                            0..(r1 - r0).div_ceil(kernel::MR),
-                        )
-                    };
-                }
-            })
-        };
-        let block_tiles = |b: usize| {
-            let (r0, r1) = block_rows(b);
-            (r1 - r0).div_ceil(kernel::MR)
-        };
-        let shared = packed && splits > 1;
-        // With panels split across tasks, each block's A is packed once up front and shared,
-        // in parts when the blocks are fewer than the threads.
-        if shared {
-            let need = blocks * groups * per_group;
-            scratch.grow(need);
-            let parts = if splittable {
-                (2 * threads).div_ceil(blocks).min(rows / kernel::MR)
-            } else {
-                1
-            };
-            let sp = Ptr(scratch.as_mut_ptr());
-            pool.install(|| {
-                (0..blocks * parts).into_par_iter().for_each(|u| {
-                    let (b, part) = (u / parts, u % parts);
-                    let n = block_tiles(b);
-                    let tiles = (part * n / parts)..((part + 1) * n / parts);
-                    // SAFETY: each unit packs its own tiles of its own block's region.
-                    pack_block(b, tiles, unsafe { sp.get().add(b * groups * per_group) })
-                })
-            });
-        }
-        let scratch: &[f32] = scratch;
-        let task = |t: usize| {
-            let (b, s) = (t / splits, t % splits);
-            let (r0, r1) = block_rows(b);
-            let p = s * per..((s + 1) * per).min(panels);
-            if p.is_empty() {
-                return;
-            }
-            // SAFETY: row r0, group g's first column lies inside the output (n·h·w × cout).
-            let out = |g: usize| unsafe { op.get().add(r0 * cout + g * cout_g) };
-            // SAFETY (all three): rows r0..r1 and panels `p` of each group's columns belong to
-            // this task alone.
-            let run_packed = |a: &[f32]| {
-                for (g, w) in self.weights.iter().enumerate() {
-                    let pa = &a[g * per_group..g * per_group + kernel::packed_len(r1 - r0, kk)];
-                    // SAFETY: see above: rows r0..r1, panels `p`, this task's alone.
-                    unsafe { kernel::gemm_packed(r1 - r0, pa, w, out(g), cout, epilogue(g, r0), p.clone()) }
-                }
-            };
-            if shared {
-                let at = b * groups * per_group;
-                run_packed(&scratch[at..at + groups * per_group]);
-            } else if packed {
-                PACKED.with(|buf| {
-                    let mut buf = buf.borrow_mut();
-                    if buf.len() < groups * per_group {
-                        buf.resize(groups * per_group, 0.0);
-                    }
-                    pack_block(b, 0..block_tiles(b), buf.as_mut_ptr());
-                    run_packed(&buf[..groups * per_group]);
-                })
-            } else {
-                with_a(b, &mut |a, lda| {
-                    for (g, w) in self.weights.iter().enumerate() {
-                        // SAFETY: see above; `a` has r1 - r0 rows `lda` apart holding group g's k.
-                        unsafe {
-                            kernel::gemm(r1 - r0, a.add(g * kk), lda, w, out(g), cout, epilogue(g, r0), p.clone())
-                        }
-                    }
-                });
-            }
-        };
-        let tasks = blocks * splits;
-        if tasks == 1 {
-            task(0);
-        } else {
-            pool.install(|| (0..tasks).into_par_iter().for_each(task));
-        }
+        let pass = GemmPass::new(self, x, xs, out, residual, relu, pool.current_num_threads().max(1));
+        let tasks = pass.run(pool, scratch);
         self.report(xs, os, t0, &format!("tasks {tasks}"));
         os
+    }
+
+    /// The Winograd transform that runs this conv on input `xs`, if one does: built with the
+    /// conv, or from its weights the first time an input is large enough.
+    #[cfg(target_arch = "x86_64")]
+    fn winograd_for(&self, xs: Shape) -> Option<&Winograd> {
+        let ConvSpec { cin, cout, .. } = self.spec;
+        let wide = self
+            .wide_winograd
+            .as_ref()
+            .filter(|_| Winograd::worth_it(xs))
+            .map(|w| w.get_or_init(|| Winograd::new(&self.weights[0].unpack(), cin, cout, Kernel::Auto)));
+        self.winograd.as_ref().or(wide)
     }
 
     /// The 7×7 stride-2 stem on its padded input ([`kernel::stem_tile`]): each output row
@@ -587,6 +435,267 @@ impl Conv {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One GEMM-shaped conv call, cut by [`partition`] into tasks of (pixel block, panel range).
+/// Each method is one stage: gathering A, packing it, the epilogue, one task.
+struct GemmPass<'a> {
+    conv: &'a Conv,
+    x: &'a [f32],
+    xs: Shape,
+    os: Shape,
+    out: Ptr<*mut f32>,
+    residual: Ptr<Option<*const f32>>,
+    relu: bool,
+    threads: usize,
+    /// Output pixels (GEMM rows) and the floats of one group's patch row.
+    m: usize,
+    kk: usize,
+    /// A stride-1 1×1 conv: A is the input itself.
+    direct: bool,
+    /// A is packed tap by tap straight from the input (no patch buffer).
+    implicit: bool,
+    /// The weights are packed for the AVX-512 kernel, which reads A packed too.
+    packed: bool,
+    /// Floats per tap run read from the input: `k · cin` on a padded input, else `cin`.
+    run: usize,
+    part: Partition,
+    panels: usize,
+    /// Column-panel ranges per pixel block.
+    splits: usize,
+    /// Packed floats of one group's A for one block.
+    per_group: usize,
+}
+
+impl<'a> GemmPass<'a> {
+    fn new(
+        conv: &'a Conv,
+        x: &'a [f32],
+        xs: Shape,
+        out: &mut [f32],
+        residual: Residual<'_>,
+        relu: bool,
+        threads: usize,
+    ) -> Self {
+        let ConvSpec {
+            cin,
+            cout,
+            k,
+            stride,
+            groups,
+            ..
+        } = conv.spec;
+        let os = conv.out_shape(xs);
+        let m = os.pixels();
+        let kk = k * k * (cin / groups);
+        let direct = k == 1 && stride == 1 && groups == 1;
+        let panels = conv.weights[0].panels();
+        let part = partition(m, kk * groups, kk * cout, panels, threads);
+        let out = Ptr(out.as_mut_ptr());
+        GemmPass {
+            conv,
+            x,
+            xs,
+            os,
+            out,
+            residual: Ptr(residual.ptr(out.get())),
+            relu,
+            threads,
+            m,
+            kk,
+            direct,
+            // Channels in whole 16-float runs (or whole kernel rows) can be packed per tap;
+            // the stem when it misses its own path, and grouped convs, gather patches first.
+            implicit: !direct && groups == 1 && (cin.is_multiple_of(16) || conv.row_runs()),
+            packed: conv.weights[0].is_packed(),
+            run: if conv.row_runs() { k * cin } else { cin },
+            part,
+            panels,
+            splits: panels.div_ceil(part.per),
+            per_group: kernel::packed_len(part.rows, kk),
+        }
+    }
+
+    /// Runs every task on `pool`; returns how many there were.
+    fn run(&self, pool: &rayon::ThreadPool, scratch: &mut AlignedVec) -> usize {
+        // With panels split across tasks, each block's A is packed once up front and shared.
+        let shared = self.packed && self.splits > 1;
+        if shared {
+            self.pack_shared(pool, scratch);
+        }
+        let shared: Option<&[f32]> = shared.then_some(&scratch[..]);
+        let tasks = self.part.blocks * self.splits;
+        if tasks == 1 {
+            self.task(0, shared);
+        } else {
+            pool.install(|| (0..tasks).into_par_iter().for_each(|t| self.task(t, shared)));
+        }
+        tasks
+    }
+
+    /// Block b's output pixels.
+    fn block_rows(&self, b: usize) -> (usize, usize) {
+        let rows = self.part.rows;
+        (b * rows, ((b + 1) * rows).min(self.m))
+    }
+
+    fn block_tiles(&self, b: usize) -> usize {
+        let (r0, r1) = self.block_rows(b);
+        (r1 - r0).div_ceil(kernel::MR)
+    }
+
+    /// Group g's bias and residual for the tile rows from r0.
+    fn epilogue(&self, g: usize, r0: usize) -> Epilogue<'a> {
+        let cout = self.conv.spec.cout;
+        let cout_g = cout / self.conv.spec.groups;
+        Epilogue {
+            bias: &self.conv.bias[g * cout_g..(g + 1) * cout_g],
+            // SAFETY: the residual has the output's shape; row r0, group g's columns are inside it.
+            residual: self
+                .residual
+                .get()
+                .map(|r| (unsafe { r.add(r0 * cout + g * cout_g) }, cout)),
+            relu: self.relu,
+        }
+    }
+
+    /// Block b's A, unpacked: its input rows (direct 1×1) or its patch rows, im2col'd into
+    /// this thread's buffer; `f` gets the first float and the row stride.
+    fn with_a(&self, b: usize, f: &mut dyn FnMut(*const f32, usize)) {
+        let (r0, r1) = self.block_rows(b);
+        let cin = self.conv.spec.cin;
+        if self.direct {
+            return f(self.x[r0 * cin..].as_ptr(), cin);
+        }
+        let row = self.kk * self.conv.spec.groups;
+        PATCHES.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let need = (r1 - r0) * row;
+            if buf.len() < need {
+                buf.resize(need, 0.0);
+            }
+            self.conv.patches(self.x, self.xs, self.os, r0..r1, &mut buf[..need]);
+            f(buf.as_ptr(), row)
+        })
+    }
+
+    /// Packs tiles `tiles` of block b's A into `dst`, the block's `groups · per_group` floats.
+    /// Only 1×1 and implicit convs (one group) pack part of a block; patches go whole.
+    ///
+    /// # Safety
+    /// `dst` holds the block's packed floats, and no other thread writes `tiles` of it.
+    unsafe fn pack_block(&self, b: usize, tiles: std::ops::Range<usize>, dst: *mut f32) {
+        let (r0, r1) = self.block_rows(b);
+        let (kk, cin) = (self.kk, self.conv.spec.cin);
+        if self.implicit {
+            let src = |row0: usize, seg: usize, ptrs: &mut [*const f32; kernel::MR]| {
+                self.conv
+                    .tap_rows(self.x.as_ptr(), self.xs, self.os, r0 + row0..r1, seg, ptrs)
+            };
+            // SAFETY: every pointer tap_rows gives starts `run` floats inside `x`; the caller
+            // owns `tiles` of `dst`.
+            return unsafe { kernel::pack_a_tiles(r1 - r0, kk, self.run, &src, dst, tiles) };
+        }
+        if self.direct {
+            let a = self.x[r0 * cin..].as_ptr();
+            // SAFETY: `a` has r1 - r0 rows of `cin` floats; the caller owns `tiles` of `dst`.
+            return unsafe { kernel::pack_a_rows_tiles(r1 - r0, a, cin, kk, dst, tiles) };
+        }
+        self.with_a(b, &mut |a, lda| {
+            for g in 0..self.conv.spec.groups {
+                // SAFETY: `a` holds r1 - r0 rows of `lda ≥ groups · kk` floats; the block is
+                // packed whole by one caller.
+                unsafe {
+                    kernel::pack_a_rows_tiles(
+                        r1 - r0,
+                        a.add(g * kk),
+                        lda,
+                        kk,
+                        dst.add(g * self.per_group),
+                        0..(r1 - r0).div_ceil(kernel::MR),
+                    )
+                };
+            }
+        })
+    }
+
+    /// Packs every block's A into `scratch`, in parts when the blocks are fewer than the
+    /// threads (patches pack whole).
+    fn pack_shared(&self, pool: &rayon::ThreadPool, scratch: &mut AlignedVec) {
+        let (blocks, groups) = (self.part.blocks, self.conv.spec.groups);
+        scratch.grow(blocks * groups * self.per_group);
+        let parts = if self.direct || self.implicit {
+            (2 * self.threads).div_ceil(blocks).min(self.part.rows / kernel::MR)
+        } else {
+            1
+        };
+        let sp = Ptr(scratch.as_mut_ptr());
+        pool.install(|| {
+            (0..blocks * parts).into_par_iter().for_each(|u| {
+                let (b, part) = (u / parts, u % parts);
+                let n = self.block_tiles(b);
+                let tiles = (part * n / parts)..((part + 1) * n / parts);
+                // SAFETY: each unit packs its own tiles of its own block's region.
+                unsafe { self.pack_block(b, tiles, sp.get().add(b * groups * self.per_group)) }
+            })
+        });
+    }
+
+    /// Task t: block `t / splits` against its range of column panels, A packed in `shared` or
+    /// here.
+    fn task(&self, t: usize, shared: Option<&[f32]>) {
+        let (b, s) = (t / self.splits, t % self.splits);
+        let (r0, r1) = self.block_rows(b);
+        let per = self.part.per;
+        let p = s * per..((s + 1) * per).min(self.panels);
+        if p.is_empty() {
+            return;
+        }
+        let ConvSpec { cout, groups, .. } = self.conv.spec;
+        let (kk, per_group) = (self.kk, self.per_group);
+        // SAFETY: row r0, group g's first column lies inside the output (n·h·w × cout).
+        let out = |g: usize| unsafe { self.out.get().add(r0 * cout + g * (cout / groups)) };
+        // Rows r0..r1 and panels `p` of each group's columns belong to this task alone.
+        let run_packed = |a: &[f32]| {
+            for (g, w) in self.conv.weights.iter().enumerate() {
+                let pa = &a[g * per_group..g * per_group + kernel::packed_len(r1 - r0, kk)];
+                // SAFETY: rows r0..r1, panels `p`: this task's alone.
+                unsafe { kernel::gemm_packed(r1 - r0, pa, w, out(g), cout, self.epilogue(g, r0), p.clone()) }
+            }
+        };
+        if let Some(shared) = shared {
+            let at = b * groups * per_group;
+            run_packed(&shared[at..at + groups * per_group]);
+        } else if self.packed {
+            PACKED.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                if buf.len() < groups * per_group {
+                    buf.resize(groups * per_group, 0.0);
+                }
+                // SAFETY: this thread's buffer holds the whole block.
+                unsafe { self.pack_block(b, 0..self.block_tiles(b), buf.as_mut_ptr()) };
+                run_packed(&buf[..groups * per_group]);
+            })
+        } else {
+            self.with_a(b, &mut |a, lda| {
+                for (g, w) in self.conv.weights.iter().enumerate() {
+                    // SAFETY: as above; `a` has r1 - r0 rows `lda` apart holding group g's k.
+                    unsafe {
+                        kernel::gemm(
+                            r1 - r0,
+                            a.add(g * kk),
+                            lda,
+                            w,
+                            out(g),
+                            cout,
+                            self.epilogue(g, r0),
+                            p.clone(),
+                        )
+                    }
+                }
+            });
         }
     }
 }

@@ -54,6 +54,26 @@ struct Workspace {
     scratch: AlignedVec,
 }
 
+impl Workspace {
+    /// Zeroed buffers of the sizes [`Engine::plan`] gave for `input`.
+    fn new(input: Shape, [act, t, sc]: [usize; 3]) -> Self {
+        let z = AlignedVec::zeros;
+        Workspace {
+            input,
+            bufs: [z(act), z(act), z(t), z(t), z(sc)],
+            scratch: AlignedVec::default(),
+        }
+    }
+}
+
+/// With `RESNET_PROFILE` set: the time since `t` for one stage, then `t` restarts.
+fn step(what: &str, t: &mut std::time::Instant) {
+    if conv::profiling() {
+        eprintln!("{what}  {:.3} ms", t.elapsed().as_secs_f64() * 1e3);
+        *t = std::time::Instant::now();
+    }
+}
+
 /// A ResNet ready for fast CPU inference.
 pub struct Engine {
     config: ResNetConfig,
@@ -201,61 +221,88 @@ impl Engine {
         self.pool.install(|| self.run_body(x, dims, logits))
     }
 
-    fn run_body(&self, x: &[f32], [n, c, h, w]: [usize; 4], logits: bool) -> Result<Vec<f32>> {
-        if c != self.config.in_channels {
-            return Err(Error::InputShape {
-                got: c,
-                want: self.config.in_channels,
-            });
-        }
-        if n == 0 {
+    fn run_body(&self, x: &[f32], dims: [usize; 4], logits: bool) -> Result<Vec<f32>> {
+        let input = self.check_input(dims)?;
+        if input.n == 0 {
             return Ok(Vec::new());
         }
-        let min = if self.config.stem == Stem::ImageNet { 32 } else { 8 };
-        if h < min || w < min {
-            return Err(Error::Config(format!(
-                "the input is {h}×{w}; this model needs at least {min}×{min}"
-            )));
-        }
-        let input = Shape { n, h, w, c };
         let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
         // A new shape is sized (and refused if too big) before the input is checked or anything allocated.
         let sizes = match guard.as_ref() {
             Some(ws) if ws.input == input => None,
             _ => Some(self.plan(input)?),
         };
-        if x.len() != n * c * h * w {
+        if x.len() != input.len() {
+            let Shape { n, c, h, w } = input;
             return Err(Error::Config(format!(
                 "the input has {} values, not {n}×{c}×{h}×{w}",
                 x.len()
             )));
         }
-        if let Some([act, t, sc]) = sizes {
+        if let Some(sizes) = sizes {
             *guard = None;
-            *guard = Some(Workspace {
-                input,
-                bufs: [
-                    AlignedVec::zeros(act),
-                    AlignedVec::zeros(act),
-                    AlignedVec::zeros(t),
-                    AlignedVec::zeros(t),
-                    AlignedVec::zeros(sc),
-                ],
-                scratch: AlignedVec::default(),
-            });
+            *guard = Some(Workspace::new(input, sizes));
         }
         let ws = guard.as_mut().expect("planned above");
         let [a, b, t1, t2, sc] = &mut ws.bufs;
         let scratch = &mut ws.scratch;
         let t0 = std::time::Instant::now();
-        let step = |what: &str, t: &mut std::time::Instant| {
-            if conv::profiling() {
-                eprintln!("{what}  {:.3} ms", t.elapsed().as_secs_f64() * 1e3);
-                *t = std::time::Instant::now();
-            }
-        };
         let mut t = t0;
-        // NCHW → NHWC inside the stem's zero border, a row at a time on the pool.
+        let padded = self.padded(input);
+        self.to_nhwc(x, input, a);
+        step("input to NHWC", &mut t);
+        let mut s = self.stem.run(a, padded, b, Residual::None, true, &self.pool, scratch);
+        t = std::time::Instant::now();
+        let (mut cur, mut next) = (b, a);
+        if self.config.stem == Stem::ImageNet {
+            s = max_pool_3x3s2(cur, s, next, &self.pool);
+            step("max pool", &mut t);
+            std::mem::swap(&mut cur, &mut next);
+        }
+        for blk in &self.blocks {
+            let (shape, swap) = self.block(blk, cur, s, next, [&mut *t1, &mut *t2, &mut *sc], scratch);
+            s = shape;
+            if swap {
+                std::mem::swap(&mut cur, &mut next);
+            }
+        }
+        t = std::time::Instant::now();
+        let mut feats = vec![0f32; input.n * s.c];
+        global_avg_pool(cur, s, &mut feats);
+        step("average pool", &mut t);
+        if !logits {
+            return Ok(feats);
+        }
+        let mut out = vec![0f32; input.n * self.config.num_classes];
+        let fs = Shape { h: 1, w: 1, ..s };
+        self.fc
+            .run(&feats, fs, &mut out, Residual::None, false, &self.pool, scratch);
+        if conv::profiling() {
+            eprintln!("forward  {:.3} ms", t0.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(out)
+    }
+
+    /// The NCHW input's shape, or why this model cannot take it.
+    fn check_input(&self, [n, c, h, w]: [usize; 4]) -> Result<Shape> {
+        if c != self.config.in_channels {
+            return Err(Error::InputShape {
+                got: c,
+                want: self.config.in_channels,
+            });
+        }
+        let min = if self.config.stem == Stem::ImageNet { 32 } else { 8 };
+        if n > 0 && (h < min || w < min) {
+            return Err(Error::Config(format!(
+                "the input is {h}×{w}; this model needs at least {min}×{min}"
+            )));
+        }
+        Ok(Shape { n, h, w, c })
+    }
+
+    /// NCHW `x` → NHWC inside the stem's zero border, in `a`, a row at a time on the pool.
+    fn to_nhwc(&self, x: &[f32], input: Shape, a: &mut [f32]) {
+        let Shape { h, w, c, .. } = input;
         let padded = self.padded(input);
         let p = self.stem.spec.pad();
         let plane = h * w;
@@ -279,67 +326,53 @@ impl Engine {
                     }
                 })
         });
-        step("input to NHWC", &mut t);
-        let mut s = self.stem.run(a, padded, b, Residual::None, true, &self.pool, scratch);
-        t = std::time::Instant::now();
-        let (mut cur, mut next) = (b, a);
-        if self.config.stem == Stem::ImageNet {
-            s = max_pool_3x3s2(cur, s, next, &self.pool);
-            step("max pool", &mut t);
-            std::mem::swap(&mut cur, &mut next);
-        }
-        for blk in &self.blocks {
-            let last = blk.convs.len() - 1;
-            let mut hs = blk.convs[0].run(cur, s, t1, Residual::None, true, &self.pool, scratch);
-            let src: &[f32] = if last == 2 {
-                hs = blk.convs[1].run(t1, hs, t2, Residual::None, true, &self.pool, scratch);
-                t2
-            } else {
-                t1
-            };
-            let out = &blk.convs[last];
-            // The last conv adds the shortcut where it lies and writes over it when it can (an
-            // identity block's output replaces its input), so its stores find their lines in
-            // cache (0.97–0.98× at batch 1 and 8 in paired runs). A projection or zero-padded
-            // shortcut is made first, then, in the buffer the block writes.
-            let in_place = out.adds_in_place(hs);
-            let made: &mut [f32] = if in_place { next } else { sc };
-            match &blk.shortcut {
-                Shortcut::ZeroPad { stride } => {
-                    zero_pad_shortcut(cur, s, *stride, out.spec.cout, made);
-                }
-                Shortcut::Projection(p) => {
-                    p.run(cur, s, made, Residual::None, false, &self.pool, scratch);
-                }
-                Shortcut::Identity | Shortcut::None => {}
+    }
+
+    /// One residual block from `cur` (shape `s`): its convs through `t1`/`t2`, its shortcut,
+    /// the add and the ReLU. Returns the output shape and whether the output is in `next`
+    /// (otherwise it replaced the input in `cur`).
+    fn block(
+        &self,
+        blk: &Block,
+        cur: &mut [f32],
+        s: Shape,
+        next: &mut [f32],
+        [t1, t2, sc]: [&mut [f32]; 3],
+        scratch: &mut AlignedVec,
+    ) -> (Shape, bool) {
+        let pool = &self.pool;
+        let last = blk.convs.len() - 1;
+        let mut hs = blk.convs[0].run(cur, s, t1, Residual::None, true, pool, scratch);
+        let src: &[f32] = if last == 2 {
+            hs = blk.convs[1].run(t1, hs, t2, Residual::None, true, pool, scratch);
+            t2
+        } else {
+            t1
+        };
+        let out = &blk.convs[last];
+        // The last conv adds the shortcut where it lies and writes over it when it can (an
+        // identity block's output replaces its input), so its stores find their lines in
+        // cache (0.97–0.98× at batch 1 and 8 in paired runs). A projection or zero-padded
+        // shortcut is made first, then, in the buffer the block writes.
+        let in_place = out.adds_in_place(hs);
+        let made: &mut [f32] = if in_place { next } else { sc };
+        match &blk.shortcut {
+            Shortcut::ZeroPad { stride } => {
+                zero_pad_shortcut(cur, s, *stride, out.spec.cout, made);
             }
-            let (pool, relu) = (&self.pool, true);
-            s = match (&blk.shortcut, in_place) {
-                (Shortcut::None, _) => out.run(src, hs, next, Residual::None, relu, pool, scratch),
-                (Shortcut::Identity, true) => out.run(src, hs, cur, Residual::InOut, relu, pool, scratch),
-                (Shortcut::Identity, false) => out.run(src, hs, next, Residual::From(cur), relu, pool, scratch),
-                (_, true) => out.run(src, hs, next, Residual::InOut, relu, pool, scratch),
-                (_, false) => out.run(src, hs, next, Residual::From(sc), relu, pool, scratch),
-            };
-            if !(in_place && matches!(blk.shortcut, Shortcut::Identity)) {
-                std::mem::swap(&mut cur, &mut next);
+            Shortcut::Projection(p) => {
+                p.run(cur, s, made, Residual::None, false, pool, scratch);
             }
+            Shortcut::Identity | Shortcut::None => {}
         }
-        t = std::time::Instant::now();
-        let mut feats = vec![0f32; n * s.c];
-        global_avg_pool(cur, s, &mut feats);
-        step("average pool", &mut t);
-        if !logits {
-            return Ok(feats);
-        }
-        let mut out = vec![0f32; n * self.config.num_classes];
-        let fs = Shape { n, h: 1, w: 1, c: s.c };
-        self.fc
-            .run(&feats, fs, &mut out, Residual::None, false, &self.pool, scratch);
-        if conv::profiling() {
-            eprintln!("forward  {:.3} ms", t0.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(out)
+        let os = match (&blk.shortcut, in_place) {
+            (Shortcut::None, _) => out.run(src, hs, next, Residual::None, true, pool, scratch),
+            (Shortcut::Identity, true) => return (out.run(src, hs, cur, Residual::InOut, true, pool, scratch), false),
+            (Shortcut::Identity, false) => out.run(src, hs, next, Residual::From(cur), true, pool, scratch),
+            (_, true) => out.run(src, hs, next, Residual::InOut, true, pool, scratch),
+            (_, false) => out.run(src, hs, next, Residual::From(sc), true, pool, scratch),
+        };
+        (os, true)
     }
 
     /// The NHWC input with the stem's zero border.

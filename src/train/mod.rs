@@ -108,9 +108,7 @@ pub enum Event {
 impl TrainConfig {
     /// Resize the shorter side, centre-crop, normalise; grey for 1-channel models.
     pub fn eval_transform(&self, mean: &[f32], std: &[f32]) -> Transform {
-        Transform::imagenet(self.eval_resize, self.eval_crop)
-            .with_normalization(mean.to_vec(), std.to_vec())
-            .with_grayscale(self.in_channels == 1)
+        crate::weights::eval_transform(self.eval_resize, self.eval_crop, self.in_channels, mean, std)
     }
 }
 

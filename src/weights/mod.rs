@@ -1,11 +1,13 @@
 //! Weights: files (`.pth`, `.safetensors`), torchvision's tags and their download, and the
-//! strict key/shape check between a [`StateDict`] and a model.
+//! strict key/shape check between a [`StateDict`] and a model, and what weights say about
+//! their inputs and classes ([`weights_meta`]).
 //!
-//! Layering: may import `model`, `error`; see the README's module order.
+//! Layering: may import `model`, `preprocess` (the transform weights come with), `error`; see the README's module order.
 
 mod bundled;
 mod files;
 pub mod hub;
+mod meta;
 mod pickle;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ pub use files::{
     parse_state_dict, read_state_dict, write_atomic, write_safetensors, StateDict, TorchTensor, Values, WeightsFile,
 };
 pub use hub::WeightTag;
+pub use meta::{eval_transform, read_labels, weights_meta, RunMeta, WeightsMeta};
 
 use crate::error::{Error, Result};
 use crate::model::{ModelName, ParamSpec, ParamVisitor, ResNet, ResNetConfig, Role, Slot};
