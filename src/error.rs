@@ -12,6 +12,8 @@ pub enum Error {
     UnknownModel(String),
     #[error("invalid model configuration: {0}")]
     Config(String),
+    #[error("{0}; set RESNET_KERNEL to one this CPU runs, or unset it")]
+    Kernel(String),
     #[error("input has {got} channels but the model expects {want}; pass --in-channels or use matching images")]
     InputShape { got: usize, want: usize },
 

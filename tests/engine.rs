@@ -17,6 +17,15 @@ fn input(dims: [usize; 4]) -> Vec<f32> {
         .collect()
 }
 
+/// Every packed kernel this CPU runs (AVX-512 machines: avx512 and avx2; AVX2 machines:
+/// avx2; aarch64: neon), each forced; the portable one has its own test below. Printed, so a
+/// log shows which paths a machine covered.
+fn kernels() -> Vec<Kernel> {
+    let isas: Vec<_> = Kernel::available().into_iter().filter(|i| i.packed()).collect();
+    println!("packed kernels on this CPU: {isas:?}");
+    isas.iter().map(|i| Kernel::parse(i.name()).unwrap()).collect()
+}
+
 /// Engine vs burn on the same deterministic weights; returns the relative L2 error.
 fn compare(name: &str, config: ResNetConfig, dims: [usize; 4], kernel: Kernel) -> f64 {
     let dev = resnet::default_device();
@@ -57,10 +66,14 @@ fn imagenet_families_at_batch_1_and_8_on_odd_sizes() {
         ("wide_resnet50_2", ModelName::WideResnet50_2.config()),
         ("resnet50 dilated", dilated),
     ] {
-        compare(name, config.clone(), [1, 3, 225, 257], Kernel::Auto);
-        compare(name, config, [8, 3, 64, 80], Kernel::Auto);
+        for kernel in kernels() {
+            compare(name, config.clone(), [1, 3, 225, 257], kernel);
+            compare(name, config.clone(), [8, 3, 64, 80], kernel);
+        }
     }
-    compare("resnet34", ModelName::Resnet34.config(), [8, 3, 97, 131], Kernel::Auto);
+    for kernel in kernels() {
+        compare("resnet34", ModelName::Resnet34.config(), [8, 3, 97, 131], kernel);
+    }
 }
 
 #[test]
@@ -71,12 +84,16 @@ fn cifar_shortcut_options_and_plain_nets() {
         ("resnet20 C", ModelName::Resnet20.config().with_shortcut(Shortcut::C)),
         ("plain20", ModelName::Plain20.config()),
     ] {
-        compare(name, config.clone(), [1, 3, 32, 32], Kernel::Auto);
-        compare(name, config, [8, 3, 33, 29], Kernel::Auto);
+        for kernel in kernels() {
+            compare(name, config.clone(), [1, 3, 32, 32], kernel);
+            compare(name, config.clone(), [8, 3, 33, 29], kernel);
+        }
     }
     let mut grey = ModelName::Resnet20.config();
     grey.in_channels = 1;
-    compare("resnet20 grey", grey, [8, 1, 28, 28], Kernel::Auto);
+    for kernel in kernels() {
+        compare("resnet20 grey", grey.clone(), [8, 1, 28, 28], kernel);
+    }
 }
 
 #[test]
@@ -125,6 +142,58 @@ fn classifier_runs_on_the_engine_by_default_and_burn_on_request() {
     );
     assert_eq!(a.len(), 3);
     assert!(rel_l2(&a.concat(), &b.concat()) < 1e-5);
+}
+
+/// Asking for a kernel this CPU lacks is a clear error, from the library and through
+/// `RESNET_KERNEL`; forcing one that it has is reported by `resnet bench` and `resnet info`.
+#[test]
+fn kernels_are_chosen_checked_and_reported() {
+    let config = ModelName::Resnet20.config();
+    let mut model = ResNet::new(&config, &resnet::default_device()).unwrap();
+    let sd = det_state_dict(&mut model);
+    let (lacking, name) = [
+        (Kernel::Avx512, "avx512"),
+        (Kernel::Avx2, "avx2"),
+        (Kernel::Neon, "neon"),
+    ]
+    .into_iter()
+    .find(|(k, _)| k.resolve().is_err())
+    .expect("no CPU runs both x86 and ARM kernels");
+    let err = Engine::with_kernel(&config, &sd, 1, lacking)
+        .err()
+        .expect("an error")
+        .to_string();
+    assert!(err.contains(&format!("the {name} kernel needs")), "{err}");
+    let out = common::resnet_command()
+        .args(["info", "resnet20"])
+        .env("RESNET_KERNEL", name)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: RESNET_KERNEL={name}: ")) && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    for isa in Kernel::available() {
+        let out = common::resnet_command()
+            .args([
+                "bench", "--model", "resnet20", "--batch", "1", "--size", "32", "--iters", "1", "--format", "json",
+            ])
+            .env("RESNET_KERNEL", isa.name())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(row["kernel"], isa.name());
+        let out = common::resnet_command()
+            .args(["info", "resnet20", "--format", "json"])
+            .env("RESNET_KERNEL", isa.name())
+            .output()
+            .unwrap();
+        let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(row["kernel"], isa.name());
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@ mod common;
 
 use burn::prelude::*;
 use common::{det_state_dict, manifest, max_abs, reference, rel_l2};
+use resnet::engine::Kernel;
 use resnet::model::{ModelName, ResNetConfig, Shortcut};
 use resnet::{weights, ResNet};
 
@@ -45,13 +46,22 @@ fn check(case: &str) {
     );
     assert!(rel < 1e-4, "{case}: relative L2 error {rel:e} ≥ 1e-4");
 
-    // The fast CPU engine, on the same weights and input.
-    let engine = resnet::engine::Engine::new(&config, &det_state_dict(&mut model), 0).unwrap();
+    // The fast CPU engine, on the same weights and input, with each kernel this CPU runs
+    // (AVX-512 machines: avx512, avx2, portable; AVX2: avx2, portable; aarch64: neon, portable).
+    let sd = det_state_dict(&mut model);
     let x = &reference[entry["input"].as_str().unwrap()].1;
-    let y = engine.forward(x, [1, shape[0], shape[1], shape[2]]).unwrap();
-    let rel = rel_l2(&y, want);
-    println!("{case} engine: rel L2 {rel:.2e}, max |Δ| {:.2e}", max_abs(&y, want));
-    assert!(rel < 1e-4, "{case} engine: relative L2 error {rel:e} ≥ 1e-4");
+    for isa in Kernel::available() {
+        let kernel = Kernel::parse(isa.name()).unwrap();
+        let engine = resnet::engine::Engine::with_kernel(&config, &sd, 0, kernel).unwrap();
+        assert_eq!(engine.isa(), isa);
+        let y = engine.forward(x, [1, shape[0], shape[1], shape[2]]).unwrap();
+        let rel = rel_l2(&y, want);
+        println!(
+            "{case} engine ({isa}): rel L2 {rel:.2e}, max |Δ| {:.2e}",
+            max_abs(&y, want)
+        );
+        assert!(rel < 1e-4, "{case} engine ({isa}): relative L2 error {rel:e} ≥ 1e-4");
+    }
     assert_eq!(
         entry["params"].as_u64().unwrap(),
         config.complexity(32, 32).params,

@@ -102,6 +102,9 @@ fn every_endpoint_answers() {
     assert_eq!(m["parameters"], c.params);
     assert!((m["gflops"].as_f64().unwrap() - c.gflops()).abs() < 1e-9);
     assert_eq!(m["engine"], "fast");
+    // The kernel the engine chose: the best this CPU runs, unless RESNET_KERNEL forced one.
+    let kernel = resnet::engine::Kernel::Auto.resolve().unwrap();
+    assert_eq!(m["kernel"], kernel.name());
 
     // The studio page: self-contained, nothing fetched from elsewhere.
     let (status, page) = get_text(&srv.url("/"));

@@ -47,6 +47,8 @@ pub struct BenchArgs {
 struct Row {
     model: String,
     engine: String,
+    /// The fast engine's matrix kernel (`RESNET_KERNEL` forces one).
+    kernel: Option<&'static str>,
     batch: usize,
     size: usize,
     threads: usize,
@@ -134,8 +136,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let json = a.json || a.format == Format::Json;
     if !json {
         println!(
-            "{:<16} {:>6} {:>5} {:>5} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>8} {:>8}",
-            "model", "engine", "batch", "size", "threads", "median ms", "min", "max", "ms/img", "GFLOP/s", "RSS MB"
+            "{:<16} {:>6} {:>8} {:>5} {:>5} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>8} {:>8}",
+            "model",
+            "engine",
+            "kernel",
+            "batch",
+            "size",
+            "threads",
+            "median ms",
+            "min",
+            "max",
+            "ms/img",
+            "GFLOP/s",
+            "RSS MB"
         );
     }
     for m in &a.model {
@@ -173,6 +186,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 let row = Row {
                     model: m.clone(),
                     engine: engine.clone(),
+                    kernel: fast.as_ref().map(|e| e.isa().name()),
                     batch,
                     size: a.size,
                     threads,
@@ -187,9 +201,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     println!("{}", serde_json::to_string(&row)?);
                 } else {
                     println!(
-                        "{:<16} {:>6} {:>5} {:>5} {:>7} | {:>9.2} {:>9.2} {:>9.2} {:>9.2} | {:>8.1} {:>8.0}",
+                        "{:<16} {:>6} {:>8} {:>5} {:>5} {:>7} | {:>9.2} {:>9.2} {:>9.2} {:>9.2} | {:>8.1} {:>8.0}",
                         row.model,
                         row.engine,
+                        row.kernel.unwrap_or("-"),
                         row.batch,
                         row.size,
                         row.threads,

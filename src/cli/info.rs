@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
+use resnet::engine::Kernel;
 use resnet::model::ModelName;
 
 use super::Format;
@@ -32,6 +33,8 @@ struct InfoRow {
     torchvision_gflops: Option<f64>,
     paper_gflops: Option<f64>,
     paper_params_m: Option<f64>,
+    /// The matrix kernel the CPU engine runs here (`RESNET_KERNEL` forces one).
+    kernel: &'static str,
     config: resnet::ResNetConfig,
 }
 
@@ -41,6 +44,7 @@ fn info(names: &[String], format: Format) -> Result<ExitCode> {
     } else {
         names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?
     };
+    let kernel = Kernel::Auto.resolve()?;
     let rows: Vec<InfoRow> = models
         .iter()
         .map(|&m| {
@@ -57,6 +61,7 @@ fn info(names: &[String], format: Format) -> Result<ExitCode> {
                 torchvision_gflops: tv.map(|t| t.1),
                 paper_gflops: m.paper_gflops(),
                 paper_params_m: m.paper_params_m(),
+                kernel: kernel.name(),
                 config,
             }
         })
@@ -91,6 +96,12 @@ fn info(names: &[String], format: Format) -> Result<ExitCode> {
         )?;
     }
     writeln!(out, "GFLOPs are multiply-accumulates at the native input size; 'tv' is torchvision's metadata, 'paper' He et al. 2015 Table 1 / Table 6.")?;
+    let runs: Vec<&str> = Kernel::available().iter().map(|i| i.name()).collect();
+    writeln!(
+        out,
+        "CPU kernel: {kernel} (this CPU runs {}; RESNET_KERNEL=NAME forces one).",
+        runs.join(", ")
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

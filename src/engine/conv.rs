@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::aligned::AlignedVec;
-use super::kernel::{self, Epilogue, Kernel, PackedB};
+use super::kernel::{self, Epilogue, Isa, PackedB};
 use super::types::Ptr;
 pub use super::types::{Residual, Shape};
 use super::winograd::Winograd;
@@ -69,12 +69,12 @@ pub struct Conv {
     /// One per group: `[k·k·cin/groups, cout/groups]` (none when Winograd runs this conv).
     pub weights: Vec<PackedB>,
     pub bias: Vec<f32>,
-    /// Stride-1 3×3 convs that Winograd F(4×4, 3×3) serves (AVX-512 only).
-    #[cfg(target_arch = "x86_64")]
+    /// The kernel this conv was packed for.
+    isa: Isa,
+    /// Stride-1 3×3 convs that Winograd F(4×4, 3×3) serves (packed kernels only).
     winograd: Option<Winograd>,
     /// Wider stride-1 3×3 convs, which Winograd serves once inputs are large enough: built
     /// from `weights` the first time.
-    #[cfg(target_arch = "x86_64")]
     wide_winograd: Option<std::sync::OnceLock<Winograd>>,
 }
 
@@ -93,13 +93,7 @@ thread_local! {
 
 impl Conv {
     /// From torch's `[cout, cin/groups, k, k]` weight and the BN that follows it.
-    pub fn fold(
-        weight: &[f32],
-        spec: ConvSpec,
-        bn: Option<BnStats<'_>>,
-        conv_bias: Option<&[f32]>,
-        kernel: Kernel,
-    ) -> Self {
+    pub fn fold(weight: &[f32], spec: ConvSpec, bn: Option<BnStats<'_>>, conv_bias: Option<&[f32]>, isa: Isa) -> Self {
         let ConvSpec {
             cin, cout, k, groups, ..
         } = spec;
@@ -134,43 +128,31 @@ impl Conv {
             b
         };
         let bias = bias.into_iter().map(|b| b as f32).collect();
-        #[cfg(target_arch = "x86_64")]
         let stride1_3x3 = k == 3 && spec.stride == 1 && spec.dilation == 1 && groups == 1;
-        #[cfg(target_arch = "x86_64")]
-        if stride1_3x3 && Winograd::applies(cin, cout, kernel) {
+        if stride1_3x3 && Winograd::applies(cin, cout, isa) {
             return Conv {
                 spec,
                 weights: Vec::new(),
                 bias,
-                winograd: Some(Winograd::new(&matrix(0), cin, cout, kernel)),
+                isa,
+                winograd: Some(Winograd::new(&matrix(0), cin, cout, isa)),
                 wide_winograd: None,
             };
         }
         Conv {
             spec,
-            weights: (0..groups)
-                .map(|g| PackedB::new(&matrix(g), kk, cout_g, kernel))
-                .collect(),
+            weights: (0..groups).map(|g| PackedB::new(&matrix(g), kk, cout_g, isa)).collect(),
             bias,
-            #[cfg(target_arch = "x86_64")]
+            isa,
             winograd: None,
-            #[cfg(target_arch = "x86_64")]
-            wide_winograd: (stride1_3x3 && Winograd::possible(cin, cout, kernel)).then(std::sync::OnceLock::new),
+            wide_winograd: (stride1_3x3 && Winograd::possible(cin, cout, isa)).then(std::sync::OnceLock::new),
         }
     }
 
     /// Whether this conv runs through Winograd for input `xs`.
     #[cfg(test)]
     pub fn uses_winograd(&self, xs: Shape) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            self.winograd.is_some() || (self.wide_winograd.is_some() && Winograd::worth_it(xs))
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = xs;
-            false
-        }
+        self.winograd.is_some() || (self.wide_winograd.is_some() && Winograd::worth_it(xs))
     }
 
     pub fn out_shape(&self, s: Shape) -> Shape {
@@ -195,9 +177,7 @@ impl Conv {
     /// for input `xs`: Winograd and the portable kernel read each value before writing it; the
     /// packed kernel does too when k fits in one pass, but with more it stores partial sums
     /// over the output before the pass that adds the residual.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn adds_in_place(&self, xs: Shape) -> bool {
-        #[cfg(target_arch = "x86_64")]
         if self.winograd.is_some() || (self.wide_winograd.is_some() && Winograd::worth_it(xs)) {
             return true;
         }
@@ -224,7 +204,6 @@ impl Conv {
             !matches!(residual, Residual::InOut) || self.adds_in_place(xs),
             "this conv cannot add its residual in place"
         );
-        #[cfg(target_arch = "x86_64")]
         if let Some(w) = self.winograd_for(xs) {
             let t0 = std::time::Instant::now();
             w.run(x, xs, out, &self.bias, residual, relu, pool, scratch);
@@ -248,19 +227,18 @@ impl Conv {
 
     /// The Winograd transform that runs this conv on input `xs`, if one does: built with the
     /// conv, or from its weights the first time an input is large enough.
-    #[cfg(target_arch = "x86_64")]
     fn winograd_for(&self, xs: Shape) -> Option<&Winograd> {
         let ConvSpec { cin, cout, .. } = self.spec;
         let wide = self
             .wide_winograd
             .as_ref()
             .filter(|_| Winograd::worth_it(xs))
-            .map(|w| w.get_or_init(|| Winograd::new(&self.weights[0].unpack(), cin, cout, Kernel::Auto)));
+            .map(|w| w.get_or_init(|| Winograd::new(&self.weights[0].unpack(), cin, cout, self.isa)));
         self.winograd.as_ref().or(wide)
     }
 
     /// The 7×7 stride-2 stem on its padded input ([`kernel::stem_tile`]): each output row
-    /// in tiles of `MR` pixels, reading the input in place.
+    /// in tiles of `mr` pixels, reading the input in place.
     fn run_stem(&self, x: &[f32], xs: Shape, out: &mut [f32], relu: bool, pool: &rayon::ThreadPool) -> Shape {
         let t0 = std::time::Instant::now();
         let ConvSpec {
@@ -268,6 +246,7 @@ impl Conv {
         } = self.spec;
         let os = self.out_shape(xs);
         let w = &self.weights[0];
+        let (mr, nr) = (self.isa.mr(), self.isa.nr());
         let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
         pool.install(|| {
             (0..os.n * os.h).into_par_iter().for_each(|line| {
@@ -275,9 +254,9 @@ impl Conv {
                 let mut segs = [std::ptr::null(); 16];
                 // One panel at a time over the whole row, so its weights stay in L1.
                 for j in 0..w.panels() {
-                    let col0 = j * kernel::NR;
-                    let ncols = (cout - col0).min(kernel::NR);
-                    for ox0 in (0..os.w).step_by(kernel::MR) {
+                    let col0 = j * nr;
+                    let ncols = (cout - col0).min(nr);
+                    for ox0 in (0..os.w).step_by(mr) {
                         for (ky, seg) in segs.iter_mut().enumerate().take(k) {
                             let at = ((n * xs.h + oy * stride + ky) * xs.w + ox0 * stride) * cin;
                             // SAFETY: the input is padded, so every window lies inside it.
@@ -287,10 +266,11 @@ impl Conv {
                         // inside the padded input; this task owns output row `line`.
                         unsafe {
                             kernel::stem_tile(
-                                (os.w - ox0).min(kernel::MR),
+                                (os.w - ox0).min(mr),
                                 &segs[..k],
                                 k * cin,
-                                w.panel(j),
+                                w,
+                                j,
                                 op.get().add((line * os.w + ox0) * cout + col0),
                                 cout,
                                 ncols,
@@ -339,7 +319,7 @@ impl Conv {
         s.padded && s.dilation == 1 && s.groups == 1
     }
 
-    /// Where output pixels `pixels` (at most [`kernel::MR`]) read tap `seg = ky·k + kx` (or, with
+    /// Where output pixels `pixels` (at most `ptrs.len()`) read tap `seg = ky·k + kx` (or, with
     /// [`Conv::row_runs`], kernel row `seg = ky`): their input floats in NHWC `x`, or null
     /// outside the image (zero padding).
     fn tap_rows(
@@ -349,7 +329,7 @@ impl Conv {
         os: Shape,
         pixels: std::ops::Range<usize>,
         seg: usize,
-        ptrs: &mut [*const f32; kernel::MR],
+        ptrs: &mut [*const f32],
     ) {
         let ConvSpec {
             cin,
@@ -450,6 +430,8 @@ struct GemmPass<'a> {
     residual: Ptr<Option<*const f32>>,
     relu: bool,
     threads: usize,
+    /// Rows per kernel tile.
+    mr: usize,
     /// Output pixels (GEMM rows) and the floats of one group's patch row.
     m: usize,
     kk: usize,
@@ -457,7 +439,7 @@ struct GemmPass<'a> {
     direct: bool,
     /// A is packed tap by tap straight from the input (no patch buffer).
     implicit: bool,
-    /// The weights are packed for the AVX-512 kernel, which reads A packed too.
+    /// The weights are packed for a SIMD kernel, which reads A packed too.
     packed: bool,
     /// Floats per tap run read from the input: `k · cin` on a padded input, else `cin`.
     run: usize,
@@ -492,7 +474,8 @@ impl<'a> GemmPass<'a> {
         let kk = k * k * (cin / groups);
         let direct = k == 1 && stride == 1 && groups == 1;
         let panels = conv.weights[0].panels();
-        let part = partition(m, kk * groups, kk * cout, panels, threads);
+        let mr = conv.isa.mr();
+        let part = partition(m, kk * groups, kk * cout, panels, threads, mr);
         let out = Ptr(out.as_mut_ptr());
         GemmPass {
             conv,
@@ -503,6 +486,7 @@ impl<'a> GemmPass<'a> {
             residual: Ptr(residual.ptr(out.get())),
             relu,
             threads,
+            mr,
             m,
             kk,
             direct,
@@ -514,7 +498,7 @@ impl<'a> GemmPass<'a> {
             part,
             panels,
             splits: panels.div_ceil(part.per),
-            per_group: kernel::packed_len(part.rows, kk),
+            per_group: kernel::packed_len(part.rows, kk, mr),
         }
     }
 
@@ -543,7 +527,7 @@ impl<'a> GemmPass<'a> {
 
     fn block_tiles(&self, b: usize) -> usize {
         let (r0, r1) = self.block_rows(b);
-        (r1 - r0).div_ceil(kernel::MR)
+        (r1 - r0).div_ceil(self.mr)
     }
 
     /// Group g's bias and residual for the tile rows from r0.
@@ -590,18 +574,18 @@ impl<'a> GemmPass<'a> {
         let (r0, r1) = self.block_rows(b);
         let (kk, cin) = (self.kk, self.conv.spec.cin);
         if self.implicit {
-            let src = |row0: usize, seg: usize, ptrs: &mut [*const f32; kernel::MR]| {
+            let src = |row0: usize, seg: usize, ptrs: &mut [*const f32]| {
                 self.conv
                     .tap_rows(self.x.as_ptr(), self.xs, self.os, r0 + row0..r1, seg, ptrs)
             };
             // SAFETY: every pointer tap_rows gives starts `run` floats inside `x`; the caller
             // owns `tiles` of `dst`.
-            return unsafe { kernel::pack_a_tiles(r1 - r0, kk, self.run, &src, dst, tiles) };
+            return unsafe { kernel::pack_a_tiles(self.conv.isa, r1 - r0, kk, self.run, &src, dst, tiles) };
         }
         if self.direct {
             let a = self.x[r0 * cin..].as_ptr();
             // SAFETY: `a` has r1 - r0 rows of `cin` floats; the caller owns `tiles` of `dst`.
-            return unsafe { kernel::pack_a_rows_tiles(r1 - r0, a, cin, kk, dst, tiles) };
+            return unsafe { kernel::pack_a_rows_tiles(self.conv.isa, r1 - r0, a, cin, kk, dst, tiles) };
         }
         self.with_a(b, &mut |a, lda| {
             for g in 0..self.conv.spec.groups {
@@ -609,12 +593,13 @@ impl<'a> GemmPass<'a> {
                 // packed whole by one caller.
                 unsafe {
                     kernel::pack_a_rows_tiles(
+                        self.conv.isa,
                         r1 - r0,
                         a.add(g * kk),
                         lda,
                         kk,
                         dst.add(g * self.per_group),
-                        0..(r1 - r0).div_ceil(kernel::MR),
+                        0..(r1 - r0).div_ceil(self.mr),
                     )
                 };
             }
@@ -627,7 +612,7 @@ impl<'a> GemmPass<'a> {
         let (blocks, groups) = (self.part.blocks, self.conv.spec.groups);
         scratch.grow(blocks * groups * self.per_group);
         let parts = if self.direct || self.implicit {
-            (2 * self.threads).div_ceil(blocks).min(self.part.rows / kernel::MR)
+            (2 * self.threads).div_ceil(blocks).min(self.part.rows / self.mr)
         } else {
             1
         };
@@ -660,7 +645,7 @@ impl<'a> GemmPass<'a> {
         // Rows r0..r1 and panels `p` of each group's columns belong to this task alone.
         let run_packed = |a: &[f32]| {
             for (g, w) in self.conv.weights.iter().enumerate() {
-                let pa = &a[g * per_group..g * per_group + kernel::packed_len(r1 - r0, kk)];
+                let pa = &a[g * per_group..g * per_group + kernel::packed_len(r1 - r0, kk, self.mr)];
                 // SAFETY: rows r0..r1, panels `p`: this task's alone.
                 unsafe { kernel::gemm_packed(r1 - r0, pa, w, out(g), cout, self.epilogue(g, r0), p.clone()) }
             }
@@ -710,9 +695,16 @@ pub(super) struct Partition {
 }
 
 /// The partition of `m` output pixels with `k_row` packed floats per row, a weight of
-/// `weight_len` floats in `panels` column panels, over `threads` threads. Pure, so it is
+/// `weight_len` floats in `panels` column panels, over `threads` threads, in tiles of `mr` rows. Pure, so it is
 /// tested alone; every figure in it was measured (docs/results/engine.md).
-pub(super) fn partition(m: usize, k_row: usize, weight_len: usize, panels: usize, threads: usize) -> Partition {
+pub(super) fn partition(
+    m: usize,
+    k_row: usize,
+    weight_len: usize,
+    panels: usize,
+    threads: usize,
+    mr: usize,
+) -> Partition {
     // Pixel blocks: a block's packed rows (rows × K) stay within 256 KB of L2, 56–448 rows
     // (448 measured ~5 % faster than 224 on resnet50). When that gives too few tasks
     // (batch 1, late stages):
@@ -721,10 +713,10 @@ pub(super) fn partition(m: usize, k_row: usize, weight_len: usize, panels: usize
     //   resnet50 b1 against splitting the panels);
     // - larger weights split the column panels instead, several per task, so the packed
     //   rows are shared and reused and each weight panel is read once.
-    // Whole tiles per block, for about `b` blocks.
-    let rows_for = |b: usize| m.div_ceil(b).div_ceil(kernel::MR) * kernel::MR;
-    let cap = ((1 << 16) / k_row.max(1)).clamp(4 * kernel::MR, kernel::MR * 32);
-    let mut rows = cap.min(m).div_ceil(kernel::MR) * kernel::MR;
+    // Whole tiles of `mr` rows per block, for about `b` blocks.
+    let rows_for = |b: usize| m.div_ceil(b).div_ceil(mr) * mr;
+    let cap = ((1 << 16) / k_row.max(1)).clamp(56, 448);
+    let mut rows = cap.min(m).div_ceil(mr) * mr;
     let mut blocks = m.div_ceil(rows);
     let want = 4 * threads;
     let small_weights = weight_len <= 640 << 10;
@@ -832,6 +824,7 @@ pub fn zero_pad_shortcut(x: &[f32], xs: Shape, stride: usize, cout: usize, out: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Kernel;
 
     /// Every partition covers the pixels in whole tiles, keeps the panels in range, and (when
     /// panels are split) gives the threads equal numbers of tasks.
@@ -846,11 +839,11 @@ mod tests {
                 (4608, 512),
                 (2048, 1000),
             ] {
-                for threads in [1, 2, 3, 8] {
-                    let panels = cout.div_ceil(kernel::NR);
-                    let p = partition(m, k_row, k_row * cout, panels, threads);
-                    let case = format!("m {m}, k {k_row}, cout {cout}, {threads} threads: {p:?}");
-                    assert_eq!(p.rows % kernel::MR, 0, "{case}");
+                for (threads, (mr, nr)) in [1, 2, 3, 8].into_iter().zip([(14, 32), (6, 16), (8, 12), (14, 32)]) {
+                    let panels = cout.div_ceil(nr);
+                    let p = partition(m, k_row, k_row * cout, panels, threads, mr);
+                    let case = format!("m {m}, k {k_row}, cout {cout}, {threads} threads, mr {mr}: {p:?}");
+                    assert_eq!(p.rows % mr, 0, "{case}");
                     assert!(p.rows * p.blocks >= m && (p.blocks - 1) * p.rows < m, "{case}");
                     assert!((1..=panels).contains(&p.per), "{case}");
                     if p.per < panels && p.per > 1 {
@@ -865,17 +858,17 @@ mod tests {
     #[test]
     fn partitions_of_resnet50_at_batch_1() {
         // The first 1×1 conv of layer 1 (56², 64 → 64) on 2 threads: 8 blocks, not 7.
-        let p = partition(56 * 56, 64, 64 * 64, 2, 2);
+        let p = partition(56 * 56, 64, 64 * 64, 2, 2, 14);
         assert_eq!((p.blocks, p.per), (8, 2), "{p:?}");
         // Layer 4's 3×3 conv (7², 512 → 512, 2.4 MB of weights): too few pixels for the
         // threads, so the 16 column panels are split, into a number of tasks both threads share.
-        let p = partition(49, 4608, 4608 * 512, 16, 2);
+        let p = partition(49, 4608, 4608 * 512, 16, 2, 14);
         assert!(p.per < 16, "{p:?}");
         assert_eq!((p.blocks * 16usize.div_ceil(p.per)) % 2, 0, "{p:?}");
         // Layer 3's 1×1 expansion (14², 256 → 1024, 1 MB: stays in L2): finer pixel blocks,
         // every task runs all panels. 196 pixels are 14 tiles, so whole-tile blocks of 2 tiles
         // make 7 (8 are not possible).
-        let p = partition(196, 256, 256 * 1024, 32, 2);
+        let p = partition(196, 256, 256 * 1024, 32, 2, 14);
         assert_eq!((p.rows, p.blocks, p.per), (28, 7, 32), "{p:?}");
     }
 
@@ -891,16 +884,10 @@ mod tests {
     #[test]
     fn residual_in_place_matches_a_separate_one() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        for kernel in [Kernel::Auto, Kernel::Portable] {
+        for isa in Kernel::available() {
             for (k, cin, cout) in [(1, 64, 256), (3, 64, 64), (1, 256, 64)] {
                 let spec = ConvSpec::new(cin, cout, k, 1);
-                let conv = Conv::fold(
-                    &values(cout * cin * k * k, 1),
-                    spec,
-                    None,
-                    Some(&values(cout, 2)),
-                    kernel,
-                );
+                let conv = Conv::fold(&values(cout * cin * k * k, 1), spec, None, Some(&values(cout, 2)), isa);
                 let xs = Shape {
                     n: 2,
                     h: 9,
@@ -914,30 +901,25 @@ mod tests {
                 pool.install(|| conv.run(&x, xs, &mut want, Residual::From(&res), true, &pool, &mut scratch));
                 let mut got = res.clone();
                 pool.install(|| conv.run(&x, xs, &mut got, Residual::InOut, true, &pool, &mut scratch));
-                assert_eq!(got, want, "k{k} {cin}->{cout} {kernel:?}");
+                assert_eq!(got, want, "k{k} {cin}->{cout} {isa}");
             }
+            let deep = Conv::fold(&values(64 * 512, 1), ConvSpec::new(512, 64, 1, 1), None, None, isa);
+            let xs = Shape {
+                n: 1,
+                h: 4,
+                w: 4,
+                c: 512,
+            };
+            assert_eq!(deep.adds_in_place(xs), !isa.packed(), "{isa}");
         }
-        let deep = Conv::fold(
-            &values(64 * 512, 1),
-            ConvSpec::new(512, 64, 1, 1),
-            None,
-            None,
-            Kernel::Auto,
-        );
-        let xs = Shape {
-            n: 1,
-            h: 4,
-            w: 4,
-            c: 512,
-        };
-        assert_eq!(deep.adds_in_place(xs), !Kernel::Auto.avx512());
     }
 }
 
 /// Winograd against the direct conv: here, so the Winograd file never imports this one.
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod winograd_tests {
     use super::*;
+    use crate::engine::Kernel;
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -947,42 +929,44 @@ mod winograd_tests {
 
     /// One stride-1 3×3 conv through Winograd against the direct GEMM (the portable kernel), on
     /// ragged sizes, with bias, residual and ReLU: both the per-block and the per-position
-    /// schedules, and the wide convs' lazily built transform.
+    /// schedules, and the wide convs' lazily built transform; on every kernel this CPU runs.
     #[test]
     fn winograd_equals_the_direct_conv() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        for (cin, cout, n, h, w) in [
-            (16, 32, 1, 9, 13),
-            (64, 64, 2, 17, 10),
-            (128, 128, 1, 28, 28),
-            (256, 256, 3, 7, 7),
-            (512, 512, 4, 7, 7),
-            // 480 tiles: two parts of the batch.
-            (512, 512, 120, 7, 7),
-        ] {
-            let spec = ConvSpec::new(cin, cout, 3, 1);
-            let weight = values(cout * cin * 9, 1).iter().map(|v| v * 0.05).collect::<Vec<_>>();
-            let bias = values(cout, 2);
-            let direct = Conv::fold(&weight, spec, None, Some(&bias), Kernel::Portable);
-            let fast = Conv::fold(&weight, spec, None, Some(&bias), Kernel::Auto);
-            let xs = Shape { n, h, w, c: cin };
-            let x = values(xs.len(), 3);
-            let res = values(n * h * w * cout, 4);
-            let [want, got] = [&direct, &fast].map(|conv| {
-                let mut out = vec![0f32; res.len()];
-                let mut scratch = AlignedVec::default();
-                conv.run(&x, xs, &mut out, Residual::From(&res), true, &pool, &mut scratch);
-                out
-            });
-            let err: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-            let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-            let rel = (err / norm).sqrt();
-            assert!(rel < 1e-5, "{cin}→{cout} on {n}×{h}×{w}: relative L2 {rel:e}");
-            assert_eq!(
-                fast.uses_winograd(xs),
-                Kernel::Auto.avx512(),
-                "{cin}→{cout} on {n}×{h}×{w}: Winograd runs exactly when AVX-512 does"
-            );
+        for isa in Kernel::available() {
+            for (cin, cout, n, h, w) in [
+                (16, 32, 1, 9, 13),
+                (64, 64, 2, 17, 10),
+                (128, 128, 1, 28, 28),
+                (256, 256, 3, 7, 7),
+                (512, 512, 4, 7, 7),
+                // 480 tiles: two parts of the batch.
+                (512, 512, 120, 7, 7),
+            ] {
+                let spec = ConvSpec::new(cin, cout, 3, 1);
+                let weight = values(cout * cin * 9, 1).iter().map(|v| v * 0.05).collect::<Vec<_>>();
+                let bias = values(cout, 2);
+                let direct = Conv::fold(&weight, spec, None, Some(&bias), Isa::Portable);
+                let fast = Conv::fold(&weight, spec, None, Some(&bias), isa);
+                let xs = Shape { n, h, w, c: cin };
+                let x = values(xs.len(), 3);
+                let res = values(n * h * w * cout, 4);
+                let [want, got] = [&direct, &fast].map(|conv| {
+                    let mut out = vec![0f32; res.len()];
+                    let mut scratch = AlignedVec::default();
+                    conv.run(&x, xs, &mut out, Residual::From(&res), true, &pool, &mut scratch);
+                    out
+                });
+                let err: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+                let rel = (err / norm).sqrt();
+                assert!(rel < 1e-5, "{isa} {cin}→{cout} on {n}×{h}×{w}: relative L2 {rel:e}");
+                assert_eq!(
+                    fast.uses_winograd(xs),
+                    isa.packed(),
+                    "{isa} {cin}→{cout} on {n}×{h}×{w}: Winograd runs exactly on the packed kernels"
+                );
+            }
         }
     }
 }

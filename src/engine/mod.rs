@@ -12,7 +12,6 @@ mod aligned;
 mod conv;
 mod kernel;
 mod types;
-#[cfg(target_arch = "x86_64")]
 mod winograd;
 
 use std::sync::Mutex;
@@ -22,7 +21,7 @@ use aligned::AlignedVec;
 use rayon::prelude::*;
 
 use conv::{global_avg_pool, max_pool_3x3s2, zero_pad_shortcut, Conv, ConvSpec, Residual};
-pub use kernel::Kernel;
+pub use kernel::{Avx2, Avx512, Isa, Kernel, Neon};
 pub use types::Shape;
 
 use crate::error::{Error, Result};
@@ -76,6 +75,7 @@ fn step(what: &str, t: &mut std::time::Instant) {
 
 /// A ResNet ready for fast CPU inference.
 pub struct Engine {
+    isa: Isa,
     config: ResNetConfig,
     stem: Conv,
     blocks: Vec<Block>,
@@ -104,7 +104,7 @@ fn tensor<'a>(sd: &'a StateDict, key: &str, len: usize) -> Result<&'a [f32]> {
 }
 
 /// The next conv weight with the BatchNorm after it folded in.
-fn conv(sd: &StateDict, keys: &mut ParamKeys, spec: ConvSpec, kernel: Kernel) -> Result<Conv> {
+fn conv(sd: &StateDict, keys: &mut ParamKeys, spec: ConvSpec, kernel: Isa) -> Result<Conv> {
     let (cout, k) = (spec.cout, spec.k);
     let w = tensor(sd, &keys.next(Role::ConvWeight)?, cout * spec.cin / spec.groups * k * k)?;
     let stats = (
@@ -124,9 +124,10 @@ impl Engine {
         Self::with_kernel(config, sd, threads, Kernel::Auto)
     }
 
-    /// [`Engine::new`] with a chosen matrix kernel (tests run both).
+    /// [`Engine::new`] with a chosen matrix kernel; an error if this CPU cannot run it.
     pub fn with_kernel(config: &ResNetConfig, sd: &StateDict, threads: usize, kernel: Kernel) -> Result<Self> {
         config.validate()?;
+        let kernel = kernel.resolve()?;
         let (k, stride) = match config.stem {
             Stem::ImageNet => (7, 2),
             Stem::Cifar => (3, 1),
@@ -188,6 +189,7 @@ impl Engine {
             .build()
             .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?;
         Ok(Engine {
+            isa: kernel,
             config: config.clone(),
             stem,
             blocks,
@@ -199,6 +201,11 @@ impl Engine {
 
     pub fn config(&self) -> &ResNetConfig {
         &self.config
+    }
+
+    /// The matrix kernel this engine runs (`avx512`, `avx2`, `neon` or `portable`).
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     pub fn threads(&self) -> usize {

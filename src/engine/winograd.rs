@@ -9,13 +9,13 @@
 //! applies ReLU and stores NHWC. Interpolation points 0, ±1, ±2, ±½ keep fp32 rounding within
 //! the engine's 1e-4 budget (the tests compare against the direct conv and torchvision).
 
-use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
 use super::aligned::AlignedVec;
-use super::kernel::{self, Epilogue, Kernel, PackedB};
+use super::kernel::simd::{Simd, Vectorized};
+use super::kernel::{self, with_simd, Epilogue, Isa, PackedB};
 use super::types::{Ptr, Residual, Shape};
 
 /// Output pixels per tile side, and input pixels per tile side.
@@ -41,6 +41,7 @@ thread_local! {
 
 /// A 3×3 stride-1 conv (BatchNorm folded) prepared for Winograd.
 pub struct Winograd {
+    isa: Isa,
     cin: usize,
     cout: usize,
     /// `U_ξ` as `[cin, cout]`, packed for the kernel.
@@ -49,20 +50,20 @@ pub struct Winograd {
 }
 
 impl Winograd {
-    /// Whether a conv of this shape always runs here: AVX-512, whole 16-channel vectors, and
+    /// Whether a conv of this shape always runs here: a packed kernel, whole 16-channel vectors, and
     /// weights small enough that their 4× larger transform stays cheap to stream.
     /// `RESNET_WINOGRAD=0` turns it off.
-    pub fn applies(cin: usize, cout: usize, kernel: Kernel) -> bool {
-        Self::possible(cin, cout, kernel) && cin * cout <= 256 * 256
+    pub fn applies(cin: usize, cout: usize, isa: Isa) -> bool {
+        Self::possible(cin, cout, isa) && cin * cout <= 256 * 256
     }
 
     /// Whether a conv of this shape may run here for large enough inputs (see
     /// [`Winograd::worth_it`]): up to 512×512 channels, whose 38 MB transform is only built the
     /// first time such an input comes.
-    pub fn possible(cin: usize, cout: usize, kernel: Kernel) -> bool {
+    pub fn possible(cin: usize, cout: usize, isa: Isa) -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let on = *ON.get_or_init(|| std::env::var("RESNET_WINOGRAD").map_or(true, |v| v != "0"));
-        on && kernel.avx512() && cin.is_multiple_of(16) && cout.is_multiple_of(16) && cin * cout <= 512 * 512
+        on && isa.packed() && cin.is_multiple_of(16) && cout.is_multiple_of(16) && cin * cout <= 512 * 512
     }
 
     /// For the wide convs: whether `xs` has enough 4×4 tiles (16, e.g. a batch of 4 at 7×7) to
@@ -73,7 +74,7 @@ impl Winograd {
     }
 
     /// From the folded weights as `[(ky, kx, cin), cout]`.
-    pub fn new(w: &[f32], cin: usize, cout: usize, kernel: Kernel) -> Self {
+    pub fn new(w: &[f32], cin: usize, cout: usize, isa: Isa) -> Self {
         debug_assert_eq!(w.len(), 9 * cin * cout);
         let mut u = vec![vec![0f32; cin * cout]; XI];
         for ci in 0..cin {
@@ -95,9 +96,10 @@ impl Winograd {
             }
         }
         Winograd {
+            isa,
             cin,
             cout,
-            u: u.iter().map(|m| PackedB::new(m, cin, cout, kernel)).collect(),
+            u: u.iter().map(|m| PackedB::new(m, cin, cout, isa)).collect(),
             zeros: vec![0.0; cout],
         }
     }
@@ -119,7 +121,7 @@ impl Winograd {
         let (ty, tx) = (xs.h.div_ceil(OUT), xs.w.div_ceil(OUT));
         let tiles = xs.n * ty * tx;
         let threads = pool.current_num_threads().max(1);
-        let (cin, cout) = (self.cin, self.cout);
+        let (cin, cout, isa, mr) = (self.cin, self.cout, self.isa, self.isa.mr());
         let out = out.as_mut_ptr();
         let io = Io {
             x: Ptr(x.as_ptr()),
@@ -144,7 +146,7 @@ impl Winograd {
         if XI * cin * cout > 1 << 18 {
             // Huge batches go through in parts, so the transformed tiles and products stay
             // within 64 MB (typical batches are one part).
-            let part = ((1 << 24) / (XI * (cin + cout))).max(kernel::MR);
+            let part = ((1 << 24) / (XI * (cin + cout))).max(mr);
             let rows = part.min(tiles);
             let (vn, mn) = (XI * rows * cin, XI * rows * cout);
             scratch.grow(vn + mn);
@@ -154,16 +156,27 @@ impl Winograd {
                 let nt = part.min(tiles - p0);
                 let chunks = nt.div_ceil(threads * 4).max(1);
                 let ranges = move |c: usize| p0 + c * chunks..p0 + ((c + 1) * chunks).min(nt);
-                let packed = kernel::packed_len(nt, cin);
+                let packed = kernel::packed_len(nt, cin, mr);
                 pool.install(|| {
                     (0..nt.div_ceil(chunks)).into_par_iter().for_each(|c| {
                         // SAFETY: each chunk writes its own rows of V.
-                        unsafe { input_transform(&io, ranges(c), vp.get(), nt, p0) }
+                        unsafe {
+                            on(
+                                isa,
+                                InputTiles {
+                                    io: &io,
+                                    range: ranges(c),
+                                    v: vp.get(),
+                                    stride: nt,
+                                    base: p0,
+                                },
+                            )
+                        }
                     });
                     (0..XI).into_par_iter().for_each(|xi| {
                         with_buf(packed, |pa| unsafe {
                             // SAFETY: each ξ reads its V_ξ and writes its own M_ξ.
-                            kernel::pack_a_rows(nt, vp.get().add(xi * nt * cin), cin, cin, pa);
+                            kernel::pack_a_rows(isa, nt, vp.get().add(xi * nt * cin), cin, cin, pa);
                             let u = &self.u[xi];
                             let mx = mp.get().add(xi * nt * cout);
                             kernel::gemm_packed(nt, pa, u, mx, cout, ep(), 0..u.panels());
@@ -171,7 +184,19 @@ impl Winograd {
                     });
                     (0..nt.div_ceil(chunks)).into_par_iter().for_each(|c| {
                         // SAFETY: each chunk writes its own tiles' output pixels.
-                        unsafe { output_transform(&io, mp.get(), nt, p0, cout, ranges(c)) }
+                        unsafe {
+                            on(
+                                isa,
+                                OutputTiles {
+                                    io: &io,
+                                    m: mp.get(),
+                                    stride: nt,
+                                    base: p0,
+                                    cout,
+                                    range: ranges(c),
+                                },
+                            )
+                        }
                     });
                 });
             }
@@ -179,10 +204,10 @@ impl Winograd {
         }
         // Blocks whose transformed tiles and products (36 × tiles × (cin + cout) floats) stay
         // within 1 MB of L2, at least one per thread and a multiple of the thread count.
-        let cap = ((1 << 18) / (XI * (cin + cout))).clamp(kernel::MR, 4 * kernel::MR);
+        let cap = ((1 << 18) / (XI * (cin + cout))).clamp(mr, 4 * mr);
         let tasks = tiles.div_ceil(cap).max(threads).div_ceil(threads) * threads;
         let per = tiles.div_ceil(tasks);
-        let packed = kernel::packed_len(per, cin);
+        let packed = kernel::packed_len(per, cin, mr);
         let task = |t: usize| {
             let t0 = t * per;
             let t1 = (t0 + per).min(tiles);
@@ -195,13 +220,32 @@ impl Winograd {
                 let (pa, m) = rest.split_at_mut(packed);
                 // SAFETY: tiles t0..t1 read inside `x` and write only their own output pixels.
                 unsafe {
-                    input_transform(&io, t0..t1, v.as_mut_ptr(), per, t0);
+                    on(
+                        isa,
+                        InputTiles {
+                            io: &io,
+                            range: t0..t1,
+                            v: v.as_mut_ptr(),
+                            stride: per,
+                            base: t0,
+                        },
+                    );
                     for (xi, u) in self.u.iter().enumerate() {
-                        kernel::pack_a_rows(nt, v.as_ptr().add(xi * per * cin), cin, cin, pa);
+                        kernel::pack_a_rows(isa, nt, v.as_ptr().add(xi * per * cin), cin, cin, pa);
                         let mx = m.as_mut_ptr().add(xi * per * cout);
                         kernel::gemm_packed(nt, pa, u, mx, cout, ep(), 0..u.panels());
                     }
-                    output_transform(&io, m.as_ptr(), per, t0, cout, t0..t1);
+                    on(
+                        isa,
+                        OutputTiles {
+                            io: &io,
+                            m: m.as_ptr(),
+                            stride: per,
+                            base: t0,
+                            cout,
+                            range: t0..t1,
+                        },
+                    );
                 }
             })
         };
@@ -235,38 +279,36 @@ struct Io<'a> {
 
 /// `Bᵀ d` for one column (or row) of six vectors.
 #[inline(always)]
-unsafe fn bt(d: [__m512; 6]) -> [__m512; 6] {
-    let f = _mm512_set1_ps;
-    let (two, four, five) = (f(2.0), f(4.0), f(5.0));
+unsafe fn bt<S: Simd>(d: [S::V; 6]) -> [S::V; 6] {
+    let (two, four, five) = (S::splat(2.0), S::splat(4.0), S::splat(5.0));
     // r0 = 4d0 - 5d2 + d4; r5 = 4d1 - 5d3 + d5
-    let r0 = _mm512_fnmadd_ps(five, d[2], _mm512_fmadd_ps(four, d[0], d[4]));
-    let r5 = _mm512_fnmadd_ps(five, d[3], _mm512_fmadd_ps(four, d[1], d[5]));
-    // r1,2 = ∓4(d1 + d2)... : r1 = -4d1 - 4d2 + d3 + d4, r2 = 4d1 - 4d2 - d3 + d4
-    let a = _mm512_fnmadd_ps(four, d[2], d[4]); // d4 - 4d2
-    let b = _mm512_fnmadd_ps(four, d[1], d[3]); // d3 - 4d1
-    let r1 = _mm512_add_ps(a, b);
-    let r2 = _mm512_sub_ps(a, b);
+    let r0 = S::fnma(five, d[2], S::fma(four, d[0], d[4]));
+    let r5 = S::fnma(five, d[3], S::fma(four, d[1], d[5]));
+    // r1 = -4d1 - 4d2 + d3 + d4, r2 = 4d1 - 4d2 - d3 + d4
+    let a = S::fnma(four, d[2], d[4]); // d4 - 4d2
+    let b = S::fnma(four, d[1], d[3]); // d3 - 4d1
+    let r1 = S::add(a, b);
+    let r2 = S::sub(a, b);
     // r3 = -2d1 - d2 + 2d3 + d4, r4 = 2d1 - d2 - 2d3 + d4
-    let c = _mm512_sub_ps(d[4], d[2]);
-    let e = _mm512_mul_ps(two, _mm512_sub_ps(d[3], d[1]));
-    let r3 = _mm512_add_ps(c, e);
-    let r4 = _mm512_sub_ps(c, e);
+    let c = S::sub(d[4], d[2]);
+    let e = S::mul(two, S::sub(d[3], d[1]));
+    let r3 = S::add(c, e);
+    let r4 = S::sub(c, e);
     [r0, r1, r2, r3, r4, r5]
 }
 
 /// `Aᵀ m` for one column (or row) of six vectors.
 #[inline(always)]
-unsafe fn at(m: [__m512; 6]) -> [__m512; 4] {
-    let f = _mm512_set1_ps;
-    let s12 = _mm512_add_ps(m[1], m[2]);
-    let d12 = _mm512_sub_ps(m[1], m[2]);
-    let s34 = _mm512_add_ps(m[3], m[4]);
-    let d34 = _mm512_sub_ps(m[3], m[4]);
+unsafe fn at<S: Simd>(m: [S::V; 6]) -> [S::V; 4] {
+    let s12 = S::add(m[1], m[2]);
+    let d12 = S::sub(m[1], m[2]);
+    let s34 = S::add(m[3], m[4]);
+    let d34 = S::sub(m[3], m[4]);
     [
-        _mm512_add_ps(_mm512_add_ps(m[0], s12), s34),
-        _mm512_fmadd_ps(f(2.0), d34, d12),
-        _mm512_fmadd_ps(f(4.0), s34, s12),
-        _mm512_add_ps(_mm512_fmadd_ps(f(8.0), d34, d12), m[5]),
+        S::add(S::add(m[0], s12), s34),
+        S::fma(S::splat(2.0), d34, d12),
+        S::fma(S::splat(4.0), s34, s12),
+        S::add(S::fma(S::splat(8.0), d34, d12), m[5]),
     ]
 }
 
@@ -275,37 +317,63 @@ fn tile_pos(t: usize, ty: usize, tx: usize) -> (usize, usize, usize) {
     (t / (ty * tx), (t % (ty * tx)) / tx, t % tx)
 }
 
+/// Runs one of the transforms below with `isa`'s vectors.
+///
+/// # Safety
+/// `isa` is a packed kernel, and `op`'s own contract holds.
+unsafe fn on<Op: Vectorized<Output = ()>>(isa: Isa, op: Op) {
+    with_simd!(isa, s => s.vectorize(op), portable => unreachable!("Winograd runs on packed kernels only"))
+}
+
 /// `V_ξ[t - base][c]` for tiles `range`: row stride `cin`, one `stride × cin` matrix per ξ.
-#[target_feature(enable = "avx512f")]
-unsafe fn input_transform(io: &Io<'_>, range: std::ops::Range<usize>, v: *mut f32, stride: usize, base: usize) {
-    let (x, xs) = (io.x.get(), io.xs);
-    let cin = xs.c;
-    for t in range {
-        let (n, by, bx) = tile_pos(t, io.ty, io.tx);
-        let (y0, x0) = ((by * OUT) as isize - 1, (bx * OUT) as isize - 1);
-        // Input pixel (y0 + i, x0 + j), or None in the padding.
-        let mut src = [[None; TILE]; TILE];
-        for (i, row) in src.iter_mut().enumerate() {
-            for (j, s) in row.iter_mut().enumerate() {
-                let (y, xx) = (y0 + i as isize, x0 + j as isize);
-                if y >= 0 && xx >= 0 && (y as usize) < xs.h && (xx as usize) < xs.w {
-                    *s = Some(x.add(((n * xs.h + y as usize) * xs.w + xx as usize) * cin));
+/// Tiles `range` read inside `io.x`, and `v` holds their rows.
+struct InputTiles<'a, 'b> {
+    io: &'a Io<'b>,
+    range: std::ops::Range<usize>,
+    v: *mut f32,
+    stride: usize,
+    base: usize,
+}
+
+impl Vectorized for InputTiles<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let InputTiles {
+            io,
+            range,
+            v,
+            stride,
+            base,
+        } = self;
+        let (x, xs) = (io.x.get(), io.xs);
+        let cin = xs.c;
+        for t in range {
+            let (n, by, bx) = tile_pos(t, io.ty, io.tx);
+            let (y0, x0) = ((by * OUT) as isize - 1, (bx * OUT) as isize - 1);
+            // Input pixel (y0 + i, x0 + j), or None in the padding.
+            let mut src = [[None; TILE]; TILE];
+            for (i, row) in src.iter_mut().enumerate() {
+                for (j, s) in row.iter_mut().enumerate() {
+                    let (y, xx) = (y0 + i as isize, x0 + j as isize);
+                    if y >= 0 && xx >= 0 && (y as usize) < xs.h && (xx as usize) < xs.w {
+                        *s = Some(x.add(((n * xs.h + y as usize) * xs.w + xx as usize) * cin));
+                    }
                 }
             }
-        }
-        for c in (0..cin).step_by(16) {
-            // Columns first (Bᵀ d), then rows ((Bᵀ d) B).
-            let mut cols = [[_mm512_setzero_ps(); TILE]; TILE];
-            for j in 0..TILE {
-                let d: [__m512; TILE] =
-                    std::array::from_fn(|i| src[i][j].map_or(_mm512_setzero_ps(), |p| _mm512_loadu_ps(p.add(c))));
-                for (i, r) in bt(d).into_iter().enumerate() {
-                    cols[i][j] = r;
+            for c in (0..cin).step_by(S::LANES) {
+                // Columns first (Bᵀ d), then rows ((Bᵀ d) B).
+                let mut cols = [[S::zero(); TILE]; TILE];
+                for j in 0..TILE {
+                    let d: [S::V; TILE] = std::array::from_fn(|i| src[i][j].map_or(S::zero(), |p| S::load(p.add(c))));
+                    for (i, r) in bt::<S>(d).into_iter().enumerate() {
+                        cols[i][j] = r;
+                    }
                 }
-            }
-            for (i, row) in cols.iter().enumerate() {
-                for (j, r) in bt(*row).into_iter().enumerate() {
-                    _mm512_storeu_ps(v.add(((i * TILE + j) * stride + (t - base)) * cin + c), r);
+                for (i, row) in cols.iter().enumerate() {
+                    for (j, r) in bt::<S>(*row).into_iter().enumerate() {
+                        S::store(v.add(((i * TILE + j) * stride + (t - base)) * cin + c), r);
+                    }
                 }
             }
         }
@@ -313,43 +381,57 @@ unsafe fn input_transform(io: &Io<'_>, range: std::ops::Range<usize>, v: *mut f3
 }
 
 /// `Y = Aᵀ M A` for tiles `range` (`M_ξ[t - base]` at row stride `cout`, `stride` rows per ξ),
-/// plus bias (and residual), ReLU'd if asked, stored NHWC.
-#[target_feature(enable = "avx512f")]
-unsafe fn output_transform(
-    io: &Io<'_>,
+/// plus bias (and residual), ReLU'd if asked, stored NHWC. `m` holds the tiles' products, and
+/// they write only their own pixels.
+struct OutputTiles<'a, 'b> {
+    io: &'a Io<'b>,
     m: *const f32,
     stride: usize,
     base: usize,
     cout: usize,
     range: std::ops::Range<usize>,
-) {
-    let (xs, bias, out) = (io.xs, io.bias, io.out.get());
-    let zero = _mm512_setzero_ps();
-    for t in range {
-        let (n, by, bx) = tile_pos(t, io.ty, io.tx);
-        let rows = (xs.h - by * OUT).min(OUT);
-        let cols = (xs.w - bx * OUT).min(OUT);
-        for c in (0..cout).step_by(16) {
-            // Columns first (Aᵀ M), then rows ((Aᵀ M) A).
-            let by_col: [[__m512; OUT]; TILE] = std::array::from_fn(|j| {
-                at(std::array::from_fn(|i| {
-                    _mm512_loadu_ps(m.add(((i * TILE + j) * stride + (t - base)) * cout + c))
-                }))
-            });
-            let half: [[__m512; TILE]; OUT] = std::array::from_fn(|i| std::array::from_fn(|j| by_col[j][i]));
-            let b = _mm512_loadu_ps(bias.as_ptr().add(c));
-            for (i, row) in half.iter().enumerate().take(rows) {
-                let y = at(*row);
-                for (j, y) in y.iter().enumerate().take(cols) {
-                    let at = ((n * xs.h + by * OUT + i) * xs.w + bx * OUT + j) * cout + c;
-                    let mut o = _mm512_add_ps(*y, b);
-                    if let Some(r) = io.residual.get() {
-                        o = _mm512_add_ps(o, _mm512_loadu_ps(r.add(at)));
+}
+
+impl Vectorized for OutputTiles<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let OutputTiles {
+            io,
+            m,
+            stride,
+            base,
+            cout,
+            range,
+        } = self;
+        let (xs, bias, out) = (io.xs, io.bias, io.out.get());
+        let zero = S::zero();
+        for t in range {
+            let (n, by, bx) = tile_pos(t, io.ty, io.tx);
+            let rows = (xs.h - by * OUT).min(OUT);
+            let cols = (xs.w - bx * OUT).min(OUT);
+            for c in (0..cout).step_by(S::LANES) {
+                // Columns first (Aᵀ M), then rows ((Aᵀ M) A).
+                let by_col: [[S::V; OUT]; TILE] = std::array::from_fn(|j| {
+                    at::<S>(std::array::from_fn(|i| {
+                        S::load(m.add(((i * TILE + j) * stride + (t - base)) * cout + c))
+                    }))
+                });
+                let half: [[S::V; TILE]; OUT] = std::array::from_fn(|i| std::array::from_fn(|j| by_col[j][i]));
+                let b = S::load(bias.as_ptr().add(c));
+                for (i, row) in half.iter().enumerate().take(rows) {
+                    let y = at::<S>(*row);
+                    for (j, y) in y.iter().enumerate().take(cols) {
+                        let at = ((n * xs.h + by * OUT + i) * xs.w + bx * OUT + j) * cout + c;
+                        let mut o = S::add(*y, b);
+                        if let Some(r) = io.residual.get() {
+                            o = S::add(o, S::load(r.add(at)));
+                        }
+                        if io.relu {
+                            o = S::max(o, zero);
+                        }
+                        S::store(out.add(at), o);
                     }
-                    if io.relu {
-                        o = _mm512_max_ps(o, zero);
-                    }
-                    _mm512_storeu_ps(out.add(at), o);
                 }
             }
         }

@@ -104,6 +104,8 @@ pub struct ModelInfo {
     pub gflops: f64,
     /// `fast` (the CPU engine) or `burn`.
     pub engine: &'static str,
+    /// The fast engine's matrix kernel (`avx512`, `avx2`, `neon`, `portable`); none on burn.
+    pub kernel: Option<&'static str>,
     pub workers: usize,
     pub max_batch: usize,
 }
@@ -155,6 +157,7 @@ impl Server {
             parameters: c.params,
             gflops: c.gflops(),
             engine: if first.engine().is_some() { "fast" } else { "burn" },
+            kernel: first.engine().map(|e| e.isa().name()),
             workers: classifiers.len(),
             max_batch: cfg.max_batch.max(1),
         };

@@ -148,3 +148,19 @@ const ROW: &[u8] = &[
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 128, 91, 3, 134, 176, 0, 1,
 ];
+
+/// The `resnet` binary as a command; under `RESNET_TEST_RUNNER` (e.g. `qemu-aarch64 -L
+/// /usr/aarch64-linux-gnu`, which .ci/run sets for the cross-built aarch64 tests) through it.
+#[allow(dead_code)]
+pub fn resnet_command() -> std::process::Command {
+    let exe = env!("CARGO_BIN_EXE_resnet");
+    match std::env::var("RESNET_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut words = runner.split_whitespace();
+            let mut c = std::process::Command::new(words.next().unwrap_or_default());
+            c.args(words).arg(exe);
+            c
+        }
+        _ => std::process::Command::new(exe),
+    }
+}

@@ -1,0 +1,388 @@
+//! The packed GEMM, its A packing and the stem, written once over [`Simd`]: the AVX2 and NEON
+//! kernels are this code compiled for their features. A tile of `MR` rows × `NV` vectors
+//! lives in registers; each k-step loads the `NV` weight vectors, broadcasts each row's A value
+//! and issues `MR · NV` FMAs. Every function here is `inline(always)`, so it lands inside the
+//! ISA's [`Simd::vectorize`] and its intrinsics inline with it. The tiling loop
+//! ([`gemm_packed`]) serves every packed kernel; AVX-512 brings its own [`Simd::tile`].
+
+use super::simd::{Simd, Vectorized};
+use super::{Epilogue, PackedB, RowSource, KC, STEM_STEP};
+
+/// Calls `$f::<S, R>(...)` for the tile's row count `R = $rows ≤ S::MR`, so each count has
+/// its own code with every accumulator in a register.
+macro_rules! by_rows {
+    ($rows:expr, $f:ident::<$S:ty>($($arg:expr),*)) => {
+        match $rows {
+            1 => $f::<$S, 1>($($arg),*),
+            2 => $f::<$S, 2>($($arg),*),
+            3 => $f::<$S, 3>($($arg),*),
+            4 => $f::<$S, 4>($($arg),*),
+            5 => $f::<$S, 5>($($arg),*),
+            6 => $f::<$S, 6>($($arg),*),
+            7 => $f::<$S, 7>($($arg),*),
+            8 => $f::<$S, 8>($($arg),*),
+            r => unreachable!("a tile of {r} rows"),
+        }
+    };
+}
+
+/// [`super::gemm_packed`]'s arguments, as an op to vectorize.
+pub(crate) struct Gemm<'a> {
+    pub m: usize,
+    pub packed: &'a [f32],
+    pub b: &'a PackedB,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub ep: Epilogue<'a>,
+    pub panels: std::ops::Range<usize>,
+}
+
+impl Vectorized for Gemm<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        gemm_packed::<S>(self)
+    }
+}
+
+/// [`super::pack_a_tiles`]'s arguments.
+pub(crate) struct Pack<'a> {
+    pub m: usize,
+    pub k: usize,
+    pub run: usize,
+    pub src: RowSource<'a>,
+    pub out: *mut f32,
+    pub tiles: std::ops::Range<usize>,
+}
+
+impl Vectorized for Pack<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        pack::<S>(self)
+    }
+}
+
+/// [`super::stem_tile`]'s arguments.
+pub(crate) struct Stem<'a> {
+    pub rows: usize,
+    pub segs: &'a [*const f32],
+    pub run: usize,
+    pub b: *const f32,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub ncols: usize,
+    pub bias: &'a [f32],
+    pub relu: bool,
+}
+
+impl Vectorized for Stem<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        by_rows!(self.rows, stem_rows::<S>(self))
+    }
+}
+
+/// One micro-kernel call: `C (+)= A·B` for `rows` rows, A packed `[k][MR]`, B a `[k][NR]`
+/// panel slice, `finish` on the last pass over k. Along the way it asks L2 for `pf.1` lines
+/// of the next weight slice from `pf.0` on, and for `next`'s rows.
+#[derive(Clone, Copy)]
+pub(crate) struct Tile<'a> {
+    pub rows: usize,
+    pub k: usize,
+    pub a: *const f32,
+    pub b: *const f32,
+    pub pf: (*const f32, usize),
+    pub next: NextRows,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub ncols: usize,
+    /// Add to what C holds (a later pass over k).
+    pub accumulate: bool,
+    pub finish: Finish<'a>,
+}
+
+/// The next tile's output and residual rows (null: none), which a tile asks for a row at a
+/// time while it computes: cold lines its stores would otherwise stall on.
+#[derive(Clone, Copy)]
+pub(crate) struct NextRows {
+    pub c: *const f32,
+    pub ldc: usize,
+    pub r: *const f32,
+    pub ldr: usize,
+    pub rows: usize,
+    pub ncols: usize,
+}
+
+impl NextRows {
+    pub const NONE: NextRows = NextRows {
+        c: std::ptr::null(),
+        ldc: 0,
+        r: std::ptr::null(),
+        ldr: 0,
+        rows: 0,
+        ncols: 0,
+    };
+}
+
+/// `(bias, residual, relu)`, applied on the last pass over k only.
+pub(crate) type Finish<'a> = Option<(&'a [f32], Option<(*const f32, usize)>, bool)>;
+
+/// The largest tile any generic ISA uses (NEON's 8 × 3 vectors); the arrays below are this
+/// size and the unused part vanishes once `MR` and `NV` are constants.
+const MAX_R: usize = 8;
+const MAX_NV: usize = 3;
+
+type Acc<S> = [[<S as Simd>::V; MAX_NV]; MAX_R];
+
+/// Vector `v` of a row of `ncols` real columns: whole, a tail, or nothing.
+#[inline(always)]
+unsafe fn load_cols<S: Simd>(p: *const f32, ncols: usize, v: usize) -> S::V {
+    let have = ncols.saturating_sub(v * S::LANES);
+    if have >= S::LANES {
+        S::load(p.add(v * S::LANES))
+    } else if have > 0 {
+        S::load_n(p.add(v * S::LANES), have)
+    } else {
+        S::zero()
+    }
+}
+
+#[inline(always)]
+unsafe fn store_cols<S: Simd>(p: *mut f32, x: S::V, ncols: usize, v: usize) {
+    let have = ncols.saturating_sub(v * S::LANES);
+    if have >= S::LANES {
+        S::store(p.add(v * S::LANES), x)
+    } else if have > 0 {
+        S::store_n(p.add(v * S::LANES), x, have)
+    }
+}
+
+/// `acc[r] += Σ_k A[r, k] · B[k]` for rows `..R`: row `r`'s k-th value is at
+/// `a + r·a_row + k·a_k`, B is `k` rows of `NR` floats. Every `k / (next.rows + 1)` steps it
+/// asks for one of `next`'s rows, so the requests never pile up in the fill buffers.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn accumulate<S: Simd, const R: usize>(
+    out: &mut Acc<S>,
+    k: usize,
+    a: *const f32,
+    a_row: usize,
+    a_k: usize,
+    b: *const f32,
+    next: NextRows,
+) {
+    // A local copy, so the accumulators live in registers through the loop (through the
+    // reference, LLVM stored all 24 of NEON's to the stack on every step).
+    let mut acc_local = *out;
+    let acc = &mut acc_local;
+    let (mut ap, mut bp) = (a, b);
+    let space = (k / (next.rows + 1)).max(1);
+    let (mut countdown, mut row) = (space, 0);
+    for _ in 0..k {
+        countdown -= 1;
+        if countdown == 0 {
+            countdown = space;
+            if row < next.rows {
+                if !next.c.is_null() {
+                    S::prefetch_l1(next.c.add(row * next.ldc));
+                }
+                if !next.r.is_null() {
+                    S::prefetch_l1(next.r.add(row * next.ldr));
+                }
+                row += 1;
+            }
+        }
+        let mut bv = [S::zero(); MAX_NV];
+        for (v, x) in bv.iter_mut().enumerate().take(S::NV) {
+            *x = S::load(bp.add(v * S::LANES));
+        }
+        for (r, acc) in acc.iter_mut().enumerate().take(R) {
+            let x = S::bcast(ap.add(r * a_row));
+            for v in 0..S::NV {
+                acc[v] = S::fma(x, bv[v], acc[v]);
+            }
+        }
+        ap = ap.add(a_k);
+        bp = bp.add(S::NR);
+    }
+    *out = acc_local;
+}
+
+/// Applies `finish` (bias, residual, ReLU) to rows `..R` and stores their `ncols` columns.
+#[inline(always)]
+unsafe fn store<S: Simd, const R: usize>(acc: &mut Acc<S>, c: *mut f32, ldc: usize, ncols: usize, finish: Finish<'_>) {
+    if let Some((bias, res, relu)) = finish {
+        let mut bv = [S::zero(); MAX_NV];
+        for (v, x) in bv.iter_mut().enumerate().take(S::NV) {
+            *x = load_cols::<S>(bias.as_ptr(), ncols, v);
+        }
+        let zero = S::zero();
+        for (r, acc) in acc.iter_mut().enumerate().take(R) {
+            for v in 0..S::NV {
+                acc[v] = S::add(acc[v], bv[v]);
+                if let Some((rp, ldr)) = res {
+                    acc[v] = S::add(acc[v], load_cols::<S>(rp.add(r * ldr), ncols, v));
+                }
+                if relu {
+                    acc[v] = S::max(acc[v], zero);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate().take(R) {
+        for (v, x) in acc.iter().enumerate().take(S::NV) {
+            store_cols::<S>(c.add(r * ldc), *x, ncols, v);
+        }
+    }
+}
+
+/// [`Tile`] for `R` rows.
+#[inline(always)]
+unsafe fn tile<S: Simd, const R: usize>(t: Tile<'_>) {
+    let mut acc: Acc<S> = [[S::zero(); MAX_NV]; MAX_R];
+    if t.accumulate {
+        for (r, acc) in acc.iter_mut().enumerate().take(R) {
+            for (v, x) in acc.iter_mut().enumerate().take(S::NV) {
+                *x = load_cols::<S>(t.c.add(r * t.ldc), t.ncols, v);
+            }
+        }
+    }
+    let (pf, lines) = t.pf;
+    for l in 0..lines.min(2 * t.k) {
+        S::prefetch_l2(pf.add(l * 16));
+    }
+    accumulate::<S, R>(&mut acc, t.k, t.a, 1, S::MR, t.b, t.next);
+    store::<S, R>(&mut acc, t.c, t.ldc, t.ncols, t.finish);
+}
+
+/// [`Simd::tile`]'s generic body: the tile's row count picks its compiled variant.
+#[inline(always)]
+pub(super) unsafe fn tile_rows<S: Simd>(t: Tile<'_>) {
+    by_rows!(t.rows, tile::<S>(t))
+}
+
+/// [`super::gemm_packed`] for `S`: panels in the outer loop, tiles inside, each tile
+/// prefetching its share of the next weight slice and the next tile's output rows.
+#[inline(always)]
+pub(super) unsafe fn gemm_packed<S: Simd>(g: Gemm<'_>) {
+    let Gemm {
+        m,
+        packed,
+        b,
+        c,
+        ldc,
+        ep,
+        panels,
+    } = g;
+    let (mr, nr) = (S::MR, S::NR);
+    let tiles = m.div_ceil(mr);
+    let mut k0 = 0;
+    while k0 < b.k {
+        let kc = KC.min(b.k - k0);
+        let chunk = &packed[tiles * mr * k0..];
+        let last = k0 + kc == b.k;
+        for j in panels.clone() {
+            let col0 = j * nr;
+            let ncols = (b.n - col0).min(nr);
+            let bp = b.panel(j).add(k0 * nr);
+            let bias = &ep.bias[col0..col0 + ncols];
+            // The weights come from DRAM once per call (the network's weights outgrow the
+            // caches), and the first tile of a panel would stall on them: each tile asks for
+            // its share of the next slice (the next panel, or the next k-chunk of the first).
+            let (nj, nk0) = if j + 1 < panels.end {
+                (j + 1, k0)
+            } else {
+                (panels.start, k0 + kc)
+            };
+            let next_b = (nk0 < b.k).then(|| (b.panel(nj).add(nk0 * nr), KC.min(b.k - nk0) * nr / 16));
+            for t in 0..tiles {
+                let i = t * mr;
+                let pf = next_b.map_or((std::ptr::null(), 0), |(nb, lines)| {
+                    let l0 = t * lines / tiles;
+                    (nb.add(l0 * 16), (t + 1) * lines / tiles - l0)
+                });
+                let res = ep.residual.map(|(r, ldr)| (r.add(i * ldr + col0), ldr));
+                let c = c.add(i * ldc + col0);
+                // The next tile's rows: written on the first pass, read and written on the last.
+                let mut next = NextRows {
+                    rows: (m - i).saturating_sub(mr).min(mr),
+                    ncols,
+                    ..NextRows::NONE
+                };
+                if k0 == 0 || last {
+                    (next.c, next.ldc) = (c.wrapping_add(mr * ldc), ldc);
+                }
+                if let (true, Some((rp, ldr))) = (last, res) {
+                    (next.r, next.ldr) = (rp.wrapping_add(mr * ldr), ldr);
+                }
+                S::tile(Tile {
+                    rows: (m - i).min(mr),
+                    k: kc,
+                    a: chunk.as_ptr().add(t * mr * kc),
+                    b: bp,
+                    pf,
+                    next,
+                    c,
+                    ldc,
+                    ncols,
+                    accumulate: k0 > 0,
+                    finish: last.then_some((bias, res, ep.relu)),
+                });
+            }
+        }
+        k0 += kc;
+    }
+}
+
+/// [`super::pack_a_tiles`] for `S`: `LANES` columns of a tile's rows at a time.
+#[inline(always)]
+pub(super) unsafe fn pack<S: Simd>(p: Pack<'_>) {
+    let Pack {
+        m,
+        k,
+        run,
+        src,
+        out,
+        tiles: which,
+    } = p;
+    let mr = S::MR;
+    let tiles = m.div_ceil(mr);
+    let mut ptrs = [std::ptr::null(); super::MAX_MR];
+    let ptrs = &mut ptrs[..mr];
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
+        let chunk = out.add(tiles * mr * k0);
+        for t in which.clone() {
+            let tile = chunk.add(t * mr * kc);
+            let rows = (m - t * mr).min(mr);
+            let mut x = k0;
+            while x < k0 + kc {
+                let seg = x / run;
+                let end = ((seg + 1) * run).min(k0 + kc);
+                ptrs.fill(std::ptr::null());
+                src(t * mr, seg, ptrs);
+                ptrs[rows..].fill(std::ptr::null());
+                while x < end {
+                    let w = (end - x).min(S::LANES);
+                    S::pack_cols(ptrs, x - seg * run, w, tile.add((x - k0) * mr));
+                    x += w;
+                }
+            }
+        }
+        k0 += kc;
+    }
+}
+
+/// [`super::stem_tile`] for `S`, `R` pixels.
+#[inline(always)]
+unsafe fn stem_rows<S: Simd, const R: usize>(s: Stem<'_>) {
+    let mut acc: Acc<S> = [[S::zero(); MAX_NV]; MAX_R];
+    for (ky, &seg) in s.segs.iter().enumerate() {
+        let b = s.b.add(ky * s.run * S::NR);
+        accumulate::<S, R>(&mut acc, s.run, seg, STEM_STEP, 1, b, NextRows::NONE);
+    }
+    store::<S, R>(&mut acc, s.c, s.ldc, s.ncols, Some((s.bias, None, s.relu)));
+}
