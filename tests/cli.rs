@@ -84,7 +84,10 @@ fn json_lines_have_exactly_the_documented_fields() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     let obj = v.as_object().unwrap();
-    assert_eq!(obj.keys().collect::<Vec<_>>(), ["image", "predictions"]);
+    assert_eq!(obj.keys().collect::<Vec<_>>(), ["image", "predictions", "transform"]);
+    // The transform in use and where it came from: the fixture is a bare file, so the default.
+    assert_eq!(v["transform"]["resize"], serde_json::json!({"stretch": {"size": 32}}));
+    assert_eq!(v["transform"]["source"], serde_json::json!({"kind": "default"}));
     assert_eq!(v["image"], chelsea.as_str());
     let preds = v["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 3);

@@ -105,6 +105,7 @@ fn every_endpoint_answers() {
     // The kernel the engine chose: the best this CPU runs, unless RESNET_KERNEL forced one.
     let kernel = resnet::engine::Kernel::Auto.resolve().unwrap();
     assert_eq!(m["kernel"], kernel.name());
+    assert_eq!(m["transform_source"], serde_json::json!({"kind": "built_in"}));
 
     // The studio page: self-contained, nothing fetched from elsewhere.
     let (status, page) = get_text(&srv.url("/"));

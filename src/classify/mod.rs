@@ -19,7 +19,7 @@ pub use crate::model::{rows, Logits};
 use crate::model::{split_rows, ModelName, ResNet, ResNetConfig, Stem};
 use crate::preprocess::{open_image, Resize, Transform, DEFAULT_MAX_PIXELS};
 use crate::weights::{self, hub, Weights};
-pub use crate::weights::{read_labels, weights_meta, WeightsMeta};
+pub use crate::weights::{read_labels, weights_meta, TransformSource, WeightsMeta};
 
 /// ImageNet-1k class names (WordNet lemmas), index = torchvision's class index.
 pub fn imagenet_labels() -> Vec<String> {
@@ -110,6 +110,8 @@ pub struct Classifier {
     name: ModelName,
     weights: Weights,
     transform: Transform,
+    transform_source: TransformSource,
+    weights_note: Option<String>,
     labels: Vec<String>,
     device: Device,
     max_pixels: u64,
@@ -149,11 +151,11 @@ impl Classifier {
             Runner::Burn(model)
         };
         let meta = weights_meta(name, &weights)?;
-        let mut transform = meta
-            .transform
-            .unwrap_or_else(|| default_transform(&config, weights::default_resize(name, &weights)));
+        let mut source = meta.source;
+        let mut transform = meta.transform.unwrap_or_else(|| default_transform(&config, 256));
         if let Some(r) = opts.resize {
             transform.resize = r;
+            source = TransformSource::Flags;
         }
         transform.grayscale = config.in_channels == 1;
         let labels = match opts.labels.or(meta.classes) {
@@ -174,6 +176,8 @@ impl Classifier {
             name,
             weights,
             transform,
+            transform_source: source,
+            weights_note: meta.note,
             labels,
             device: opts.device,
             max_pixels: DEFAULT_MAX_PIXELS,
@@ -212,6 +216,18 @@ impl Classifier {
     pub fn weights(&self) -> &Weights {
         &self.weights
     }
+    /// Where [`Classifier::transform`] came from: a tag, a recognised release file, a run
+    /// folder, flags or the default.
+    pub fn transform_source(&self) -> &TransformSource {
+        &self.transform_source
+    }
+
+    /// A line worth showing the user about the weights (a file recognised as a torchvision
+    /// release, or named like one but not one); the CLI prints it on stderr.
+    pub fn weights_note(&self) -> Option<&str> {
+        self.weights_note.as_deref()
+    }
+
     pub fn transform(&self) -> &Transform {
         &self.transform
     }

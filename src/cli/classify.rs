@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use resnet::classify::{annotate, annotated_path, read_labels, ClassifierOptions};
-use resnet::preprocess::{open_image, Resize, DEFAULT_MAX_PIXELS};
+use resnet::classify::{annotate, annotated_path, read_labels, ClassifierOptions, TransformSource};
+use resnet::preprocess::{open_image, Resize, Transform, DEFAULT_MAX_PIXELS};
 use resnet::weights;
 use resnet::{Classifier, Prediction};
 
@@ -57,6 +57,15 @@ pub(crate) struct ClassifyArgs {
 struct JsonLine<'a> {
     image: &'a str,
     predictions: &'a [Prediction],
+    transform: Used<'a>,
+}
+
+/// The transform in use and where it came from (a tag, a recognised file, a run folder, flags).
+#[derive(Serialize, Clone, Copy)]
+struct Used<'a> {
+    #[serde(flatten)]
+    transform: &'a Transform,
+    source: &'a TransformSource,
 }
 
 pub(crate) fn run(a: ClassifyArgs) -> Result<ExitCode> {
@@ -82,6 +91,13 @@ pub(crate) fn run(a: ClassifyArgs) -> Result<ExitCode> {
     };
     let clf = Classifier::build(name, weights, opts)?.with_max_pixels(a.max_pixels);
     dl_bar.finish_and_clear();
+    if let Some(note) = clf.weights_note() {
+        eprintln!("note: {note}");
+    }
+    let used = Used {
+        transform: clf.transform(),
+        source: clf.transform_source(),
+    };
     if let Some(dir) = &a.annotate {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -122,7 +138,8 @@ pub(crate) fn run(a: ClassifyArgs) -> Result<ExitCode> {
                         "{}",
                         serde_json::to_string(&JsonLine {
                             image: &shown,
-                            predictions: p
+                            predictions: p,
+                            transform: used,
                         })?
                     )?,
                     Format::Text => {

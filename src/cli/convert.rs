@@ -31,7 +31,25 @@ fn convert(model: &str, input: &Path, output: &Path, strict: bool) -> Result<Exi
     let mut m = resnet::ResNet::new(&config, &resnet::default_device())?;
     let sd = file.read_for(&m.state_dict_shapes())?;
     let report = weights::load_into(&mut m, sd, strict, name.as_str())?;
-    weights::write_safetensors(output, &weights::state_dict(&mut m)?)?;
+    // A torchvision release keeps its tag, and so its transform, in the new file's metadata.
+    let metadata = match weights::recognise(input, name, weights::hub::RELEASES)? {
+        weights::Recognition::Release(r) | weights::Recognition::Converted(r) => {
+            eprintln!(
+                "note: {} is torchvision's {}; the tag goes into the metadata",
+                input.display(),
+                r.tag.as_str()
+            );
+            Some(
+                [
+                    (weights::META_MODEL.to_string(), name.as_str().to_string()),
+                    (weights::META_TAG.to_string(), r.tag.as_str().to_string()),
+                ]
+                .into(),
+            )
+        }
+        _ => None,
+    };
+    weights::write_safetensors_with(output, &weights::state_dict(&mut m)?, metadata)?;
     eprintln!("wrote {} ({} tensors loaded)", output.display(), report.loaded);
     Ok(ExitCode::SUCCESS)
 }

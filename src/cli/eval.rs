@@ -70,6 +70,9 @@ pub(crate) fn run(a: EvalArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let clf = Classifier::build(name, weights.clone(), opts)?;
+    if let Some(note) = clf.weights_note() {
+        eprintln!("note: {note}");
+    }
     let channels = clf.config().in_channels;
     let files = matches!(ds.items, resnet::data::Items::Files(_));
     let prepare = ev::prepare(clf.transform().clone(), files, channels);

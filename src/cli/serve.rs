@@ -70,8 +70,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
             threads: per_worker,
             ..Default::default()
         };
-        classifiers.push(Classifier::build(name, weights.clone(), opts)?);
+        let clf = Classifier::build(name, weights.clone(), opts)?;
         bar.finish_and_clear();
+        if let (true, Some(note)) = (classifiers.is_empty(), clf.weights_note()) {
+            eprintln!("note: {note}");
+        }
+        classifiers.push(clf);
     }
     let cfg = ServeConfig {
         addr: a.addr,

@@ -132,6 +132,7 @@ impl Winograd {
             residual: Ptr(residual.ptr(out)),
             relu,
             out: Ptr(out),
+            cout,
         };
         // Inside each task: an Epilogue holds a raw pointer, so it is not shared.
         let ep = || Epilogue {
@@ -160,18 +161,7 @@ impl Winograd {
                 pool.install(|| {
                     (0..nt.div_ceil(chunks)).into_par_iter().for_each(|c| {
                         // SAFETY: each chunk writes its own rows of V.
-                        unsafe {
-                            on(
-                                isa,
-                                InputTiles {
-                                    io: &io,
-                                    range: ranges(c),
-                                    v: vp.get(),
-                                    stride: nt,
-                                    base: p0,
-                                },
-                            )
-                        }
+                        unsafe { io.input(isa, ranges(c), vp.get(), nt, p0) }
                     });
                     (0..XI).into_par_iter().for_each(|xi| {
                         with_buf(packed, |pa| unsafe {
@@ -184,19 +174,7 @@ impl Winograd {
                     });
                     (0..nt.div_ceil(chunks)).into_par_iter().for_each(|c| {
                         // SAFETY: each chunk writes its own tiles' output pixels.
-                        unsafe {
-                            on(
-                                isa,
-                                OutputTiles {
-                                    io: &io,
-                                    m: mp.get(),
-                                    stride: nt,
-                                    base: p0,
-                                    cout,
-                                    range: ranges(c),
-                                },
-                            )
-                        }
+                        unsafe { io.output(isa, mp.get(), nt, p0, ranges(c)) }
                     });
                 });
             }
@@ -220,32 +198,13 @@ impl Winograd {
                 let (pa, m) = rest.split_at_mut(packed);
                 // SAFETY: tiles t0..t1 read inside `x` and write only their own output pixels.
                 unsafe {
-                    on(
-                        isa,
-                        InputTiles {
-                            io: &io,
-                            range: t0..t1,
-                            v: v.as_mut_ptr(),
-                            stride: per,
-                            base: t0,
-                        },
-                    );
+                    io.input(isa, t0..t1, v.as_mut_ptr(), per, t0);
                     for (xi, u) in self.u.iter().enumerate() {
                         kernel::pack_a_rows(isa, nt, v.as_ptr().add(xi * per * cin), cin, cin, pa);
                         let mx = m.as_mut_ptr().add(xi * per * cout);
                         kernel::gemm_packed(nt, pa, u, mx, cout, ep(), 0..u.panels());
                     }
-                    on(
-                        isa,
-                        OutputTiles {
-                            io: &io,
-                            m: m.as_ptr(),
-                            stride: per,
-                            base: t0,
-                            cout,
-                            range: t0..t1,
-                        },
-                    );
+                    io.output(isa, m.as_ptr(), per, t0, t0..t1);
                 }
             })
         };
@@ -275,6 +234,7 @@ struct Io<'a> {
     residual: Ptr<Option<*const f32>>,
     relu: bool,
     out: Ptr<*mut f32>,
+    cout: usize,
 }
 
 /// `Bᵀ d` for one column (or row) of six vectors.
@@ -315,6 +275,39 @@ unsafe fn at<S: Simd>(m: [S::V; 6]) -> [S::V; 4] {
 /// Tile `t` as `(image, tile row, tile column)`.
 fn tile_pos(t: usize, ty: usize, tx: usize) -> (usize, usize, usize) {
     (t / (ty * tx), (t % (ty * tx)) / tx, t % tx)
+}
+
+impl Io<'_> {
+    /// [`InputTiles`] for tiles `range` on `isa`.
+    ///
+    /// # Safety
+    /// As [`InputTiles`] says; `isa` is a packed kernel.
+    unsafe fn input(&self, isa: Isa, range: std::ops::Range<usize>, v: *mut f32, stride: usize, base: usize) {
+        let op = InputTiles {
+            io: self,
+            range,
+            v,
+            stride,
+            base,
+        };
+        on(isa, op)
+    }
+
+    /// [`OutputTiles`] for tiles `range` on `isa`, from products `m` of this conv's `cout`.
+    ///
+    /// # Safety
+    /// As [`OutputTiles`] says; `isa` is a packed kernel.
+    unsafe fn output(&self, isa: Isa, m: *const f32, stride: usize, base: usize, range: std::ops::Range<usize>) {
+        let op = OutputTiles {
+            io: self,
+            m,
+            stride,
+            base,
+            cout: self.cout,
+            range,
+        };
+        on(isa, op)
+    }
 }
 
 /// Runs one of the transforms below with `isa`'s vectors.

@@ -38,7 +38,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::classify::{top_k, Classifier, Prediction};
+use crate::classify::{top_k, Classifier, Prediction, TransformSource};
 use crate::error::{Error, Result};
 use crate::preprocess::{decode, decode_cost, Transform, DEFAULT_MAX_PIXELS};
 use batcher::{Batcher, Job};
@@ -99,6 +99,8 @@ pub struct ModelInfo {
     /// `[channels, height, width]` of the network input after preprocessing.
     pub input: [usize; 3],
     pub transform: Transform,
+    /// Where the transform came from: a tag, a recognised release file, a run folder, flags.
+    pub transform_source: TransformSource,
     pub parameters: u64,
     /// Multiply-accumulates per image at `input`, in billions (torchvision's "GFLOPS").
     pub gflops: f64,
@@ -154,6 +156,7 @@ impl Server {
             num_classes: config.num_classes,
             input: [transform.channels(), h, w],
             transform: transform.clone(),
+            transform_source: first.transform_source().clone(),
             parameters: c.params,
             gflops: c.gflops(),
             engine: if first.engine().is_some() { "fast" } else { "burn" },

@@ -521,6 +521,15 @@ fn convert(dtype: DType, d: &[u8]) -> Values {
 
 /// Writes `.safetensors` atomically (temporary file, then rename).
 pub fn write_safetensors(path: &Path, sd: &StateDict) -> Result<()> {
+    write_safetensors_with(path, sd, None)
+}
+
+/// [`write_safetensors`] with `__metadata__` (e.g. the torchvision tag of a converted release).
+pub fn write_safetensors_with(
+    path: &Path,
+    sd: &StateDict,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
     let bytes: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = sd
         .iter()
         .map(|(k, t)| match &t.values {
@@ -544,7 +553,7 @@ pub fn write_safetensors(path: &Path, sd: &StateDict) -> Result<()> {
         .map(|(k, b, dt, shape)| TensorView::new(*dt, shape.clone(), b).map(|v| (k.clone(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| bad(path, e.to_string()))?;
-    let data = safetensors::serialize(views, None).map_err(|e| bad(path, e.to_string()))?;
+    let data = safetensors::serialize(views, metadata).map_err(|e| bad(path, e.to_string()))?;
     write_atomic(path, &data)
 }
 

@@ -18,10 +18,14 @@ use burn::prelude::*;
 pub use bundled::{bundled, Bundled, BUNDLED, FASHION_MNIST_LABELS};
 pub(crate) use files::replace_atomic;
 pub use files::{
-    parse_state_dict, read_state_dict, write_atomic, write_safetensors, StateDict, TorchTensor, Values, WeightsFile,
+    parse_state_dict, read_state_dict, write_atomic, write_safetensors, write_safetensors_with, StateDict, TorchTensor,
+    Values, WeightsFile,
 };
-pub use hub::WeightTag;
-pub use meta::{eval_transform, read_labels, weights_meta, RunMeta, WeightsMeta};
+pub use hub::{Release, WeightTag};
+pub use meta::{
+    eval_transform, read_labels, recognise, weights_meta, weights_meta_in, Recognition, RunMeta, TransformSource,
+    WeightsMeta, META_MODEL, META_TAG,
+};
 
 use crate::error::{Error, Result};
 use crate::model::{ModelName, ParamSpec, ParamVisitor, ResNet, ResNetConfig, Role, Slot};
@@ -321,10 +325,15 @@ pub fn fit_config(config: &mut ResNetConfig, file: &WeightsFile<'_>) {
     }
 }
 
-/// The eval resize (shorter side) that goes with these weights: 232 for V2 tags, else 256.
+/// The eval resize (shorter side) that goes with these weights: 232 for V2 tags and files
+/// recognised as V2 releases, else 256.
 pub fn default_resize(name: ModelName, weights: &Weights) -> usize {
-    match weights {
-        Weights::Tag(t) => hub::release(name, *t).map(|r| r.resize).unwrap_or(256),
+    match weights_meta(name, weights)
+        .ok()
+        .and_then(|m| m.transform)
+        .map(|t| t.resize)
+    {
+        Some(crate::preprocess::Resize::ShorterSide { resize, .. }) => resize,
         _ => 256,
     }
 }

@@ -151,7 +151,6 @@ const ROW: &[u8] = &[
 
 /// The `resnet` binary as a command; under `RESNET_TEST_RUNNER` (e.g. `qemu-aarch64 -L
 /// /usr/aarch64-linux-gnu`, which .ci/run sets for the cross-built aarch64 tests) through it.
-#[allow(dead_code)]
 pub fn resnet_command() -> std::process::Command {
     let exe = env!("CARGO_BIN_EXE_resnet");
     match std::env::var("RESNET_TEST_RUNNER") {
@@ -163,4 +162,55 @@ pub fn resnet_command() -> std::process::Command {
         }
         _ => std::process::Command::new(exe),
     }
+}
+
+/// Whether a missing system dependency fails a test (`RESNET_TEST_STRICT=1`, which
+/// `scripts/test` and so CI set) or skips it after one loud line (a plain `cargo test`).
+fn missing(test: &str, what: &str, install: &str) {
+    let line = format!("SKIPPED {test}: needs {what}; install it with `{install}`, or run scripts/test");
+    if std::env::var_os("RESNET_TEST_STRICT").is_some_and(|v| v != "0") {
+        panic!("{line} (RESNET_TEST_STRICT is set, so this fails instead)");
+    }
+    // Straight to the terminal: the test harness captures eprintln! of passing tests.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n{line}");
+}
+
+/// Debian's Fashion-MNIST (`dataset-fashion-mnist`), or `None` once `test` has said it is
+/// skipped (see [`missing`]).
+pub fn fashion_mnist(test: &str) -> Option<&'static std::path::Path> {
+    let root = std::path::Path::new("/usr/share/datasets/fashion-mnist");
+    if root.is_dir() {
+        return Some(root);
+    }
+    missing(
+        test,
+        "Debian's Fashion-MNIST at /usr/share/datasets/fashion-mnist",
+        "sudo apt-get install dataset-fashion-mnist",
+    );
+    None
+}
+
+/// Chromium (`$CHROMIUM`, else Debian's `/usr/bin/chromium`) and playwright-core from
+/// `tests/browser`, or `None` once `test` has said it is skipped.
+pub fn chromium(test: &str) -> Option<PathBuf> {
+    let chromium = PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    let browser = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules/playwright-core");
+    if !chromium.exists() {
+        missing(
+            test,
+            &format!("Chromium at {}", chromium.display()),
+            "sudo apt-get install chromium",
+        );
+        return None;
+    }
+    if !browser.exists() {
+        missing(
+            test,
+            "playwright-core in tests/browser",
+            "npm ci --prefix tests/browser",
+        );
+        return None;
+    }
+    Some(chromium)
 }

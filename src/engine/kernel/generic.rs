@@ -185,11 +185,15 @@ unsafe fn accumulate<S: Simd, const R: usize>(
         if countdown == 0 {
             countdown = space;
             if row < next.rows {
+                // A row's first and last column: one line, or the two it straddles.
+                let last = next.ncols.max(1) - 1;
                 if !next.c.is_null() {
                     S::prefetch_l1(next.c.add(row * next.ldc));
+                    S::prefetch_l1(next.c.add(row * next.ldc + last));
                 }
                 if !next.r.is_null() {
                     S::prefetch_l1(next.r.add(row * next.ldr));
+                    S::prefetch_l1(next.r.add(row * next.ldr + last));
                 }
                 row += 1;
             }
