@@ -46,7 +46,7 @@ pub(crate) struct ClassifyArgs {
     /// Inference threads (default: RAYON_NUM_THREADS, else every core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// `fast`: the CPU engine (BN folded, fused, AVX-512 when present); `burn`: the reference path.
+    /// `fast`: the CPU engine (BN folded, fused, the best SIMD kernel the CPU has); `burn`: the reference path.
     #[arg(long, value_enum, default_value = "fast")]
     engine: EngineKind,
     #[arg(required = true)]
