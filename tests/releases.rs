@@ -160,3 +160,27 @@ fn a_converted_release_keeps_its_tag_and_transform() {
     let meta = weights::weights_meta(ModelName::Resnet18, &Weights::File(v2)).unwrap();
     assert_eq!(meta.source, TransformSource::Default);
 }
+
+/// The metadata reader trusts no size it is told: a header claiming a terabyte, or a
+/// truncated one, is simply no metadata (the file's own errors come when it is loaded).
+#[test]
+fn a_crafted_safetensors_header_is_no_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.safetensors");
+    let mut bytes = (1u64 << 40).to_le_bytes().to_vec();
+    bytes.extend_from_slice(br#"{"__metadata__":{"torchvision_model":"resnet50","torchvision_tag":"IMAGENET1K_V2"}}"#);
+    std::fs::write(&huge, &bytes).unwrap();
+    let short = dir.path().join("short.safetensors");
+    let mut bytes = 4096u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(br#"{"__metadata__":{"torchvision_model":"resnet50""#);
+    std::fs::write(&short, &bytes).unwrap();
+    for path in [huge, short] {
+        let meta = weights::weights_meta(ModelName::Resnet50, &Weights::File(path.clone())).unwrap();
+        assert_eq!(
+            (meta.transform, meta.source),
+            (None, TransformSource::Default),
+            "{}",
+            path.display()
+        );
+    }
+}

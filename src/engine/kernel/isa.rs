@@ -76,18 +76,9 @@ impl Isa {
         self != Isa::Portable
     }
 
-    /// The best kernel this CPU runs.
+    /// The best kernel this CPU runs: the first of [`Kernel::available`].
     pub fn best() -> Isa {
-        if let Some(t) = Avx512::detect() {
-            return Isa::Avx512(t);
-        }
-        if let Some(t) = Avx2::detect() {
-            return Isa::Avx2(t);
-        }
-        if let Some(t) = Neon::detect() {
-            return Isa::Neon(t);
-        }
-        Isa::Portable
+        Kernel::available().into_iter().next().unwrap_or(Isa::Portable)
     }
 }
 

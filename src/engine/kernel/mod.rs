@@ -74,7 +74,6 @@ pub struct PackedB {
     pub k: usize,
     pub n: usize,
     isa: Isa,
-    nr: usize,
     /// `panels × k × nr` floats: panel `j` holds columns `j·nr .. j·nr+nr`, row by row.
     panels: super::aligned::AlignedVec,
     /// Row-major `k × n`, only kept for the portable kernel.
@@ -104,14 +103,18 @@ impl PackedB {
             k,
             n,
             isa,
-            nr,
             panels,
             rows,
         }
     }
 
+    /// Columns per panel: the kernel's.
+    fn nr(&self) -> usize {
+        self.isa.nr()
+    }
+
     pub fn panels(&self) -> usize {
-        self.n.div_ceil(self.nr)
+        self.n.div_ceil(self.nr())
     }
 
     /// The row-major `k × n` matrix back from the panels (or the portable copy).
@@ -119,7 +122,7 @@ impl PackedB {
         if !self.is_packed() {
             return self.rows.clone();
         }
-        let (nr, mut b) = (self.nr, vec![0f32; self.k * self.n]);
+        let (nr, mut b) = (self.nr(), vec![0f32; self.k * self.n]);
         for j in 0..self.panels() {
             let cols = (self.n - j * nr).min(nr);
             for r in 0..self.k {
@@ -132,7 +135,7 @@ impl PackedB {
     /// Panel `j`'s first float (`k × nr`, row by row). Packed kernels only.
     pub fn panel(&self, j: usize) -> *const f32 {
         debug_assert!(self.is_packed() && j < self.panels());
-        self.panels[j * self.k * self.nr..].as_ptr()
+        self.panels[j * self.k * self.nr()..].as_ptr()
     }
 
     /// Whether this runs a packed kernel rather than the portable one.
@@ -316,8 +319,8 @@ pub unsafe fn gemm(
     if m == 0 || panels.is_empty() {
         return;
     }
-    let col0 = panels.start * b.nr;
-    let col1 = (panels.end * b.nr).min(b.n);
+    let col0 = panels.start * b.nr();
+    let col1 = (panels.end * b.nr()).min(b.n);
     let n = col1 - col0;
     for r in 0..m {
         let (row, bias) = (c.add(r * ldc + col0), &ep.bias[col0..col1]);
