@@ -1,8 +1,10 @@
 """PyTorch side of bench/train_step.sh: one training step (forward, backward, SGD) on random data.
 
 Usage: python bench/train_step.py MODEL BATCH SIZE [STEPS] [IN_CH] [CLASSES]
-Prints `MODEL BATCH SIZE median_ms forward_ms backward_ms update_ms`, like examples/train_step.rs.
+Prints `MODEL BATCH SIZE median_ms forward_ms backward_ms update_ms peak_rss_mb`, the fields
+of `resnet bench --train --format json`.
 """
+import resource
 import statistics
 import sys
 import time
@@ -48,7 +50,8 @@ def main():
             bwd.append((t2 - t1) * 1e3)
             upd.append((t3 - t2) * 1e3)
     med = statistics.median
-    print(f"{name} {batch} {size} {med(total):.1f} {med(fwd):.1f} {med(bwd):.1f} {med(upd):.1f}")
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(f"{name} {batch} {size} {med(total):.1f} {med(fwd):.1f} {med(bwd):.1f} {med(upd):.1f} {rss_mb:.0f}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 //! Loader throughput alone (decode + augment + normalise on worker threads, no model), to show
-//! the loader is not what limits training. Compare its images/s with `train_step`'s.
+//! the loader is not what limits training. Compare its images/s with `resnet bench --train`.
 //! `cargo run --release --example loader -- idx:DIR|DIR [BATCH=128] [WORKERS=2] [SIZE]`
 //! IDX data gets the CIFAR recipe (pad 2, crop 28, flip); a folder gets RandomResizedCrop(SIZE=224) + flip.
 use std::sync::Arc;

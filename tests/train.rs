@@ -106,6 +106,10 @@ fn fashion_slice(test: &str, dir: &Path, n: usize, m: usize) -> Option<PathBuf> 
 }
 
 fn train_cmd(data: &Path, out: &Path, epochs: usize, lr: &str) -> Command {
+    train_cmd_batch(data, out, epochs, lr, 64)
+}
+
+fn train_cmd_batch(data: &Path, out: &Path, epochs: usize, lr: &str, batch: usize) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_resnet"));
     c.args([
         "train",
@@ -124,7 +128,7 @@ fn train_cmd(data: &Path, out: &Path, epochs: usize, lr: &str) -> Command {
         "--pad",
         "2",
         "--batch-size",
-        "64",
+        &batch.to_string(),
         "--nesterov",
     ])
     .args([
@@ -394,5 +398,131 @@ fn initial_weights_that_do_not_fit_name_the_keys() {
     assert!(
         err.contains("shape mismatch for conv1.weight: model [16, 1, 3, 3], file [16, 3, 3, 3]"),
         "{err}"
+    );
+}
+
+/// `--freeze-backbone` trains fc on the fast engine's features; that must be the same
+/// training as burn's autodiff through the whole (frozen, inference-mode) network.
+#[test]
+fn frozen_backbone_head_on_engine_features_matches_the_autodiff_path() {
+    use resnet::train::frozen::{head_loss, Backbone};
+    let dev = resnet::default_device().autodiff();
+    let config = ModelName::Resnet20.config().with_in_channels(1);
+    let frozen_model = || {
+        let mut m = ResNet::new(&config, &dev).unwrap();
+        let sd = det_state_dict(&mut m);
+        weights::load_into(&mut m, sd, true, "resnet20").unwrap();
+        m.conv1 = m.conv1.clone().freeze();
+        m.bn1 = m.bn1.clone().freeze();
+        m.layers = m.layers.clone().freeze();
+        m
+    };
+    let dims = [6, 1, 28, 28];
+    let x: Vec<f32> = (0..6 * 784).map(|i| ((i * 7919 % 1013) as f32 / 506.0) - 1.0).collect();
+    let labels = [3usize, 1, 4, 1, 5, 9];
+    let opt = || {
+        Optimizer::new(OptimizerConfig {
+            nesterov: true,
+            weight_decay: 5e-4,
+            ..OptimizerConfig::default()
+        })
+    };
+    let ce = burn::nn::loss::CrossEntropyLossConfig::new().init(&dev);
+
+    let mut a = frozen_model();
+    let before = weights::state_dict(&mut a).unwrap();
+    let (mut opt_a, mut losses_a) = (opt(), vec![]);
+    let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), dims), &dev);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels.map(|l| l as i64).to_vec(), [6]), &dev);
+    for _ in 0..3 {
+        let loss = ce.forward(a.forward(xt.clone()).unwrap(), y.clone());
+        losses_a.push(loss.clone().into_scalar::<f32>());
+        opt_a.step(&mut a, &loss.backward(), 0.001);
+    }
+
+    let mut b = frozen_model();
+    let backbone = Backbone::new(&mut b).unwrap();
+    let feats = backbone.features(&x, dims).unwrap();
+    let (mut opt_b, mut losses_b) = (opt(), vec![]);
+    for _ in 0..3 {
+        let (loss, grads, _) = head_loss(&b, &ce, feats.clone(), &labels, &dev);
+        losses_b.push(loss);
+        opt_b.step(&mut b, &grads, 0.001);
+    }
+
+    assert!(
+        max_abs(&losses_a, &losses_b) < 1e-5,
+        "losses {losses_a:?} vs {losses_b:?}"
+    );
+    assert!(losses_a[2] < losses_a[0], "the head did not learn: {losses_a:?}");
+    let (sa, sb) = (
+        weights::state_dict(&mut a).unwrap(),
+        weights::state_dict(&mut b).unwrap(),
+    );
+    for k in ["fc.weight", "fc.bias"] {
+        let (resnet::weights::Values::F32(va), resnet::weights::Values::F32(vb)) = (&sa[k].values, &sb[k].values)
+        else {
+            panic!("{k} is not f32")
+        };
+        assert!(max_abs(va, vb) < 1e-5, "{k}: {}", max_abs(va, vb));
+    }
+    // The autodiff path kept the backbone in inference mode: statistics and weights unchanged.
+    for k in ["bn1.running_mean", "layer2.1.bn2.running_var", "layer3.2.conv2.weight"] {
+        assert_eq!(before[k], sa[k], "{k} changed although frozen");
+    }
+}
+
+/// `--cache-features`: the features are computed once, the head learns, and a run resumed
+/// after its first epoch ends exactly like an uninterrupted one.
+#[test]
+fn cached_features_fine_tune_learns_and_resumes_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = fashion_slice(
+        "cached_features_fine_tune_learns_and_resumes_identically",
+        tmp.path(),
+        512,
+        256,
+    ) else {
+        return;
+    };
+    let frozen = |out: &Path, epochs: usize| {
+        // 32 steps an epoch: the random backbone's features are large, so the rate is small.
+        let mut c = train_cmd_batch(&data, out, epochs, "0.003", 16);
+        c.args(["--freeze-backbone", "--cache-features", "--format", "json"]);
+        c
+    };
+    let full = tmp.path().join("full");
+    let out = frozen(&full, 4).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v.get("epoch").is_some())
+        .collect();
+    assert_eq!(rows.len(), 4);
+    let loss = |i: usize| rows[i]["train_loss"].as_f64().unwrap();
+    assert!(loss(3) < loss(0), "the head did not learn: {rows:?}");
+    // Random features of a random backbone still beat chance (10 %) on Fashion-MNIST.
+    assert!(rows[3]["top1"].as_f64().unwrap() > 0.3, "{rows:?}");
+
+    // Aborted (SIGABRT) right after epoch 2's commit, then resumed: features are computed
+    // again and the last two epochs must come out the same.
+    let run = tmp.path().join("aborted");
+    let commit = resnet::train::checkpoint::Step::Commit as u8;
+    let out = frozen(&run, 4)
+        .env("RESNET_CHECKPOINT_FAULT", format!("2:{commit}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fault hook did not fire");
+    assert_eq!(metrics(&run).len(), 3, "epoch 2 was committed, no more");
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["train", "--resume", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        outcome(&run),
+        outcome(&full),
+        "a resumed run must end like an uninterrupted one"
     );
 }

@@ -1,4 +1,5 @@
-//! `resnet bench`: inference latency per model and batch size, on random weights.
+//! `resnet bench`: inference latency per model and batch size, on random weights; with
+//! `--train`, the time of a training step instead.
 
 use std::time::Instant;
 
@@ -24,7 +25,7 @@ pub struct BenchArgs {
     /// Input side (square).
     #[arg(long, default_value_t = 224)]
     pub size: usize,
-    /// Timed runs per case, after two warm-up runs.
+    /// Timed runs (training steps, with --train) per case, after two warm-up runs.
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
     /// `fast` (the CPU engine), `burn` (the reference path) or both.
@@ -36,6 +37,12 @@ pub struct BenchArgs {
     /// The same as `--format json` (kept for scripts that use it).
     #[arg(long)]
     pub json: bool,
+    /// Time a training step (forward, loss, backward, SGD update) instead of inference.
+    #[arg(long)]
+    pub train: bool,
+    /// Input channels, with `--train` (1 for grey data such as Fashion-MNIST).
+    #[arg(long, default_value_t = 3)]
+    pub in_channels: usize,
     /// For `bench/compare.sh`: one model and batch on the fast engine, driven over stdin. It
     /// prints `ready`, then for each line `N` runs N forwards and prints their times (ms) as a
     /// JSON list, so another process can interleave its own runs with ours.
@@ -129,11 +136,73 @@ fn serve_stdin(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Serialize)]
+struct TrainRow {
+    model: String,
+    mode: &'static str,
+    batch: usize,
+    size: usize,
+    in_channels: usize,
+    threads: usize,
+    #[serde(flatten)]
+    times: resnet::train::bench::StepTimes,
+    peak_rss_mb: f64,
+}
+
+/// `--train`: one line per model and batch size.
+fn run_train(a: &BenchArgs, json: bool) -> Result<()> {
+    if !json {
+        println!(
+            "{:<16} {:>5} {:>5} {:>4} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>8}",
+            "model", "batch", "size", "in", "threads", "median ms", "forward", "backward", "update", "RSS MB"
+        );
+    }
+    for m in &a.model {
+        let config = m.parse::<ModelName>()?.config().with_in_channels(a.in_channels);
+        for &batch in &a.batch {
+            let times = resnet::train::bench::time_train_step(&config, batch, a.size, a.iters)?;
+            let row = TrainRow {
+                model: m.clone(),
+                mode: "train",
+                batch,
+                size: a.size,
+                in_channels: a.in_channels,
+                threads: rayon::current_num_threads(),
+                times,
+                // The process's peak so far: with several cases, the largest of them.
+                peak_rss_mb: peak_rss_mb(),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&row)?);
+            } else {
+                let t = &row.times;
+                println!(
+                    "{:<16} {:>5} {:>5} {:>4} {:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>8.0}",
+                    row.model,
+                    batch,
+                    a.size,
+                    a.in_channels,
+                    row.threads,
+                    t.median_ms,
+                    t.forward_ms,
+                    t.backward_ms,
+                    t.update_ms,
+                    row.peak_rss_mb
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.stdin {
         return serve_stdin(&a);
     }
     let json = a.json || a.format == Format::Json;
+    if a.train {
+        return run_train(&a, json);
+    }
     if !json {
         println!(
             "{:<16} {:>6} {:>8} {:>5} {:>5} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>8} {:>8}",

@@ -51,7 +51,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate on a labelled set: top-1/top-5, per-class precision/recall/F1, confusion matrix.
     Eval(eval::EvalArgs),
-    /// Inference latency per model and batch size (median, min, max), GFLOP/s and peak RSS.
+    /// Inference latency per model and batch size (median, min, max), GFLOP/s and peak RSS;
+    /// with --train, the training step's time split into forward, backward and update.
     Bench(bench::BenchArgs),
     /// Serve the model over HTTP: POST /v1/classify, /v1/models, /healthz, /metrics, and a studio page at /.
     #[cfg(feature = "serve")]

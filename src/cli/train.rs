@@ -45,9 +45,17 @@ pub(crate) struct TrainArgs {
     /// Start from these weights (tag or file); fc is replaced for new classes.
     #[arg(long)]
     weights: Option<String>,
-    /// Train only fc (Ikomia's default when fine-tuning).
+    /// Train only fc (Ikomia's default when fine-tuning): the backbone runs in inference mode
+    /// on the fast engine and fc trains on its pooled features.
     #[arg(long)]
     freeze_backbone: bool,
+    /// With --freeze-backbone: compute each training image's features once, without
+    /// augmentation, so that every epoch takes seconds (also implied by --no-augment).
+    #[arg(long, requires = "freeze_backbone")]
+    cache_features: bool,
+    /// Train on the images as they are (image folders: the eval resize and centre crop).
+    #[arg(long)]
+    no_augment: bool,
     /// Defaults for every flag below: imagenet (RandomResizedCrop) or cifar (pad-crop-flip).
     #[arg(long, value_enum, default_value = "imagenet")]
     recipe: Recipe,
@@ -151,6 +159,7 @@ fn train_config(a: &TrainArgs) -> Result<resnet::train::TrainConfig> {
         model: a.model.parse::<ModelName>()?.to_string(),
         weights: a.weights.clone(),
         freeze_backbone: a.freeze_backbone,
+        cache_features: a.cache_features,
         epochs,
         batch_size: a.batch_size.unwrap_or(if cifar { 128 } else { 32 }),
         lr: LrPlan {
@@ -161,7 +170,9 @@ fn train_config(a: &TrainArgs) -> Result<resnet::train::TrainConfig> {
         },
         optimizer,
         label_smoothing: a.label_smoothing,
-        augment: if cifar {
+        augment: if a.no_augment {
+            Augment::None
+        } else if cifar {
             Augment::Cifar {
                 size: input,
                 pad: a.pad.unwrap_or(4),
@@ -230,6 +241,18 @@ pub(crate) fn run(a: TrainArgs) -> Result<ExitCode> {
         Event::Skipped(why) => {
             skipped += 1;
             bar.suspend(|| eprintln!("warning: skipped {why}"));
+        }
+        Event::Features { set, done, total } => {
+            if done <= 1 {
+                bar = ProgressBar::new(total as u64).with_style(
+                    ProgressStyle::with_template(&format!("{set} features {{wide_bar}} {{pos}}/{{len}} eta {{eta}}"))
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+            }
+            bar.set_position(done as u64);
+            if done == total {
+                bar.finish_and_clear();
+            }
         }
         Event::Evaluating { .. } => bar.set_message("evaluating"),
         Event::EpochEnd(m) => {

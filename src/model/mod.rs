@@ -18,3 +18,7 @@ pub use flops::Complexity;
 pub use logits::{rows, split_rows, Logits};
 pub use params::{ParamKeys, ParamSpec, ParamVisitor, Role, Slot};
 pub use resnet::{Block, Downsample, ResNet};
+/// The layers the model is built from, for per-op tests.
+pub mod layers {
+    pub use super::resnet::{batch_norm, bn, conv, stem_pool, zero_pad_shortcut};
+}

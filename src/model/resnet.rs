@@ -12,8 +12,9 @@ use burn::tensor::activation::relu;
 use super::config::{BlockKind, BlockPlan, ResNetConfig, ShortcutPlan, Stem};
 use crate::error::{Error, Result};
 
+/// A bias-free `k × k` convolution padded to keep the size at stride 1, as every ResNet conv.
 /// PyTorch's conv default is kaiming_normal(fan_out, relu), as torchvision's ResNet init.
-fn conv(cin: usize, cout: usize, k: usize, stride: usize, dilation: usize, groups: usize, dev: &Device) -> Conv2d {
+pub fn conv(cin: usize, cout: usize, k: usize, stride: usize, dilation: usize, groups: usize, dev: &Device) -> Conv2d {
     let pad = dilation * (k - 1) / 2;
     Conv2dConfig::new([cin, cout], [k, k])
         .with_stride([stride, stride])
@@ -29,7 +30,7 @@ fn conv(cin: usize, cout: usize, k: usize, stride: usize, dilation: usize, group
 }
 
 /// BatchNorm with PyTorch's defaults: eps 1e-5, momentum 0.1.
-fn bn(c: usize, zero: bool, dev: &Device) -> BatchNorm {
+pub fn bn(c: usize, zero: bool, dev: &Device) -> BatchNorm {
     let mut b = BatchNormConfig::new(c).with_epsilon(1e-5).with_momentum(0.1).init(dev);
     if zero {
         b.gamma = b.gamma.map(|g| g.zeros_like());
@@ -137,8 +138,16 @@ impl Block {
     }
 }
 
+/// The ImageNet stem's 3 × 3 max pool, stride 2, padding 1.
+pub fn stem_pool() -> MaxPool2d {
+    MaxPool2dConfig::new([3, 3])
+        .with_strides([2, 2])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init()
+}
+
 /// Option A: `x[:, :, ::s, ::s]`, then zero channels split half before, half after.
-fn zero_pad_shortcut(x: Tensor<4>, stride: usize, out_channels: usize) -> Tensor<4> {
+pub fn zero_pad_shortcut(x: Tensor<4>, stride: usize, out_channels: usize) -> Tensor<4> {
     let x = if stride > 1 {
         x.slice(burn::tensor::s![.., .., ..;stride as isize, ..;stride as isize])
     } else {
@@ -175,12 +184,7 @@ impl ResNet {
         let (conv1, maxpool) = match config.stem {
             Stem::ImageNet => (
                 conv(config.in_channels, config.stem_width, 7, 2, 1, 1, dev),
-                Some(
-                    MaxPool2dConfig::new([3, 3])
-                        .with_strides([2, 2])
-                        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                        .init(),
-                ),
+                Some(stem_pool()),
             ),
             Stem::Cifar => (conv(config.in_channels, config.stem_width, 3, 1, 1, 1, dev), None),
         };

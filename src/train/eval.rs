@@ -111,6 +111,71 @@ pub fn batch_tensor(b: &Batch, channels: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(b.images.clone(), batch_dims(b, channels)), device)
 }
 
+/// The top-1 class of each row of autodiff logits.
+pub fn argmax_rows(logits: &Tensor<2>) -> Vec<usize> {
+    logits
+        .clone()
+        .inner()
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p as usize)
+        .collect()
+}
+
+/// Accumulates loss, top-1/top-5 and the confusion matrix, one row of logits at a time.
+pub struct Scores {
+    confusion: Vec<Vec<u64>>,
+    loss: f64,
+    top1: usize,
+    top5: usize,
+    n: usize,
+}
+
+impl Scores {
+    pub fn new(classes: usize) -> Self {
+        Scores {
+            confusion: vec![vec![0u64; classes]; classes],
+            loss: 0.0,
+            top1: 0,
+            top5: 0,
+            n: 0,
+        }
+    }
+
+    /// One sample's logits and its true class.
+    pub fn add(&mut self, row: &[f32], label: usize) {
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+        self.loss += lse - row.get(label).copied().unwrap_or(f32::NEG_INFINITY) as f64;
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        self.top1 += (idx.first() == Some(&label)) as usize;
+        self.top5 += idx.iter().take(5).any(|&i| i == label) as usize;
+        if let (Some(&p), Some(cm)) = (idx.first(), self.confusion.get_mut(label)) {
+            if let Some(cell) = cm.get_mut(p) {
+                *cell += 1;
+            }
+        }
+        self.n += 1;
+    }
+
+    pub fn finish(self, skipped: usize) -> Evaluation {
+        let d = self.n.max(1) as f64;
+        Evaluation {
+            loss: self.loss / d,
+            top1: self.top1 as f64 / d,
+            top5: self.top5 as f64 / d,
+            confusion: self.confusion,
+            samples: self.n,
+            skipped,
+        }
+    }
+}
+
 /// Runs `model` (a burn model in eval mode, the fast engine or a classifier) over the whole dataset.
 pub fn evaluate(
     model: &dyn Logits,
@@ -119,11 +184,10 @@ pub fn evaluate(
     channels: usize,
     workers: usize,
 ) -> Result<Evaluation> {
-    let classes = ds.classes.len();
+    let mut scores = Scores::new(ds.classes.len());
     let order = data::epoch_order(ds.len(), 0, 0, false);
     let loader = Loader::new(ds, order, 256, prepare, 0, 0, workers);
-    let mut cm = vec![vec![0u64; classes]; classes];
-    let (mut loss, mut top1, mut top5, mut n, mut skipped) = (0f64, 0usize, 0usize, 0usize, 0usize);
+    let mut skipped = 0usize;
     for b in loader {
         skipped += b.skipped.len();
         if b.labels.is_empty() {
@@ -132,28 +196,10 @@ pub fn evaluate(
         let dims = batch_dims(&b, channels);
         let logits = model.logits_nchw(b.images, dims)?;
         for (row, &label) in logits.iter().zip(&b.labels) {
-            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-            loss += lse - row[label] as f64;
-            let mut idx: Vec<usize> = (0..row.len()).collect();
-            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            top1 += (idx[0] == label) as usize;
-            top5 += idx.iter().take(5).any(|&i| i == label) as usize;
-            if idx[0] < classes {
-                cm[label][idx[0]] += 1;
-            }
-            n += 1;
+            scores.add(row, label);
         }
     }
-    let d = n.max(1) as f64;
-    Ok(Evaluation {
-        loss: loss / d,
-        top1: top1 as f64 / d,
-        top5: top5 as f64 / d,
-        confusion: cm,
-        samples: n,
-        skipped,
-    })
+    Ok(scores.finish(skipped))
 }
 
 #[cfg(test)]

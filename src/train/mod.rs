@@ -7,8 +7,10 @@
 //!
 //! Layering: may import `data`, `model`, `preprocess`, `weights`, `base`, `error`; see the README's module order.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod eval;
+pub mod frozen;
 mod optim;
 pub mod plots;
 mod schedule;
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +67,9 @@ pub struct TrainConfig {
     /// A weights tag or file to fine-tune from; `fc` is replaced when the classes differ.
     pub weights: Option<String>,
     pub freeze_backbone: bool,
+    /// With `freeze_backbone`: compute each training image's features once, unaugmented.
+    #[serde(default)]
+    pub cache_features: bool,
     pub epochs: usize,
     pub batch_size: usize,
     pub optimizer: OptimizerConfig,
@@ -99,6 +104,12 @@ pub enum Event {
         lr: f64,
     },
     Skipped(String),
+    /// Computing the frozen backbone's features of a set (`train` or `validation`).
+    Features {
+        set: &'static str,
+        done: usize,
+        total: usize,
+    },
     Evaluating {
         epoch: usize,
     },
@@ -271,6 +282,76 @@ pub struct Trainer {
     mean: Vec<f32>,
     std: Vec<f32>,
     device: Device,
+    /// With `--freeze-backbone`: the engine and the cached features, built on first use.
+    frozen: Option<Frozen>,
+}
+
+struct Frozen {
+    backbone: frozen::Backbone,
+    /// The training set's features, when they are computed once.
+    train: Option<frozen::Features>,
+    val: frozen::Features,
+}
+
+/// Runs `step` on each batch of `loader` that has samples, reporting the epoch's start, the
+/// skipped samples and what each step returns.
+fn each_batch(
+    loader: Loader,
+    epoch: usize,
+    on_event: &mut dyn FnMut(Event),
+    mut step: impl FnMut(usize, data::Batch, Instant) -> Result<Event>,
+) -> Result<()> {
+    on_event(Event::EpochStart {
+        epoch,
+        batches: loader.len(),
+    });
+    for (i, batch) in loader.enumerate() {
+        for s in &batch.skipped {
+            on_event(Event::Skipped(s.clone()));
+        }
+        if batch.labels.is_empty() {
+            continue;
+        }
+        let e = step(i, batch, Instant::now())?;
+        on_event(e);
+    }
+    Ok(())
+}
+
+/// An epoch's running training loss and accuracy.
+#[derive(Default)]
+struct Running {
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+}
+
+impl Running {
+    /// Adds a batch and returns its progress event.
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        epoch: usize,
+        batch: usize,
+        loss: f32,
+        pred: &[usize],
+        labels: &[usize],
+        t0: Instant,
+        lr: f64,
+    ) -> Event {
+        let n = labels.len();
+        self.correct += pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+        self.seen += n;
+        self.loss_sum += loss as f64 * n as f64;
+        Event::Batch {
+            epoch,
+            batch,
+            loss,
+            accuracy: self.correct as f64 / self.seen.max(1) as f64,
+            images_per_sec: n as f64 / t0.elapsed().as_secs_f64(),
+            lr,
+        }
+    }
 }
 
 fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
@@ -372,6 +453,7 @@ impl Trainer {
             mean,
             std,
             device,
+            frozen: None,
         })
     }
 
@@ -423,6 +505,9 @@ impl Trainer {
     }
 
     fn train_prepare(&self) -> Prepare {
+        if self.config.augment == Augment::None {
+            return self.plain_prepare();
+        }
         let (aug, c, mean, std) = (
             self.config.augment,
             self.config.in_channels,
@@ -438,86 +523,33 @@ impl Trainer {
         eval::prepare(t, files, self.config.in_channels)
     }
 
+    /// Training images without augmentation: files get the eval resize and crop (so that
+    /// they share one size), in-memory images are used as they are.
+    fn plain_prepare(&self) -> Prepare {
+        let files = matches!(self.train.items, data::Items::Files(_));
+        let t = self.config.eval_transform(&self.mean, &self.std);
+        eval::prepare(t, files, self.config.in_channels)
+    }
+
     /// Runs the remaining epochs, reporting through `on_event`.
     pub fn run(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<()> {
-        let per_epoch = self.train.len().div_ceil(self.config.batch_size.max(1));
         for epoch in self.state.epochs_done..self.config.epochs {
             let start = Instant::now();
-            let order = data::epoch_order(self.train.len(), self.config.seed, epoch, true);
-            let loader = Loader::new(
-                self.train.clone(),
-                order,
-                self.config.batch_size,
-                self.train_prepare(),
-                self.config.seed,
-                epoch,
-                self.config.workers,
-            );
-            on_event(Event::EpochStart {
-                epoch,
-                batches: loader.len(),
-            });
-            let ce = CrossEntropyLossConfig::new()
-                .with_smoothing((self.config.label_smoothing > 0.0).then_some(self.config.label_smoothing as f32))
-                .init(&self.device);
-            let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-            let mut lr = self.config.lr.lr;
-            for (i, batch) in loader.enumerate() {
-                for s in &batch.skipped {
-                    on_event(Event::Skipped(s.clone()));
-                }
-                if batch.labels.is_empty() {
-                    continue;
-                }
-                let t0 = Instant::now();
-                lr = self.config.lr.at(epoch, i, per_epoch);
-                let x = eval::batch_tensor(&batch, self.config.in_channels, &self.device);
-                let ys: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-                let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [batch.labels.len()]), &self.device);
-                let logits = self.model.forward(x)?;
-                let loss = ce.forward(logits.clone(), y);
-                let lv: f32 = loss.clone().into_scalar();
-                if !lv.is_finite() {
-                    return Err(Error::Config(format!(
-                        "the loss became {lv} at epoch {} batch {}; stopped. The last good checkpoint ({}) is intact; lower --lr or check the data",
-                        epoch + 1,
-                        i + 1,
-                        self.run_dir.join("last.safetensors").display()
-                    )));
-                }
-                let grads = loss.backward();
-                self.optimizer.step(&mut self.model, &grads, lr);
-                let pred = logits
-                    .inner()
-                    .argmax(1)
-                    .into_data()
-                    .convert::<i64>()
-                    .try_into_vec::<i64>()
-                    .unwrap_or_default();
-                let n = batch.labels.len();
-                correct += pred
-                    .iter()
-                    .zip(&batch.labels)
-                    .filter(|(p, l)| **p as usize == **l)
-                    .count();
-                seen += n;
-                loss_sum += lv as f64 * n as f64;
-                on_event(Event::Batch {
-                    epoch,
-                    batch: i,
-                    loss: lv,
-                    accuracy: correct as f64 / seen as f64,
-                    images_per_sec: n as f64 / t0.elapsed().as_secs_f64(),
-                    lr,
-                });
-            }
+            let (running, lr) = if self.config.freeze_backbone {
+                self.head_epoch(epoch, on_event)?
+            } else {
+                self.full_epoch(epoch, on_event)?
+            };
             on_event(Event::Evaluating { epoch });
-            let ev = self.evaluate()?;
+            let ev = match &self.frozen {
+                Some(f) => frozen::evaluate(&self.model, &f.val, self.val.classes.len(), &self.device)?,
+                None => self.evaluate()?,
+            };
             let m = EpochMetrics {
                 epoch: epoch + 1,
                 lr,
-                train_loss: loss_sum / seen.max(1) as f64,
-                train_acc: correct as f64 / seen.max(1) as f64,
+                train_loss: running.loss_sum / running.seen.max(1) as f64,
+                train_acc: running.correct as f64 / running.seen.max(1) as f64,
                 val_loss: ev.loss,
                 top1: ev.top1,
                 top5: ev.top5,
@@ -527,6 +559,142 @@ impl Trainer {
             on_event(Event::EpochEnd(m));
         }
         Ok(())
+    }
+
+    fn loss_fn(&self) -> CrossEntropyLoss {
+        CrossEntropyLossConfig::new()
+            .with_smoothing((self.config.label_smoothing > 0.0).then_some(self.config.label_smoothing as f32))
+            .init(&self.device)
+    }
+
+    /// A non-finite loss stops the run; the last checkpoint stays as it was.
+    fn check_loss(&self, lv: f32, epoch: usize, batch: usize) -> Result<()> {
+        if lv.is_finite() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "the loss became {lv} at epoch {} batch {}; stopped. The last good checkpoint ({}) is intact; lower --lr or check the data",
+            epoch + 1,
+            batch + 1,
+            self.run_dir.join("last.safetensors").display()
+        )))
+    }
+
+    /// One epoch of the whole network through burn's autodiff.
+    fn full_epoch(&mut self, epoch: usize, on_event: &mut dyn FnMut(Event)) -> Result<(Running, f64)> {
+        let per_epoch = self.train.len().div_ceil(self.config.batch_size.max(1));
+        let ce = self.loss_fn();
+        let mut running = Running::default();
+        let mut lr = self.config.lr.lr;
+        let loader = self.train_loader(epoch);
+        each_batch(loader, epoch, on_event, |i, batch, t0| {
+            lr = self.config.lr.at(epoch, i, per_epoch);
+            let x = eval::batch_tensor(&batch, self.config.in_channels, &self.device);
+            let ys: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+            let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [batch.labels.len()]), &self.device);
+            let logits = self.model.forward(x)?;
+            let loss = ce.forward(logits.clone(), y);
+            let lv: f32 = loss.clone().into_scalar();
+            self.check_loss(lv, epoch, i)?;
+            let grads = loss.backward();
+            self.optimizer.step(&mut self.model, &grads, lr);
+            let pred = eval::argmax_rows(&logits);
+            Ok(running.add(epoch, i, lv, &pred, &batch.labels, t0, lr))
+        })?;
+        Ok((running, lr))
+    }
+
+    fn train_loader(&self, epoch: usize) -> Loader {
+        Loader::new(
+            self.train.clone(),
+            data::epoch_order(self.train.len(), self.config.seed, epoch, true),
+            self.config.batch_size,
+            self.train_prepare(),
+            self.config.seed,
+            epoch,
+            self.config.workers,
+        )
+    }
+
+    /// Whether the frozen path computes each training image's features once.
+    fn caches_features(&self) -> bool {
+        self.config.cache_features || self.config.augment == Augment::None
+    }
+
+    /// Builds the frozen backbone on first use, with the validation features (and the
+    /// training ones, when they are cached).
+    fn frozen_setup(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<()> {
+        if self.frozen.is_some() {
+            return Ok(());
+        }
+        let backbone = frozen::Backbone::new(&mut self.model)?;
+        let (train_set, workers) = (self.train.clone(), self.config.workers);
+        let train = if self.caches_features() {
+            let f = backbone.extract(train_set, self.plain_prepare(), workers, &mut |done, total| {
+                on_event(Event::Features {
+                    set: "train",
+                    done,
+                    total,
+                })
+            })?;
+            for s in &f.skipped {
+                on_event(Event::Skipped(s.clone()));
+            }
+            Some(f)
+        } else {
+            None
+        };
+        let val = backbone.extract(self.val.clone(), self.eval_prepare(), workers, &mut |done, total| {
+            on_event(Event::Features {
+                set: "validation",
+                done,
+                total,
+            })
+        })?;
+        self.frozen = Some(Frozen { backbone, train, val });
+        Ok(())
+    }
+
+    /// One epoch of `fc` alone, on the frozen backbone's features.
+    fn head_epoch(&mut self, epoch: usize, on_event: &mut dyn FnMut(Event)) -> Result<(Running, f64)> {
+        self.frozen_setup(on_event)?;
+        let Some(fz) = self.frozen.take() else {
+            return Err(Error::Config("the frozen backbone was not built".into()));
+        };
+        let r = self.head_epoch_on(&fz, epoch, on_event);
+        self.frozen = Some(fz);
+        r
+    }
+
+    fn head_epoch_on(&mut self, fz: &Frozen, epoch: usize, on_event: &mut dyn FnMut(Event)) -> Result<(Running, f64)> {
+        let per_epoch = self.train.len().div_ceil(self.config.batch_size.max(1));
+        let ce = self.loss_fn();
+        let mut running = Running::default();
+        let mut lr = self.config.lr.lr;
+        let mut step = |t: &mut Self, i: usize, feats: Vec<f32>, labels: &[usize], t0: Instant| -> Result<Event> {
+            lr = t.config.lr.at(epoch, i, per_epoch);
+            let (lv, grads, pred) = frozen::head_loss(&t.model, &ce, feats, labels, &t.device);
+            t.check_loss(lv, epoch, i)?;
+            t.optimizer.step(&mut t.model, &grads, lr);
+            Ok(running.add(epoch, i, lv, &pred, labels, t0, lr))
+        };
+        if let Some(f) = &fz.train {
+            let batches = frozen::epoch_batches(f, self.config.seed, epoch, self.config.batch_size);
+            on_event(Event::EpochStart {
+                epoch,
+                batches: batches.len(),
+            });
+            for (i, (feats, labels)) in batches.into_iter().enumerate() {
+                let e = step(self, i, feats, &labels, Instant::now())?;
+                on_event(e);
+            }
+        } else {
+            let loader = self.train_loader(epoch);
+            each_batch(loader, epoch, on_event, |i, batch, t0| {
+                step(self, i, fz.backbone.batch(&batch)?, &batch.labels, t0)
+            })?;
+        }
+        Ok((running, lr))
     }
 
     /// Writes epoch `m.epoch`'s checkpoint in the order [`checkpoint`] describes.
