@@ -60,6 +60,11 @@ pub enum Error {
         pixels: u64,
         max: u64,
     },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    /// Flags or arguments that do not go together; the message says what to pass instead.
+    #[error("{0}")]
+    Usage(String),
     #[error("{path}: cannot write image: {reason}")]
     ImageWrite { path: PathBuf, reason: String },
 

@@ -553,3 +553,69 @@ fn request_bodies_count_against_the_image_budget() {
     let (status, _, json) = post(&url, "image/png", &example("0000-ankle-boot.png"));
     assert_eq!(status, 200, "{json}");
 }
+
+#[test]
+fn embed_answers_like_the_library_with_classify_s_limits() {
+    let cfg = ServeConfig {
+        max_pixels: 10_000,
+        ..Default::default()
+    };
+    let srv = Running::fashion(cfg);
+    let clf = fashion_classifier();
+    let boot = example("0000-ankle-boot.png");
+    let want = clf
+        .embed(&resnet::preprocess::open_image(&fashion_example("0000-ankle-boot.png"), 1 << 20).unwrap())
+        .unwrap();
+
+    // A raw body: `{image, embedding}`, as `resnet embed` writes each line.
+    let (status, _, v) = post(&srv.url("/v1/embed?name=boot.png"), "image/png", &boot);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["embedding", "image"]
+    );
+    assert_eq!(v["image"], "boot.png");
+    let got: Vec<f32> = v["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(got.len(), 64);
+    assert!(common::max_abs(&got, &want) < 1e-6);
+
+    // ?normalize=true gives a unit vector; multipart gives an array in part order.
+    let (_, _, v) = post(&srv.url("/v1/embed?normalize=true"), "image/png", &boot);
+    let n: f64 = v["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap().powi(2))
+        .sum();
+    assert!((n - 1.0).abs() < 1e-5, "norm² {n}");
+    let trouser = example("0002-trouser.png");
+    let (ct, body) = multipart(&[("image", "boot.png", &boot), ("image", "trouser.png", &trouser)]);
+    let (status, _, v) = post(&srv.url("/v1/embed"), &ct, &body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v[0]["image"], "boot.png");
+    assert_eq!(v[1]["image"], "trouser.png");
+
+    // Classify's errors: not an image (415), too many pixels (422), a bad query (400).
+    let (status, _, v) = post(&srv.url("/v1/embed"), "image/png", b"not an image at all");
+    assert_eq!(status, 415, "{v}");
+    let (status, _, v) = post(&srv.url("/v1/embed"), "image/png", &png(200, 200));
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("pixels"));
+    let (status, _, _) = post(&srv.url("/v1/embed?normalize=maybe"), "image/png", &boot);
+    assert_eq!(status, 400);
+    let (status, page) = get_text(&srv.url("/metrics"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(
+            &page,
+            "resnet_http_requests_total{endpoint=\"/v1/embed\",status=\"200\"}"
+        ),
+        3.0
+    );
+    srv.stop().unwrap();
+}

@@ -3,6 +3,9 @@
 //! Layering: may import `engine`, `model`, `preprocess`, `weights`, `base`, `error`; see the README's module order.
 
 mod annotate;
+mod embed;
+pub mod export;
+pub mod similar;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -12,11 +15,12 @@ use image::RgbImage;
 use serde::Serialize;
 
 pub use annotate::annotate;
+pub use embed::{Embedding, Layer};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 pub use crate::model::{rows, Logits};
-use crate::model::{split_rows, ModelName, ResNet, ResNetConfig, Stem};
+use crate::model::{ModelName, ResNet, ResNetConfig, Stem};
 use crate::preprocess::{open_image, Resize, Transform, DEFAULT_MAX_PIXELS};
 use crate::weights::{self, hub, Weights};
 pub use crate::weights::{read_labels, weights_meta, TransformSource, WeightsMeta};
@@ -260,14 +264,8 @@ impl Classifier {
 
     /// Pooled features (the fc input), one row per image: image embeddings.
     pub fn features(&self, imgs: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
-        if imgs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (x, dims) = self.transform.batch_values(imgs);
-        match &self.runner {
-            Runner::Engine(e) => Ok(split_rows(e.forward_features(&x, dims)?, e.config().feature_dim())),
-            Runner::Burn(m) => rows(m.forward_features(Tensor::from_data(TensorData::new(x, dims), &self.device))?),
-        }
+        let e = self.embed_layer(imgs, Layer::AvgPool)?;
+        Ok(e.into_iter().map(|e| e.values).collect())
     }
 }
 

@@ -5,15 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use resnet::classify::{annotate, annotated_path, read_labels, ClassifierOptions, TransformSource};
-use resnet::preprocess::{open_image, Resize, Transform, DEFAULT_MAX_PIXELS};
-use resnet::weights;
+use resnet::preprocess::Transform;
 use resnet::{Classifier, Prediction};
 
-use super::{download_bar, expand_inputs, model_and_weights, EngineKind, Format, ModelArgs};
+use super::{
+    download_bar, expand_inputs, image_batches, inputs_bar, model_and_weights, EngineKind, Format, ModelArgs, RunArgs,
+    TransformArgs,
+};
 
 #[derive(clap::Args)]
 pub(crate) struct ClassifyArgs {
@@ -21,15 +22,8 @@ pub(crate) struct ClassifyArgs {
     model: ModelArgs,
     #[arg(long, default_value_t = 5)]
     top_k: usize,
-    /// Resize the shorter side to N (default: the weights' own, 256 for V1, 232 for V2).
-    #[arg(long, conflicts_with = "stretch")]
-    resize: Option<usize>,
-    /// Centre-crop to N×N (default 224).
-    #[arg(long, conflicts_with = "stretch")]
-    crop: Option<usize>,
-    /// Resize directly to N×N without cropping (Ikomia's behaviour).
-    #[arg(long, value_name = "N")]
-    stretch: Option<usize>,
+    #[command(flatten)]
+    transform: TransformArgs,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     #[arg(long, value_enum, default_value = "text")]
@@ -37,18 +31,8 @@ pub(crate) struct ClassifyArgs {
     /// Write a copy of each image with its top-1 label drawn on it.
     #[arg(long, value_name = "DIR")]
     annotate: Option<PathBuf>,
-    /// Refuse images with more pixels than this (decompression-bomb guard).
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
-    max_pixels: u64,
-    /// Load only the weights that fit the model instead of failing on a mismatch.
-    #[arg(long)]
-    non_strict: bool,
-    /// Inference threads (default: RAYON_NUM_THREADS, else every core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// `fast`: the CPU engine (BN folded, fused, the best SIMD kernel the CPU has); `burn`: the reference path.
-    #[arg(long, value_enum, default_value = "fast")]
-    engine: EngineKind,
+    #[command(flatten)]
+    run: RunArgs,
     #[arg(required = true)]
     inputs: Vec<String>,
 }
@@ -70,26 +54,19 @@ struct Used<'a> {
 
 pub(crate) fn run(a: ClassifyArgs) -> Result<ExitCode> {
     let (name, weights) = model_and_weights(&a.model.model, &a.model.weights)?;
-    let resize = match (a.stretch, a.resize, a.crop) {
-        (Some(n), _, _) => Some(Resize::Stretch { size: n }),
-        (None, None, None) => None,
-        (None, r, c) => Some(Resize::ShorterSide {
-            resize: r.unwrap_or_else(|| weights::default_resize(name, &weights)),
-            crop: c.unwrap_or(224),
-        }),
-    };
+    let resize = a.transform.resize(name, &weights);
     let labels = a.model.classes.as_deref().map(read_labels).transpose()?;
     let (dl_bar, mut on_download) = download_bar();
     let opts = ClassifierOptions {
-        strict: !a.non_strict,
+        strict: !a.run.non_strict,
         resize,
         labels,
         on_download: Some(&mut on_download),
-        engine: a.engine == EngineKind::Fast,
-        threads: a.threads,
+        engine: a.run.engine == EngineKind::Fast,
+        threads: a.run.threads,
         ..Default::default()
     };
-    let clf = Classifier::build(name, weights, opts)?.with_max_pixels(a.max_pixels);
+    let clf = Classifier::build(name, weights, opts)?.with_max_pixels(a.run.max_pixels);
     dl_bar.finish_and_clear();
     if let Some(note) = clf.weights_note() {
         eprintln!("note: {note}");
@@ -103,33 +80,13 @@ pub(crate) fn run(a: ClassifyArgs) -> Result<ExitCode> {
     }
 
     let inputs = expand_inputs(&a.inputs)?;
-    let bar = if inputs.len() > 3 {
-        ProgressBar::new(inputs.len() as u64).with_style(
-            ProgressStyle::with_template("{pos}/{len} {wide_bar} {per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        )
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut failed = 0usize;
+    let bar = inputs_bar(inputs.len());
     let mut out = std::io::stdout().lock();
     let mut written = std::collections::HashSet::new();
-    for chunk in inputs.chunks(a.batch_size.max(1)) {
-        let (mut paths, mut imgs) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
-        for path in chunk {
-            match open_image(path, a.max_pixels) {
-                Ok(img) => {
-                    paths.push(path);
-                    imgs.push(img);
-                }
-                Err(e) => {
-                    failed += 1;
-                    bar.suspend(|| eprintln!("error: {e}"));
-                }
-            }
-        }
-        let preds = clf.classify_images(&imgs, a.top_k)?;
-        for ((path, img), p) in paths.iter().zip(&imgs).zip(&preds) {
+    let failed = image_batches(&inputs, a.batch_size, a.run.max_pixels, &bar, |paths, imgs| {
+        let mut failed = 0;
+        let preds = clf.classify_images(imgs, a.top_k)?;
+        for ((path, img), p) in paths.iter().zip(imgs).zip(&preds) {
             let shown = path.display().to_string();
             bar.suspend(|| -> Result<()> {
                 match a.format {
@@ -167,9 +124,8 @@ pub(crate) fn run(a: ClassifyArgs) -> Result<ExitCode> {
                 }
             }
         }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
+        Ok(failed)
+    })?;
     if failed > 0 {
         eprintln!("{failed} of {} inputs failed", inputs.len());
         return Ok(ExitCode::FAILURE);

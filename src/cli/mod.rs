@@ -5,10 +5,12 @@
 mod bench;
 mod classify;
 mod convert;
+mod embed;
 mod eval;
 mod info;
 #[cfg(feature = "serve")]
 mod serve;
+mod similar;
 mod train;
 
 use std::path::PathBuf;
@@ -47,6 +49,11 @@ enum Command {
     Info(info::InfoArgs),
     /// Classify images: files, folders (recursive) or globs.
     Classify(classify::ClassifyArgs),
+    /// Embeddings: the pooled features before fc, or a stage's map, as JSON lines, npy,
+    /// Parquet or safetensors.
+    Embed(Box<embed::EmbedArgs>),
+    /// Cosine nearest neighbours in an embedding file, or its near-duplicate pairs.
+    Similar(Box<similar::SimilarArgs>),
     /// Train or fine-tune on an image folder, IDX files or CIFAR batches.
     Train(Box<train::TrainArgs>),
     /// Evaluate on a labelled set: top-1/top-5, per-class precision/recall/F1, confusion matrix.
@@ -54,7 +61,7 @@ enum Command {
     /// Inference latency per model and batch size (median, min, max), GFLOP/s and peak RSS;
     /// with --train, the training step's time split into forward, backward and update.
     Bench(bench::BenchArgs),
-    /// Serve the model over HTTP: POST /v1/classify, /v1/models, /healthz, /metrics, and a studio page at /.
+    /// Serve the model over HTTP: POST /v1/classify, /v1/embed, /v1/models, /healthz, /metrics, and a studio page at /.
     #[cfg(feature = "serve")]
     Serve(Box<serve::ServeArgs>),
     /// Convert a .pth or .safetensors state dict to .safetensors with torchvision keys.
@@ -89,6 +96,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Classify(a) => classify::run(a),
+        Command::Embed(a) => embed::run(*a),
+        Command::Similar(a) => similar::run(*a),
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a).map(|()| ExitCode::SUCCESS),
@@ -147,6 +156,95 @@ pub(crate) fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// `--resize/--crop` or `--stretch`, shared by the commands that preprocess images.
+#[derive(clap::Args)]
+pub(crate) struct TransformArgs {
+    /// Resize the shorter side to N (default: the weights' own, 256 for V1, 232 for V2).
+    #[arg(long, conflicts_with = "stretch")]
+    resize: Option<usize>,
+    /// Centre-crop to N×N (default 224).
+    #[arg(long, conflicts_with = "stretch")]
+    crop: Option<usize>,
+    /// Resize directly to N×N without cropping (Ikomia's behaviour).
+    #[arg(long, value_name = "N")]
+    stretch: Option<usize>,
+}
+
+impl TransformArgs {
+    /// The resize the flags ask for; `None` keeps the weights' own.
+    pub(crate) fn resize(&self, name: ModelName, weights: &Weights) -> Option<resnet::preprocess::Resize> {
+        use resnet::preprocess::Resize;
+        match (self.stretch, self.resize, self.crop) {
+            (Some(n), _, _) => Some(Resize::Stretch { size: n }),
+            (None, None, None) => None,
+            (None, r, c) => Some(Resize::ShorterSide {
+                resize: r.unwrap_or_else(|| weights::default_resize(name, weights)),
+                crop: c.unwrap_or(224),
+            }),
+        }
+    }
+}
+
+/// How images are read and run, shared by `classify` and `embed`.
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// Refuse images with more pixels than this (decompression-bomb guard).
+    #[arg(long, default_value_t = resnet::preprocess::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Load only the weights that fit the model instead of failing on a mismatch.
+    #[arg(long)]
+    non_strict: bool,
+    /// Inference threads (default: RAYON_NUM_THREADS, else every core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// `fast`: the CPU engine (BN folded, fused, the best SIMD kernel the CPU has); `burn`: the reference path.
+    #[arg(long, value_enum, default_value = "fast")]
+    engine: EngineKind,
+}
+
+/// A progress bar for more than a few inputs.
+pub(crate) fn inputs_bar(n: usize) -> ProgressBar {
+    if n <= 3 {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template("{pos}/{len} {wide_bar} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    )
+}
+
+/// Decodes `inputs` a batch at a time and hands each batch's readable images to `f`; a file
+/// that cannot be read is reported in one line and counted, and the rest go on. Returns the
+/// number of failures, `f`'s included.
+pub(crate) fn image_batches(
+    inputs: &[PathBuf],
+    batch_size: usize,
+    max_pixels: u64,
+    bar: &ProgressBar,
+    mut f: impl FnMut(&[&PathBuf], &[image::RgbImage]) -> Result<usize>,
+) -> Result<usize> {
+    let mut failed = 0usize;
+    for chunk in inputs.chunks(batch_size.max(1)) {
+        let (mut paths, mut imgs) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
+        for path in chunk {
+            match resnet::preprocess::open_image(path, max_pixels) {
+                Ok(img) => {
+                    paths.push(path);
+                    imgs.push(img);
+                }
+                Err(e) => {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("error: {e}"));
+                }
+            }
+        }
+        failed += f(&paths, &imgs)?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(failed)
 }
 
 /// `--model` and `--weights`: a built-in model's name brings its own weights unless others are named.

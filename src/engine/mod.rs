@@ -39,6 +39,17 @@ struct Block {
     /// conv1, conv2 (and conv3 for bottlenecks), BN folded.
     convs: Vec<Conv>,
     shortcut: Shortcut,
+    /// The stage (`layerK`, from 1) this block belongs to.
+    stage: usize,
+}
+
+/// Where a forward pass stops.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Logits,
+    Features,
+    /// The output of stage `layerK`, K from 1.
+    Stage(usize),
 }
 
 /// The most activation memory one call may plan: 16 GB of f32.
@@ -140,7 +151,7 @@ impl Engine {
         let keys = &mut ParamKeys::new(config);
         let stem = conv(sd, keys, spec, kernel)?;
         let mut blocks = Vec::new();
-        for stage in config.plan() {
+        for (si, stage) in config.plan().into_iter().enumerate() {
             for p in stage {
                 let (w, out) = (p.width, p.out_channels);
                 let convs = match config.block {
@@ -174,7 +185,11 @@ impl Engine {
                         kernel,
                     )?)),
                 };
-                blocks.push(Block { convs, shortcut });
+                blocks.push(Block {
+                    convs,
+                    shortcut,
+                    stage: si + 1,
+                });
             }
         }
         let (f, classes) = (config.feature_dim(), config.num_classes);
@@ -214,24 +229,36 @@ impl Engine {
 
     /// Logits `[n, classes]` for an NCHW batch `x` of shape `[n, c, h, w]`.
     pub fn forward(&self, x: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
-        self.run(x, dims, true)
+        Ok(self.run(x, dims, Output::Logits)?.0)
     }
 
     /// Pooled features `[n, feature_dim]` (the fc input): image embeddings.
     pub fn forward_features(&self, x: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
-        self.run(x, dims, false)
+        Ok(self.run(x, dims, Output::Features)?.0)
     }
 
-    fn run(&self, x: &[f32], dims: [usize; 4], logits: bool) -> Result<Vec<f32>> {
+    /// The output of stage `layerK` (`stage` = K, from 1), NCHW, with its `[n, c, h, w]`:
+    /// the C2–C5 maps a detection backbone takes.
+    pub fn forward_stage(&self, x: &[f32], dims: [usize; 4], stage: usize) -> Result<(Vec<f32>, [usize; 4])> {
+        let stages = self.config.layers.len();
+        if stage == 0 || stage > stages {
+            return Err(Error::Usage(format!(
+                "this model has layer1 to layer{stages}; there is no layer{stage}"
+            )));
+        }
+        self.run(x, dims, Output::Stage(stage))
+    }
+
+    fn run(&self, x: &[f32], dims: [usize; 4], out: Output) -> Result<(Vec<f32>, [usize; 4])> {
         // The whole pass runs on a worker, so each layer's parallel loop starts and ends inside
         // the pool instead of parking and waking the caller's thread (0.93–1.01× in paired runs).
-        self.pool.install(|| self.run_body(x, dims, logits))
+        self.pool.install(|| self.run_body(x, dims, out))
     }
 
-    fn run_body(&self, x: &[f32], dims: [usize; 4], logits: bool) -> Result<Vec<f32>> {
+    fn run_body(&self, x: &[f32], dims: [usize; 4], output: Output) -> Result<(Vec<f32>, [usize; 4])> {
         let input = self.check_input(dims)?;
         if input.n == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), [0; 4]));
         }
         let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
         // A new shape is sized (and refused if too big) before the input is checked or anything allocated.
@@ -267,18 +294,24 @@ impl Engine {
             std::mem::swap(&mut cur, &mut next);
         }
         for blk in &self.blocks {
+            if matches!(output, Output::Stage(k) if blk.stage > k) {
+                break;
+            }
             let (shape, swap) = self.block(blk, cur, s, next, [&mut *t1, &mut *t2, &mut *sc], scratch);
             s = shape;
             if swap {
                 std::mem::swap(&mut cur, &mut next);
             }
         }
+        if let Output::Stage(_) = output {
+            return Ok((nhwc_to_nchw(&cur[..s.len()], s), [s.n, s.c, s.h, s.w]));
+        }
         t = std::time::Instant::now();
         let mut feats = vec![0f32; input.n * s.c];
         global_avg_pool(cur, s, &mut feats);
         step("average pool", &mut t);
-        if !logits {
-            return Ok(feats);
+        if output == Output::Features {
+            return Ok((feats, [input.n, s.c, 1, 1]));
         }
         let mut out = vec![0f32; input.n * self.config.num_classes];
         let fs = Shape { h: 1, w: 1, ..s };
@@ -287,7 +320,7 @@ impl Engine {
         if conv::profiling() {
             eprintln!("forward  {:.3} ms", t0.elapsed().as_secs_f64() * 1e3);
         }
-        Ok(out)
+        Ok((out, [input.n, self.config.num_classes, 1, 1]))
     }
 
     /// The NCHW input's shape, or why this model cannot take it.
@@ -437,4 +470,19 @@ impl Logits for Engine {
     fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>> {
         Ok(split_rows(self.forward(&x, dims)?, self.config().num_classes))
     }
+}
+
+/// An NHWC map as NCHW.
+fn nhwc_to_nchw(x: &[f32], s: Shape) -> Vec<f32> {
+    let (hw, c) = (s.h * s.w, s.c);
+    let mut out = vec![0f32; x.len()];
+    for n in 0..s.n {
+        let (src, dst) = (&x[n * hw * c..(n + 1) * hw * c], &mut out[n * hw * c..(n + 1) * hw * c]);
+        for (p, px) in src.chunks_exact(c).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                dst[ch * hw + p] = v;
+            }
+        }
+    }
+    out
 }

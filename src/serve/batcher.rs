@@ -14,13 +14,22 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
-use crate::classify::{Classifier, Logits};
+use crate::classify::{Classifier, Layer, Logits};
 
-/// One preprocessed image waiting for its logits.
+/// What a job asks of the network.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Want {
+    Logits,
+    /// The pooled features before `fc`.
+    Embedding,
+}
+
+/// One preprocessed image waiting for its logits or embedding.
 pub(crate) struct Job {
     /// CHW values from the classifier's transform.
     pub x: Vec<f32>,
     pub dims: [usize; 3],
+    pub want: Want,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<Result<Vec<f32>, String>>,
 }
@@ -91,17 +100,18 @@ fn worker(clf: Classifier, rx: Receiver<Job>, max_batch: usize, window: Duration
                 },
             }
         }
-        // A transform gives one size, but a batch must be uniform whatever the caller sent.
+        // A transform gives one size, but a batch must be uniform whatever the caller sent,
+        // and logits and embeddings are different passes.
         while !batch.is_empty() {
-            let dims = batch[0].dims;
-            let (same, rest): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.dims == dims);
-            run(&clf, same, dims, metrics);
+            let (dims, want) = (batch[0].dims, batch[0].want);
+            let (same, rest): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.dims == dims && j.want == want);
+            run(&clf, same, dims, want, metrics);
             batch = rest;
         }
     }
 }
 
-fn run(clf: &Classifier, jobs: Vec<Job>, dims: [usize; 3], metrics: &Metrics) {
+fn run(clf: &Classifier, jobs: Vec<Job>, dims: [usize; 3], want: Want, metrics: &Metrics) {
     let n = jobs.len();
     let mut x = Vec::with_capacity(n * dims.iter().product::<usize>());
     let mut replies = Vec::with_capacity(n);
@@ -111,7 +121,15 @@ fn run(clf: &Classifier, jobs: Vec<Job>, dims: [usize; 3], metrics: &Metrics) {
     }
     let start = Instant::now();
     // A panic in a forward pass fails this batch's requests, not the worker.
-    let out = std::panic::catch_unwind(AssertUnwindSafe(|| clf.logits_nchw(x, [n, dims[0], dims[1], dims[2]])));
+    let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let dims = [n, dims[0], dims[1], dims[2]];
+        match want {
+            Want::Logits => clf.logits_nchw(x, dims),
+            Want::Embedding => clf
+                .activations(x, dims, Layer::AvgPool)
+                .map(|e| e.into_iter().map(|e| e.values).collect()),
+        }
+    }));
     metrics.observe_batch(n, start.elapsed());
     match out {
         Ok(Ok(rows)) => {

@@ -66,7 +66,11 @@ impl Metrics {
             "Time of one batched forward pass",
             inference.clone(),
         );
-        registry.register("images_classified", "Images classified", images.clone());
+        registry.register(
+            "images_classified",
+            "Images run through the network (classified or embedded)",
+            images.clone(),
+        );
         registry.register(
             "queue_rejections",
             "Requests refused with 503 because the queue or the decode memory budget was full",

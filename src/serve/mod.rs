@@ -41,7 +41,7 @@ use tokio::sync::{oneshot, Semaphore};
 use crate::classify::{top_k, Classifier, Prediction, TransformSource};
 use crate::error::{Error, Result};
 use crate::preprocess::{decode, decode_cost, Transform, DEFAULT_MAX_PIXELS};
-use batcher::{Batcher, Job};
+use batcher::{Batcher, Job, Want};
 pub use metrics::Metrics;
 
 const STUDIO: &str = include_str!("studio.html");
@@ -260,6 +260,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/models", get(models))
         .route("/v1/classify", post(classify))
+        .route("/v1/embed", post(embed))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -301,7 +302,7 @@ impl IntoResponse for ApiError {
 /// Counts and times every request under a fixed endpoint label (unknown paths are `other`).
 async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let endpoint = match req.uri().path() {
-        p @ ("/" | "/healthz" | "/metrics" | "/v1/models" | "/v1/classify") => p.to_string(),
+        p @ ("/" | "/healthz" | "/metrics" | "/v1/models" | "/v1/classify" | "/v1/embed") => p.to_string(),
         _ => "other".to_string(),
     };
     let start = Instant::now();
@@ -338,7 +339,7 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "wrong method for this endpoint: classify with POST /v1/classify, read the others with GET",
+        "wrong method for this endpoint: POST to /v1/classify and /v1/embed, GET the others",
     )
 }
 
@@ -369,15 +370,78 @@ async fn classify(
         Some(k) => k.min(state.info.num_classes),
         None => 5.min(state.info.num_classes),
     };
+    let (rows, multipart) = infer(&state, q.name, req, Want::Logits).await?;
+    let results: Vec<ImageResult> = rows
+        .into_iter()
+        .map(|(image, logits)| ImageResult {
+            image,
+            predictions: top_k(&logits, k, &state.info.classes),
+        })
+        .collect();
+    Ok(one_or_many(results, multipart))
+}
+
+#[derive(Deserialize)]
+struct EmbedQuery {
+    /// Scale each embedding to unit L2 norm.
+    #[serde(default)]
+    normalize: bool,
+    name: Option<String>,
+}
+
+/// One image's embedding: the schema of `resnet embed`'s JSON lines.
+#[derive(Serialize)]
+struct EmbedResult {
+    image: String,
+    embedding: Vec<f32>,
+}
+
+/// `POST /v1/embed`: the pooled features before `fc`, with classify's bodies, limits and errors.
+async fn embed(
+    State(state): State<Arc<AppState>>,
+    query: std::result::Result<Query<EmbedQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> std::result::Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let (rows, multipart) = infer(&state, q.name, req, Want::Embedding).await?;
+    let results: Vec<EmbedResult> = rows
+        .into_iter()
+        .map(|(image, mut embedding)| {
+            if q.normalize {
+                crate::classify::export::unit(&mut embedding);
+            }
+            EmbedResult { image, embedding }
+        })
+        .collect();
+    Ok(one_or_many(results, multipart))
+}
+
+/// A raw body answers one object; multipart answers an array.
+fn one_or_many<T: Serialize>(mut results: Vec<T>, multipart: bool) -> Response {
+    if multipart {
+        Json(results).into_response()
+    } else {
+        Json(results.remove(0)).into_response()
+    }
+}
+
+/// Reads, admits, decodes and runs a request's images; each image's name and output row, and
+/// whether the body was multipart.
+async fn infer(
+    state: &Arc<AppState>,
+    name: Option<String>,
+    req: Request,
+    want: Want,
+) -> std::result::Result<(Vec<(String, Vec<f32>)>, bool), ApiError> {
     let is_multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
     let (parts, body) = req.into_parts();
-    let (body, _body_reserved) = read_body(body, state.max_body, &state).await?;
+    let (body, _body_reserved) = read_body(body, state.max_body, state).await?;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let images = request_images(is_multipart, content_type, body, q.name).await?;
+    let images = request_images(is_multipart, content_type, body, name).await?;
 
     let n = images.len();
     if n > state.max_queue {
@@ -389,7 +453,7 @@ async fn classify(
             ),
         ));
     }
-    let _admitted = Admission::try_new(&state, n).ok_or_else(|| {
+    let _admitted = Admission::try_new(state, n).ok_or_else(|| {
         state.metrics.rejected();
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -429,6 +493,7 @@ async fn classify(
         let job = Job {
             x,
             dims,
+            want,
             enqueued: Instant::now(),
             reply,
         };
@@ -440,22 +505,15 @@ async fn classify(
         }
         waits.push(wait);
     }
-    let mut results = Vec::with_capacity(n);
+    let mut rows = Vec::with_capacity(n);
     for (name, wait) in names.into_iter().zip(waits) {
-        let logits = wait
+        let row = wait
             .await
             .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the inference worker stopped"))?
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {e}")))?;
-        results.push(ImageResult {
-            image: name,
-            predictions: top_k(&logits, k, &state.info.classes),
-        });
+        rows.push((name, row));
     }
-    Ok(if is_multipart {
-        Json(results).into_response()
-    } else {
-        Json(results.remove(0)).into_response()
-    })
+    Ok((rows, is_multipart))
 }
 
 /// Bytes per permit of the decode budget (a tokio semaphore counts at most 2^61 permits, and

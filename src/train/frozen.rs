@@ -86,7 +86,7 @@ impl Backbone {
         let (n, dim) = (ds.len(), self.dim());
         let bytes = n.saturating_mul(dim).saturating_mul(4);
         if bytes > MAX_CACHE_BYTES {
-            return Err(Error::Config(format!(
+            return Err(Error::Dataset(format!(
                 "caching the features of {n} images × {dim} values needs {:.1} GB, over the {} GB limit; train without --cache-features and with augmentation on, which streams them",
                 bytes as f64 / 1e9,
                 MAX_CACHE_BYTES >> 30
