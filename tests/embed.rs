@@ -5,48 +5,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use common::{det_state_dict, fixture, rel_l2, resnet_command};
-use resnet::weights::{self, Values};
-use resnet::{ModelName, ResNet};
-
-/// Deterministic weights for `model` as a safetensors file in `dir`.
-fn det_weights(model: &str, dir: &Path) -> PathBuf {
-    let name: ModelName = model.parse().unwrap();
-    let mut m = ResNet::new(&name.config(), &resnet::default_device()).unwrap();
-    let sd = det_state_dict(&mut m);
-    let path = dir.join(format!("{model}-det.safetensors"));
-    weights::write_safetensors(&path, &sd).unwrap();
-    path
-}
-
-fn fixtures() -> (
-    std::collections::BTreeMap<String, resnet::weights::TorchTensor>,
-    serde_json::Value,
-) {
-    let t = weights::read_state_dict(&fixture("embed.safetensors")).expect("embed fixture");
-    let m = serde_json::from_str(&std::fs::read_to_string(fixture("embed.json")).unwrap()).unwrap();
-    (t, m)
-}
-
-fn f32s(t: &resnet::weights::TorchTensor) -> &[f32] {
-    match &t.values {
-        Values::F32(v) => v,
-        other => panic!("expected f32, got {other:?}"),
-    }
-}
+use common::{det_weights_file, f32s, fixture, fixture_cases, rel_l2, resnet_command};
+use resnet::weights;
 
 #[test]
 fn embeddings_and_a_stage_map_match_torchvision_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
-    let (want, manifest) = fixtures();
-    let cases = manifest["cases"].as_array().unwrap();
+    let (want, cases) = fixture_cases("embed");
     assert!(cases.iter().any(|c| c["layer"] != "avgpool"), "a stage map is covered");
     for c in cases {
         let s = |k: &str| c[k].as_str().unwrap().to_string();
         let n = |k: &str| c[k].as_u64().unwrap().to_string();
-        let w = det_weights(&s("model"), tmp.path());
+        let w = det_weights_file(&s("model"), tmp.path());
         let out = tmp.path().join(format!("{}-{}.safetensors", s("model"), s("layer")));
         let run = resnet_command()
             .args(["embed", "--model", &s("model"), "--weights", w.to_str().unwrap()])
@@ -75,18 +47,11 @@ fn embeddings_and_a_stage_map_match_torchvision_end_to_end() {
 
 #[test]
 fn the_library_gives_the_same_embeddings_on_the_engine_and_on_burn() {
-    use resnet::classify::{ClassifierOptions, Layer};
+    use resnet::classify::Layer;
     let tmp = tempfile::tempdir().unwrap();
-    let (want, _) = fixtures();
-    let w = det_weights("resnet18", tmp.path());
-    let img = resnet::preprocess::open_image(&fixture("chelsea.png"), 1 << 30).unwrap();
-    for engine in [true, false] {
-        let opts = ClassifierOptions {
-            resize: Some(resnet::preprocess::Resize::ShorterSide { resize: 256, crop: 224 }),
-            engine,
-            ..Default::default()
-        };
-        let clf = resnet::Classifier::build(ModelName::Resnet18, resnet::Weights::File(w.clone()), opts).unwrap();
+    let (want, _) = fixture_cases("embed");
+    let (img, clfs) = common::det_resnet18_both_paths(tmp.path());
+    for (clf, engine) in clfs.iter().zip([true, false]) {
         let v = clf.embed(&img).unwrap();
         let err = rel_l2(&v, f32s(&want["resnet18/chelsea.png/avgpool"]));
         assert!(err <= 1e-4, "engine {engine}: avgpool relative L2 {err:e}");

@@ -619,3 +619,63 @@ fn embed_answers_like_the_library_with_classify_s_limits() {
     );
     srv.stop().unwrap();
 }
+
+#[test]
+fn explain_answers_json_or_the_overlay_png() {
+    let srv = Running::fashion(ServeConfig::default());
+    let clf = fashion_classifier();
+    let boot = example("0000-ankle-boot.png");
+    let img = resnet::preprocess::open_image(&fashion_example("0000-ankle-boot.png"), 1 << 20).unwrap();
+
+    // JSON: `resnet explain --format json`'s schema and the library's map.
+    let (status, _, v) = post(&srv.url("/v1/explain?name=boot.png"), "image/png", &boot);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["image"], "boot.png");
+    assert_eq!(v["layer"], "layer3");
+    assert_eq!(v["class"]["label"], "Ankle boot");
+    let want = clf.explain(&img, None).unwrap();
+    let cam: Vec<f32> = v["cam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+        .collect();
+    assert!(common::max_abs(&cam, &want.cam) < 1e-6);
+    // Another class and an earlier layer (autodiff on the worker).
+    let (status, _, v) = post(&srv.url("/v1/explain?class=1&layer=layer2"), "image/png", &boot);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["class"]["index"], 1);
+    assert_eq!(v["cam"].as_array().unwrap().len(), 14);
+
+    // Accept: image/png gives the overlay.
+    let res = client()
+        .post(&srv.url("/v1/explain"))
+        .header("Content-Type", "image/png")
+        .header("Accept", "image/png")
+        .send(&boot[..])
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers().get("content-type").unwrap(), "image/png");
+    let bytes = res.into_body().read_to_vec().unwrap();
+    let png = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((png.width(), png.height()), (224, 224), "the 28² crop, enlarged 8×");
+
+    // Bad requests: an unknown layer or class, a PNG answer for several images.
+    let (status, _, v) = post(&srv.url("/v1/explain?layer=layer4"), "image/png", &boot);
+    assert_eq!(status, 400, "{v}");
+    let (status, _, v) = post(&srv.url("/v1/explain?class=10"), "image/png", &boot);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("0 to 9"));
+    let (ct, body) = multipart(&[("image", "a.png", &boot), ("image", "b.png", &boot)]);
+    let res = client()
+        .post(&srv.url("/v1/explain"))
+        .header("Content-Type", &ct)
+        .header("Accept", "image/png")
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let (status, _, v) = post(&srv.url("/v1/explain"), &ct, &body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    srv.stop().unwrap();
+}

@@ -2,6 +2,7 @@
 //! any module may use it without making a cycle.
 
 pub mod rng;
+pub mod text;
 
 /// 8-bit pixels, height × width × channels (1 for grey, 3 for RGB).
 #[derive(Clone, Debug, PartialEq)]

@@ -4,6 +4,7 @@
 
 mod annotate;
 mod embed;
+mod explain;
 pub mod export;
 pub mod similar;
 
@@ -16,6 +17,7 @@ use serde::Serialize;
 
 pub use annotate::annotate;
 pub use embed::{Embedding, Layer};
+pub use explain::{overlay, upsample, viridis, Explanation};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -119,6 +121,8 @@ pub struct Classifier {
     labels: Vec<String>,
     device: Device,
     max_pixels: u64,
+    /// For Grad-CAM below the last stage: the model on the autodiff device, built on first use.
+    autodiff: explain::AutodiffModel,
 }
 
 impl Classifier {
@@ -185,6 +189,7 @@ impl Classifier {
             labels,
             device: opts.device,
             max_pixels: DEFAULT_MAX_PIXELS,
+            autodiff: Default::default(),
         })
     }
 
@@ -317,16 +322,21 @@ fn default_labels(config: &ResNetConfig) -> Vec<String> {
 /// Where `--annotate DIR` writes the copy of `input`: `DIR/<stem>.png`, or `<stem>-2.png`,
 /// … when an earlier input of this run had the same stem.
 pub fn annotated_path(dir: &Path, input: &Path, taken: &mut HashSet<PathBuf>) -> PathBuf {
+    output_path(dir, input, "png", taken)
+}
+
+/// `DIR/<stem>.<ext>`, or `<stem>-2.<ext>`, … when an earlier input of this run had the same stem.
+pub fn output_path(dir: &Path, input: &Path, ext: &str, taken: &mut HashSet<PathBuf>) -> PathBuf {
     let stem = input
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".into());
-    let mut dest = dir.join(format!("{stem}.png"));
+    let mut dest = dir.join(format!("{stem}.{ext}"));
     for n in 2.. {
         if taken.insert(dest.clone()) {
             break;
         }
-        dest = dir.join(format!("{stem}-{n}.png"));
+        dest = dir.join(format!("{stem}-{n}.{ext}"));
     }
     dest
 }

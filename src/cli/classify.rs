@@ -7,13 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use resnet::classify::{annotate, annotated_path, read_labels, ClassifierOptions, TransformSource};
+use resnet::classify::{annotate, annotated_path, TransformSource};
 use resnet::preprocess::Transform;
-use resnet::{Classifier, Prediction};
+use resnet::Prediction;
 
 use super::{
-    download_bar, expand_inputs, image_batches, inputs_bar, model_and_weights, EngineKind, Format, ModelArgs, RunArgs,
-    TransformArgs,
+    build_classifier, exit_code, expand_inputs, image_batches, inputs_bar, Format, ModelArgs, RunArgs, TransformArgs,
 };
 
 #[derive(clap::Args)]
@@ -53,24 +52,7 @@ struct Used<'a> {
 }
 
 pub(crate) fn run(a: ClassifyArgs) -> Result<ExitCode> {
-    let (name, weights) = model_and_weights(&a.model.model, &a.model.weights)?;
-    let resize = a.transform.resize(name, &weights);
-    let labels = a.model.classes.as_deref().map(read_labels).transpose()?;
-    let (dl_bar, mut on_download) = download_bar();
-    let opts = ClassifierOptions {
-        strict: !a.run.non_strict,
-        resize,
-        labels,
-        on_download: Some(&mut on_download),
-        engine: a.run.engine == EngineKind::Fast,
-        threads: a.run.threads,
-        ..Default::default()
-    };
-    let clf = Classifier::build(name, weights, opts)?.with_max_pixels(a.run.max_pixels);
-    dl_bar.finish_and_clear();
-    if let Some(note) = clf.weights_note() {
-        eprintln!("note: {note}");
-    }
+    let clf = build_classifier(&a.model, &a.transform, &a.run)?;
     let used = Used {
         transform: clf.transform(),
         source: clf.transform_source(),
@@ -126,9 +108,5 @@ pub(crate) fn run(a: ClassifyArgs) -> Result<ExitCode> {
         }
         Ok(failed)
     })?;
-    if failed > 0 {
-        eprintln!("{failed} of {} inputs failed", inputs.len());
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_code(failed, inputs.len()))
 }

@@ -8,13 +8,9 @@ use anyhow::{bail, Result};
 use clap::ValueEnum;
 
 use resnet::classify::export::{sink, EmbedFormat};
-use resnet::classify::{ClassifierOptions, Layer};
-use resnet::Classifier;
+use resnet::classify::Layer;
 
-use super::{
-    download_bar, expand_inputs, image_batches, inputs_bar, model_and_weights, EngineKind, ModelArgs, RunArgs,
-    TransformArgs,
-};
+use super::{build_classifier, exit_code, expand_inputs, image_batches, inputs_bar, ModelArgs, RunArgs, TransformArgs};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum FormatArg {
@@ -67,21 +63,7 @@ pub(crate) fn run(a: EmbedArgs) -> Result<ExitCode> {
         },
         (None, None) => EmbedFormat::Jsonl,
     };
-    let (name, weights) = model_and_weights(&a.model.model, &a.model.weights)?;
-    let (dl_bar, mut on_download) = download_bar();
-    let opts = ClassifierOptions {
-        strict: !a.run.non_strict,
-        resize: a.transform.resize(name, &weights),
-        on_download: Some(&mut on_download),
-        engine: a.run.engine == EngineKind::Fast,
-        threads: a.run.threads,
-        ..Default::default()
-    };
-    let clf = Classifier::build(name, weights, opts)?;
-    dl_bar.finish_and_clear();
-    if let Some(note) = clf.weights_note() {
-        eprintln!("note: {note}");
-    }
+    let clf = build_classifier(&a.model, &a.transform, &a.run)?;
     clf.check_layer(layer)?;
     let mut out = sink(format, a.out.as_deref(), layer)?;
     let inputs = expand_inputs(&a.inputs)?;
@@ -99,9 +81,5 @@ pub(crate) fn run(a: EmbedArgs) -> Result<ExitCode> {
     if let Some(p) = &a.out {
         eprintln!("wrote {rows} embeddings ({layer}) to {}", p.display());
     }
-    if failed > 0 {
-        eprintln!("{failed} of {} inputs failed", inputs.len());
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_code(failed, inputs.len()))
 }

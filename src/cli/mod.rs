@@ -7,6 +7,7 @@ mod classify;
 mod convert;
 mod embed;
 mod eval;
+mod explain;
 mod info;
 #[cfg(feature = "serve")]
 mod serve;
@@ -52,6 +53,8 @@ enum Command {
     /// Embeddings: the pooled features before fc, or a stage's map, as JSON lines, npy,
     /// Parquet or safetensors.
     Embed(Box<embed::EmbedArgs>),
+    /// Grad-CAM: which parts of each image raised its class, as a map and a PNG overlay.
+    Explain(Box<explain::ExplainArgs>),
     /// Cosine nearest neighbours in an embedding file, or its near-duplicate pairs.
     Similar(Box<similar::SimilarArgs>),
     /// Train or fine-tune on an image folder, IDX files or CIFAR batches.
@@ -98,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Classify(a) => classify::run(a),
         Command::Embed(a) => embed::run(*a),
         Command::Similar(a) => similar::run(*a),
+        Command::Explain(a) => explain::run(*a),
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a).map(|()| ExitCode::SUCCESS),
@@ -202,6 +206,42 @@ pub(crate) struct RunArgs {
     /// `fast`: the CPU engine (BN folded, fused, the best SIMD kernel the CPU has); `burn`: the reference path.
     #[arg(long, value_enum, default_value = "fast")]
     engine: EngineKind,
+}
+
+/// The classifier that `--model/--weights/--classes`, the transform flags and the run flags
+/// ask for, with a download bar; the weights' note goes to stderr.
+pub(crate) fn build_classifier(
+    model: &ModelArgs,
+    transform: &TransformArgs,
+    run: &RunArgs,
+) -> Result<resnet::Classifier> {
+    let (name, weights) = model_and_weights(&model.model, &model.weights)?;
+    let labels = model.classes.as_deref().map(weights::read_labels).transpose()?;
+    let (dl_bar, mut on_download) = download_bar();
+    let opts = resnet::classify::ClassifierOptions {
+        strict: !run.non_strict,
+        resize: transform.resize(name, &weights),
+        labels,
+        on_download: Some(&mut on_download),
+        engine: run.engine == EngineKind::Fast,
+        threads: run.threads,
+        ..Default::default()
+    };
+    let clf = resnet::Classifier::build(name, weights, opts)?.with_max_pixels(run.max_pixels);
+    dl_bar.finish_and_clear();
+    if let Some(note) = clf.weights_note() {
+        eprintln!("note: {note}");
+    }
+    Ok(clf)
+}
+
+/// The exit code of a command over many inputs: failure if any failed, after saying how many.
+pub(crate) fn exit_code(failed: usize, total: usize) -> ExitCode {
+    if failed > 0 {
+        eprintln!("{failed} of {total} inputs failed");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 /// A progress bar for more than a few inputs.

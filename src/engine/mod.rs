@@ -92,6 +92,9 @@ pub struct Engine {
     blocks: Vec<Block>,
     /// The classifier as a 1×1 conv over the pooled features.
     fc: Conv,
+    /// `fc`'s weight `[classes, features]` and bias as loaded: Grad-CAM's analytic gradient
+    /// at the last stage is a row of it.
+    fc_raw: (Vec<f32>, Vec<f32>),
     pool: rayon::ThreadPool,
     workspace: Mutex<Option<Workspace>>,
 }
@@ -196,6 +199,7 @@ impl Engine {
         let fcw = tensor(sd, &keys.next(Role::FcWeight)?, classes * f)?;
         let fcb = tensor(sd, &keys.next(Role::FcBias)?, classes)?;
         let fc = Conv::fold(fcw, ConvSpec::new(f, classes, 1, 1), None, Some(fcb), kernel);
+        let fc_raw = (fcw.to_vec(), fcb.to_vec());
         let mut builder = rayon::ThreadPoolBuilder::new();
         if threads > 0 {
             builder = builder.num_threads(threads);
@@ -209,6 +213,7 @@ impl Engine {
             stem,
             blocks,
             fc,
+            fc_raw,
             pool,
             workspace: Mutex::new(None),
         })
@@ -235,6 +240,11 @@ impl Engine {
     /// Pooled features `[n, feature_dim]` (the fc input): image embeddings.
     pub fn forward_features(&self, x: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
         Ok(self.run(x, dims, Output::Features)?.0)
+    }
+
+    /// `fc`'s weight `[classes, features]` (row-major) and bias.
+    pub fn fc(&self) -> (&[f32], &[f32]) {
+        (&self.fc_raw.0, &self.fc_raw.1)
     }
 
     /// The output of stage `layerK` (`stage` = K, from 1), NCHW, with its `[n, c, h, w]`:

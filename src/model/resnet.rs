@@ -242,6 +242,37 @@ impl ResNet {
         Ok(outs)
     }
 
+    /// The output of stage `layerK` (`k` from 1), e.g. Grad-CAM's target layer.
+    pub fn forward_to_stage(&self, x: Tensor<4>, k: usize) -> Result<Tensor<4>> {
+        self.check_input(&x)?;
+        self.check_stage(k)?;
+        let mut h = self.stem(x);
+        for block in self.layers[..k].iter().flatten() {
+            h = block.forward(h);
+        }
+        Ok(h)
+    }
+
+    /// Logits from stage `layerK`'s output `h`: the rest of the network.
+    pub fn forward_from_stage(&self, mut h: Tensor<4>, k: usize) -> Result<Tensor<2>> {
+        self.check_stage(k)?;
+        for block in self.layers[k..].iter().flatten() {
+            h = block.forward(h);
+        }
+        let [n, c, _, _] = h.dims();
+        Ok(self.fc.forward(h.mean_dim(3).mean_dim(2).reshape([n, c])))
+    }
+
+    fn check_stage(&self, k: usize) -> Result<()> {
+        if k == 0 || k > self.layers.len() {
+            return Err(Error::Usage(format!(
+                "this model has layer1 to layer{}; there is no layer{k}",
+                self.layers.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Global-average-pooled features `[N, feature_dim]`: the fc input.
     pub fn forward_features(&self, x: Tensor<4>) -> Result<Tensor<2>> {
         self.check_input(&x)?;

@@ -109,7 +109,11 @@ impl Transform {
 
     /// CHW f32 values of one image.
     pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
-        let img = self.resize_and_crop(img);
+        self.normalize(&self.resize_and_crop(img))
+    }
+
+    /// CHW f32 values of an image already resized and cropped by [`Transform::resize_and_crop`].
+    pub fn normalize(&self, img: &RgbImage) -> Vec<f32> {
         let plane = (img.width() * img.height()) as usize;
         let c = self.channels();
         let mut out = vec![0f32; c * plane];

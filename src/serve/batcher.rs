@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
-use crate::classify::{Classifier, Layer, Logits};
+use crate::classify::{Classifier, Explanation, Layer, Logits};
 
 /// What a job asks of the network.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -22,6 +22,18 @@ pub(crate) enum Want {
     Logits,
     /// The pooled features before `fc`.
     Embedding,
+    /// Grad-CAM of `class` (default: the top-1) at `layer`; one image per pass.
+    Explain {
+        class: Option<usize>,
+        layer: Layer,
+    },
+}
+
+/// A job's answer.
+pub(crate) enum Reply {
+    /// Logits or an embedding.
+    Row(Vec<f32>),
+    Cam(Explanation),
 }
 
 /// One preprocessed image waiting for its logits or embedding.
@@ -31,7 +43,7 @@ pub(crate) struct Job {
     pub dims: [usize; 3],
     pub want: Want,
     pub enqueued: Instant,
-    pub reply: oneshot::Sender<Result<Vec<f32>, String>>,
+    pub reply: oneshot::Sender<Result<Reply, String>>,
 }
 
 pub(crate) struct Batcher {
@@ -112,6 +124,21 @@ fn worker(clf: Classifier, rx: Receiver<Job>, max_batch: usize, window: Duration
 }
 
 fn run(clf: &Classifier, jobs: Vec<Job>, dims: [usize; 3], want: Want, metrics: &Metrics) {
+    if let Want::Explain { class, layer } = want {
+        for job in jobs {
+            let start = Instant::now();
+            let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                clf.explain_values(job.x, [1, dims[0], dims[1], dims[2]], class, layer)
+            }));
+            metrics.observe_batch(1, start.elapsed());
+            let _ = job.reply.send(match out {
+                Ok(Ok(e)) => Ok(Reply::Cam(e)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the inference worker panicked on this image".into()),
+            });
+        }
+        return;
+    }
     let n = jobs.len();
     let mut x = Vec::with_capacity(n * dims.iter().product::<usize>());
     let mut replies = Vec::with_capacity(n);
@@ -125,7 +152,7 @@ fn run(clf: &Classifier, jobs: Vec<Job>, dims: [usize; 3], want: Want, metrics: 
         let dims = [n, dims[0], dims[1], dims[2]];
         match want {
             Want::Logits => clf.logits_nchw(x, dims),
-            Want::Embedding => clf
+            Want::Embedding | Want::Explain { .. } => clf
                 .activations(x, dims, Layer::AvgPool)
                 .map(|e| e.into_iter().map(|e| e.values).collect()),
         }
@@ -134,7 +161,7 @@ fn run(clf: &Classifier, jobs: Vec<Job>, dims: [usize; 3], want: Want, metrics: 
     match out {
         Ok(Ok(rows)) => {
             for (reply, row) in replies.into_iter().zip(rows) {
-                let _ = reply.send(Ok(row));
+                let _ = reply.send(Ok(Reply::Row(row)));
             }
         }
         Ok(Err(e)) => replies.into_iter().for_each(|r| {

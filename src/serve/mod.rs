@@ -38,10 +38,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::classify::{top_k, Classifier, Prediction, TransformSource};
+use crate::classify::{top_k, Classifier, Layer, Prediction, TransformSource};
 use crate::error::{Error, Result};
 use crate::preprocess::{decode, decode_cost, Transform, DEFAULT_MAX_PIXELS};
-use batcher::{Batcher, Job, Want};
+use batcher::{Batcher, Job, Reply, Want};
 pub use metrics::Metrics;
 
 const STUDIO: &str = include_str!("studio.html");
@@ -110,6 +110,8 @@ pub struct ModelInfo {
     pub kernel: Option<&'static str>,
     pub workers: usize,
     pub max_batch: usize,
+    /// Stages (`layer1` … `layerN`): the layers `/v1/explain` takes.
+    pub stages: usize,
 }
 
 /// A bound, ready server. [`Server::run`] serves until its shutdown future resolves.
@@ -163,6 +165,7 @@ impl Server {
             kernel: first.engine().map(|e| e.isa().name()),
             workers: classifiers.len(),
             max_batch: cfg.max_batch.max(1),
+            stages: config.layers.len(),
         };
         let listener = std::net::TcpListener::bind(cfg.addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -261,6 +264,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/classify", post(classify))
         .route("/v1/embed", post(embed))
+        .route("/v1/explain", post(explain))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -302,7 +306,9 @@ impl IntoResponse for ApiError {
 /// Counts and times every request under a fixed endpoint label (unknown paths are `other`).
 async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let endpoint = match req.uri().path() {
-        p @ ("/" | "/healthz" | "/metrics" | "/v1/models" | "/v1/classify" | "/v1/embed") => p.to_string(),
+        p @ ("/" | "/healthz" | "/metrics" | "/v1/models" | "/v1/classify" | "/v1/embed" | "/v1/explain") => {
+            p.to_string()
+        }
         _ => "other".to_string(),
     };
     let start = Instant::now();
@@ -339,7 +345,7 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "wrong method for this endpoint: POST to /v1/classify and /v1/embed, GET the others",
+        "wrong method for this endpoint: POST to /v1/classify, /v1/embed and /v1/explain, GET the others",
     )
 }
 
@@ -370,9 +376,10 @@ async fn classify(
         Some(k) => k.min(state.info.num_classes),
         None => 5.min(state.info.num_classes),
     };
-    let (rows, multipart) = infer(&state, q.name, req, Want::Logits).await?;
+    let (rows, multipart) = infer(&state, q.name, req, Want::Logits, false).await?;
     let results: Vec<ImageResult> = rows
         .into_iter()
+        .map(Answer::row)
         .map(|(image, logits)| ImageResult {
             image,
             predictions: top_k(&logits, k, &state.info.classes),
@@ -403,14 +410,98 @@ async fn embed(
     req: Request,
 ) -> std::result::Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let (rows, multipart) = infer(&state, q.name, req, Want::Embedding).await?;
+    let (rows, multipart) = infer(&state, q.name, req, Want::Embedding, false).await?;
     let results: Vec<EmbedResult> = rows
         .into_iter()
+        .map(Answer::row)
         .map(|(image, mut embedding)| {
             if q.normalize {
                 crate::classify::export::unit(&mut embedding);
             }
             EmbedResult { image, embedding }
+        })
+        .collect();
+    Ok(one_or_many(results, multipart))
+}
+
+#[derive(Deserialize)]
+struct ExplainQuery {
+    /// The class to explain (default: the top-1).
+    class: Option<usize>,
+    /// The target stage (default: the last).
+    layer: Option<String>,
+    name: Option<String>,
+}
+
+/// One image's Grad-CAM: the schema of `resnet explain --format json`.
+#[derive(Serialize)]
+struct ExplainResult {
+    image: String,
+    class: Prediction,
+    layer: String,
+    cam: Vec<Vec<f32>>,
+}
+
+/// `POST /v1/explain`: Grad-CAM with classify's bodies, limits and errors. JSON, or with
+/// `Accept: image/png` (one image, a raw body) the overlay PNG.
+async fn explain(
+    State(state): State<Arc<AppState>>,
+    query: std::result::Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> std::result::Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let stages = state.info.stages;
+    let layer = match &q.layer {
+        Some(l) => l.parse::<Layer>().map_err(|e| bad(e.to_string()))?,
+        None => Layer::Stage(stages),
+    };
+    if !matches!(layer, Layer::Stage(k) if (1..=stages).contains(&k)) {
+        return Err(bad(format!("layer must be one of layer1 to layer{stages}")));
+    }
+    if let Some(c) = q.class.filter(|&c| c >= state.info.num_classes) {
+        return Err(bad(format!(
+            "class {c} is out of range: this model has classes 0 to {}",
+            state.info.num_classes - 1
+        )));
+    }
+    let png = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("image/png"));
+    let want = Want::Explain { class: q.class, layer };
+    let (answers, multipart) = infer(&state, q.name, req, want, png).await?;
+    if png {
+        if multipart || answers.len() != 1 {
+            return Err(bad(
+                "an image/png answer takes one image in a raw body; ask for JSON to explain several".into(),
+            ));
+        }
+        let Some(Answer {
+            reply: Reply::Cam(e),
+            crop: Some(crop),
+            ..
+        }) = answers.into_iter().next()
+        else {
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no map came back"));
+        };
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        crate::classify::overlay(&crop, &e)
+            .write_to(&mut bytes, image::ImageFormat::Png)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the PNG: {e}")))?;
+        return Ok(([(header::CONTENT_TYPE, "image/png")], bytes.into_inner()).into_response());
+    }
+    let results: Vec<ExplainResult> = answers
+        .into_iter()
+        .filter_map(|a| match a.reply {
+            Reply::Cam(e) => Some(ExplainResult {
+                image: a.name,
+                cam: e.rows(),
+                class: e.class,
+                layer: e.layer,
+            }),
+            Reply::Row(_) => None,
         })
         .collect();
     Ok(one_or_many(results, multipart))
@@ -425,14 +516,33 @@ fn one_or_many<T: Serialize>(mut results: Vec<T>, multipart: bool) -> Response {
     }
 }
 
-/// Reads, admits, decodes and runs a request's images; each image's name and output row, and
-/// whether the body was multipart.
+/// One image's answer from the inference threads.
+struct Answer {
+    name: String,
+    reply: Reply,
+    /// The image the network saw (resized and cropped), when asked for.
+    crop: Option<image::RgbImage>,
+}
+
+impl Answer {
+    /// Logits or an embedding (what classify and embed ask for).
+    fn row(self) -> (String, Vec<f32>) {
+        match self.reply {
+            Reply::Row(r) => (self.name, r),
+            Reply::Cam(e) => (self.name, e.cam),
+        }
+    }
+}
+
+/// Reads, admits, decodes and runs a request's images; each image's answer, and whether the
+/// body was multipart.
 async fn infer(
     state: &Arc<AppState>,
     name: Option<String>,
     req: Request,
     want: Want,
-) -> std::result::Result<(Vec<(String, Vec<f32>)>, bool), ApiError> {
+    keep_crops: bool,
+) -> std::result::Result<(Vec<Answer>, bool), ApiError> {
     let is_multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -479,16 +589,19 @@ async fn infer(
                 let _reserved = reserve_decode(&st, bytes, name)?;
                 let img = decode(bytes, name, st.max_pixels)
                     .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-                Ok(st.transform.apply(&img))
+                let crop = st.transform.resize_and_crop(&img);
+                Ok((st.transform.normalize(&crop), keep_crops.then_some(crop)))
             })
-            .collect::<std::result::Result<Vec<Vec<f32>>, ApiError>>()
+            .collect::<std::result::Result<Vec<_>, ApiError>>()
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding failed: {e}")))??;
 
     let dims = state.info.input;
     let mut waits = Vec::with_capacity(n);
-    for x in inputs {
+    let mut crops = Vec::with_capacity(n);
+    for (x, crop) in inputs {
+        crops.push(crop);
         let (reply, wait) = oneshot::channel();
         let job = Job {
             x,
@@ -505,15 +618,15 @@ async fn infer(
         }
         waits.push(wait);
     }
-    let mut rows = Vec::with_capacity(n);
-    for (name, wait) in names.into_iter().zip(waits) {
-        let row = wait
+    let mut answers = Vec::with_capacity(n);
+    for ((name, wait), crop) in names.into_iter().zip(waits).zip(crops) {
+        let reply = wait
             .await
             .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the inference worker stopped"))?
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {e}")))?;
-        rows.push((name, row));
+        answers.push(Answer { name, reply, crop });
     }
-    Ok((rows, is_multipart))
+    Ok((answers, is_multipart))
 }
 
 /// Bytes per permit of the decode budget (a tokio semaphore counts at most 2^61 permits, and

@@ -1,7 +1,7 @@
 //! PNG pictures of a run: loss and accuracy curves, and the confusion matrix.
 //!
-//! Drawn with `plotters` into a pixel buffer and saved with `image`; the font (DejaVu Sans,
-//! a free licence, see assets/fonts/DejaVu-LICENSE) is embedded so no system font is needed.
+//! Drawn with `plotters` into a pixel buffer and saved with `image`; the font
+//! (`base::text::DEJAVU_SANS`) is embedded so no system font is needed.
 
 use std::path::Path;
 use std::sync::Once;
@@ -11,12 +11,10 @@ use plotters::prelude::*;
 use super::EpochMetrics;
 use crate::error::{Error, Result};
 
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, crate::base::text::DEJAVU_SANS);
     });
 }
 

@@ -80,6 +80,53 @@ pub fn det_state_dict(model: &mut ResNet) -> StateDict {
         .collect()
 }
 
+/// `model` with [`det_state_dict`]'s weights, written to `dir` as safetensors (for the CLI).
+pub fn det_weights_file(model: &str, dir: &std::path::Path) -> PathBuf {
+    let name: resnet::ModelName = model.parse().unwrap();
+    let mut m = ResNet::new(&name.config(), &resnet::default_device()).unwrap();
+    let path = dir.join(format!("{model}-det.safetensors"));
+    resnet::weights::write_safetensors(&path, &det_state_dict(&mut m)).unwrap();
+    path
+}
+
+/// `chelsea.png` and two resnet18 classifiers with [`det_weights_file`]'s weights and the
+/// 256/224 transform: on the fast engine, and on burn.
+pub fn det_resnet18_both_paths(dir: &std::path::Path) -> (image::RgbImage, Vec<resnet::Classifier>) {
+    let w = det_weights_file("resnet18", dir);
+    let img = resnet::preprocess::open_image(&fixture("chelsea.png"), 1 << 30).unwrap();
+    let clfs = [true, false]
+        .into_iter()
+        .map(|engine| {
+            let opts = resnet::classify::ClassifierOptions {
+                resize: Some(resnet::preprocess::Resize::ShorterSide { resize: 256, crop: 224 }),
+                engine,
+                ..Default::default()
+            };
+            let clf =
+                resnet::Classifier::build(resnet::ModelName::Resnet18, resnet::Weights::File(w.clone()), opts).unwrap();
+            assert_eq!(clf.engine().is_some(), engine);
+            clf
+        })
+        .collect();
+    (img, clfs)
+}
+
+/// A fixture safetensors file and its JSON manifest's `cases`.
+pub fn fixture_cases(name: &str) -> (StateDict, Vec<serde_json::Value>) {
+    let t = resnet::weights::read_state_dict(&fixture(&format!("{name}.safetensors"))).expect("fixture");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap()).unwrap();
+    (t, m["cases"].as_array().unwrap().clone())
+}
+
+/// A tensor's f32 values.
+pub fn f32s(t: &TorchTensor) -> &[f32] {
+    match &t.values {
+        Values::F32(v) => v,
+        other => panic!("expected f32, got {other:?}"),
+    }
+}
+
 /// `reference.safetensors` as name → (shape, values).
 pub fn reference() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let sd = resnet::weights::read_state_dict(&fixture("reference.safetensors")).expect("reference fixture");
