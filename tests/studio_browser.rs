@@ -1,6 +1,7 @@
 //! The studio page end to end in headless Chromium (Debian's `chromium`, driven by
 //! `playwright-core` from `tests/browser/`): upload real images, wait for the bars, compare
-//! the top-1 labels with the CLI's, and keep a screenshot.
+//! the top-1 labels with the CLI's, turn on "Explain" and check the heat maps, and keep a
+//! screenshot.
 //!
 //! Needs `/usr/bin/chromium` and `npm ci --prefix tests/browser`; `scripts/test` installs both,
 //! and a plain `cargo test` without them skips this test with one line that says so.
@@ -113,6 +114,28 @@ fn studio_page_classifies_uploads_in_chromium() {
         assert_eq!(bars[0]["label"].as_str(), Some(label.as_str()));
         assert!(bars[0]["percent"].as_str().unwrap().ends_with('%'));
         assert!(c["ms"].as_f64().unwrap() > 0.0, "the request was not timed: {c}");
+
+        // "Explain" laid a heat map over the picture, and its hottest cell as drawn is the
+        // JSON map's maximum.
+        let cam = &c["cam"];
+        assert!(cam.is_object(), "no heat map on {name}: {c}");
+        assert_eq!(cam["visible"], true);
+        let rows: Vec<Vec<f64>> = serde_json::from_value(cam["rows"].clone()).unwrap();
+        assert_eq!(cam["size"], serde_json::json!([rows[0].len(), rows.len()]));
+        assert!(
+            cam["shown"][0].as_u64().unwrap() > 50,
+            "the map is not shown at size: {cam}"
+        );
+        let max = rows.iter().flatten().cloned().fold(f64::MIN, f64::max);
+        let (r, col) = (
+            cam["drawnArgmax"][0].as_u64().unwrap() as usize,
+            cam["drawnArgmax"][1].as_u64().unwrap() as usize,
+        );
+        assert!(
+            (rows[r][col] - max).abs() < 1e-6,
+            "{name}: the brightest drawn cell ({r}, {col}) holds {} but the map's maximum is {max}",
+            rows[r][col]
+        );
     }
     let bad = card("notes.png");
     assert_eq!(bad["state"], "error");

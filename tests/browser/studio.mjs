@@ -1,5 +1,6 @@
 // Loads the studio page in headless Chromium, uploads images, waits for every card to
-// finish, screenshots the page and prints what it shows as one JSON line.
+// finish, turns on "Explain" and waits for the heat maps, screenshots the page and prints
+// what it shows as one JSON line.
 // The first image is dropped on the drop zone (a real `drop` event with a DataTransfer);
 // the rest are picked with the file input.
 // usage: node studio.mjs URL SCREENSHOT.png IMAGE...
@@ -42,6 +43,11 @@ try {
   await page.waitForFunction(
     (n) => document.querySelectorAll('.card[data-state="done"], .card[data-state="error"]').length === n,
     images.length, { timeout: 120000 });
+  await page.check("#explain");
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('.card[data-state="done"]')]
+      .every((c) => c.dataset.explained === "done" || c.dataset.explained === "error"),
+    null, { timeout: 120000 });
   const cards = await page.$$eval(".card", (cs) => cs.map((c) => ({
     name: c.querySelector("h2").textContent,
     state: c.dataset.state,
@@ -54,6 +60,25 @@ try {
     })),
     error: c.querySelector(".error")?.textContent || null,
     canvas: [c.querySelector("canvas").width, c.querySelector("canvas").height],
+    cam: (() => {
+      const cam = c.querySelector("canvas.cam");
+      if (!cam) return null;
+      // The hottest cell as drawn: viridis gets brighter with the value.
+      const px = cam.getContext("2d").getImageData(0, 0, cam.width, cam.height).data;
+      let best = 0, bestLuma = -1;
+      for (let i = 0; i < cam.width * cam.height; i++) {
+        const luma = 0.299 * px[4 * i] + 0.587 * px[4 * i + 1] + 0.114 * px[4 * i + 2];
+        if (luma > bestLuma) { bestLuma = luma; best = i; }
+      }
+      const r = cam.getBoundingClientRect();
+      return {
+        rows: c.camRows,
+        drawnArgmax: [Math.floor(best / cam.width), best % cam.width],
+        size: [cam.width, cam.height],
+        shown: [Math.round(r.width), Math.round(r.height)],
+        visible: !cam.hidden,
+      };
+    })(),
   })));
   const model = await page.textContent("#model");
   await page.screenshot({ path: shot, fullPage: true });
