@@ -274,6 +274,11 @@ fn similar_finds_a_re_encoded_copy_and_lists_duplicates() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("1. 1.0000  {q}")), "{text}");
 
+    // --threshold keeps only the neighbours that close: here just the copy.
+    let out = similar(&["--format", "json", "--top-k", "5", "--threshold", "0.95", q]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["neighbours"].as_array().unwrap().len(), 1, "{v}");
+
     // --duplicates: the copy pairs with its original, and nothing else is that close.
     let out = similar(&["--duplicates", "--threshold", "0.95", "--format", "json"]);
     let pairs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)

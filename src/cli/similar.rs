@@ -21,9 +21,10 @@ pub(crate) struct SimilarArgs {
     index: PathBuf,
     #[arg(long, default_value_t = 5)]
     top_k: usize,
-    /// With --duplicates: the cosine similarity at or above which two images pair up.
-    #[arg(long, default_value_t = 0.95)]
-    threshold: f32,
+    /// The least cosine similarity to list: with --duplicates, at which two images pair up
+    /// (default 0.95); with queries, neighbours below it are left out (default: none are).
+    #[arg(long)]
+    threshold: Option<f32>,
     /// List the index's pairs at or above --threshold instead of querying.
     #[arg(long, conflicts_with = "queries")]
     duplicates: bool,
@@ -51,7 +52,7 @@ pub(crate) fn run(a: SimilarArgs) -> Result<ExitCode> {
     }
     let mut out = std::io::stdout().lock();
     if a.duplicates {
-        for (i, j, s) in duplicates(&index, a.threshold) {
+        for (i, j, s) in duplicates(&index, a.threshold.unwrap_or(0.95)) {
             let (x, y) = (&index.paths[i], &index.paths[j]);
             match a.format {
                 Format::Json => writeln!(out, "{}", serde_json::json!({"a": x, "b": y, "similarity": s}))?,
@@ -85,7 +86,10 @@ pub(crate) fn run(a: SimilarArgs) -> Result<ExitCode> {
                 }
             },
         };
-        let hits = nearest(&index, &vector, a.top_k, own);
+        let mut hits = nearest(&index, &vector, a.top_k, own);
+        if let Some(t) = a.threshold {
+            hits.retain(|h| h.similarity >= t);
+        }
         match a.format {
             Format::Json => {
                 let n: Vec<_> = hits
