@@ -1,12 +1,20 @@
-//! `resnet convert`: a `.pth` or `.safetensors` state dict to `.safetensors` with torchvision keys.
+//! `resnet convert`: a `.pth` or `.safetensors` state dict to `.safetensors` with torchvision
+//! keys, or to an ONNX graph.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use clap::ValueEnum;
 
 use resnet::model::ModelName;
 use resnet::weights;
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OutFormat {
+    Safetensors,
+    Onnx,
+}
 
 #[derive(clap::Args)]
 pub(crate) struct ConvertArgs {
@@ -14,16 +22,28 @@ pub(crate) struct ConvertArgs {
     model: String,
     input: PathBuf,
     output: PathBuf,
+    /// Default: from OUTPUT's extension (.onnx: an ONNX opset-17 graph, BN folded).
+    #[arg(long, value_enum)]
+    format: Option<OutFormat>,
     /// Load only the tensors that fit instead of failing on a mismatch.
     #[arg(long)]
     non_strict: bool,
 }
 
 pub(crate) fn run(a: ConvertArgs) -> Result<ExitCode> {
-    convert(&a.model, &a.input, &a.output, !a.non_strict)
+    let format = match (a.format, a.output.extension().and_then(|e| e.to_str())) {
+        (Some(f), _) => f,
+        (None, Some("onnx")) => OutFormat::Onnx,
+        (None, Some("safetensors")) => OutFormat::Safetensors,
+        (None, _) => bail!(
+            "{}: name the format with --format safetensors|onnx, or end the name in .safetensors or .onnx",
+            a.output.display()
+        ),
+    };
+    convert(&a.model, &a.input, &a.output, !a.non_strict, format)
 }
 
-fn convert(model: &str, input: &Path, output: &Path, strict: bool) -> Result<ExitCode> {
+fn convert(model: &str, input: &Path, output: &Path, strict: bool, format: OutFormat) -> Result<ExitCode> {
     let name: ModelName = model.parse()?;
     let file = weights::WeightsFile::open(input)?;
     let mut config = name.config();
@@ -31,6 +51,16 @@ fn convert(model: &str, input: &Path, output: &Path, strict: bool) -> Result<Exi
     let mut m = resnet::ResNet::new(&config, &resnet::default_device())?;
     let sd = file.read_for(&m.state_dict_shapes())?;
     let report = weights::load_into(&mut m, sd, strict, name.as_str())?;
+    if format == OutFormat::Onnx {
+        weights::onnx::write_onnx(output, &config, &weights::state_dict(&mut m)?, name.as_str())?;
+        eprintln!(
+            "wrote {} (ONNX opset {}, BatchNorm folded; {} tensors loaded)",
+            output.display(),
+            weights::onnx::OPSET,
+            report.loaded
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     // A torchvision release keeps its tag, and so its transform, in the new file's metadata.
     let metadata = match weights::recognise(input, name, weights::hub::RELEASES)? {
         weights::Recognition::Release(r) | weights::Recognition::Converted(r) => {

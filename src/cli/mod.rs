@@ -67,7 +67,7 @@ enum Command {
     /// Serve the model over HTTP: POST /v1/classify, /v1/embed, /v1/models, /healthz, /metrics, and a studio page at /.
     #[cfg(feature = "serve")]
     Serve(Box<serve::ServeArgs>),
-    /// Convert a .pth or .safetensors state dict to .safetensors with torchvision keys.
+    /// Convert a .pth or .safetensors state dict to .safetensors with torchvision keys, or to ONNX.
     Convert(convert::ConvertArgs),
 }
 

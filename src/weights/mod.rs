@@ -8,6 +8,7 @@ mod bundled;
 mod files;
 pub mod hub;
 mod meta;
+pub mod onnx;
 mod pickle;
 
 use std::path::{Path, PathBuf};
@@ -322,6 +323,16 @@ pub fn fit_config(config: &mut ResNetConfig, file: &WeightsFile<'_>) {
     }
     if let Some(c1) = shapes.get("conv1.weight").filter(|s| s.len() == 4) {
         config.in_channels = c1[1];
+    }
+    // The paper's CIFAR nets come in three shortcut options with different keys: projections
+    // on every block (C, so on layer1.0 too), where the shape changes (B), or none (A).
+    if config.stem == crate::model::Stem::Cifar && config.residual {
+        let has = |k: &str| shapes.contains_key(k);
+        if has("layer1.0.downsample.0.weight") {
+            config.shortcut = crate::model::Shortcut::C;
+        } else if has("layer2.0.downsample.0.weight") {
+            config.shortcut = crate::model::Shortcut::B;
+        }
     }
 }
 
