@@ -212,6 +212,18 @@ fn stage_maps_go_to_files_and_bad_inputs_do_not_stop_the_rest() {
     let out = embed(&["--layer", "layer9", "--out", x.to_str().unwrap()], &inputs[..1]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no layer9"));
 
+    // A file format needs --out, and a folder that is not there is a clear error.
+    let out = embed(&["--format", "npy"], &inputs[..1]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("npy embeddings need a file"));
+    let nowhere = tmp.path().join("no/such/dir/e.npy");
+    let out = embed(&["--out", nowhere.to_str().unwrap()], &inputs[..1]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot write"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let bad = tmp.path().join("broken.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let missing = tmp.path().join("missing.png");

@@ -25,6 +25,15 @@ pub enum EmbedFormat {
 }
 
 impl EmbedFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            EmbedFormat::Jsonl => "jsonl",
+            EmbedFormat::Npy => "npy",
+            EmbedFormat::Parquet => "parquet",
+            EmbedFormat::Safetensors => "safetensors",
+        }
+    }
+
     /// From a file name's extension (`.jsonl`, `.npy`, `.parquet`, `.safetensors`).
     pub fn from_path(p: &Path) -> Option<Self> {
         match p.extension()?.to_str()? {
@@ -58,7 +67,8 @@ pub fn sink(format: EmbedFormat, out: Option<&Path>, layer: Layer) -> Result<Box
             n: 0,
         })),
         (_, None) => Err(Error::Usage(format!(
-            "{format:?} embeddings need a file: pass --out FILE"
+            "{} embeddings need a file: pass --out FILE",
+            format.name()
         ))),
         (EmbedFormat::Jsonl, Some(p)) => {
             let file = Partial::create(p)?;
@@ -85,6 +95,14 @@ pub fn sink(format: EmbedFormat, out: Option<&Path>, layer: Layer) -> Result<Box
     }
 }
 
+/// A write error, naming the file.
+fn write_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
 /// A file written under a temporary name and renamed into place when complete.
 struct Partial {
     tmp: PathBuf,
@@ -98,7 +116,7 @@ impl Partial {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dest.with_file_name(format!(".{name}.partial"));
-        File::create(&tmp).map_err(io_err(&tmp))?;
+        File::create(&tmp).map_err(write_err(dest))?;
         Ok(Partial {
             tmp,
             dest: dest.to_path_buf(),
@@ -106,11 +124,14 @@ impl Partial {
     }
 
     fn file(&self) -> Result<File> {
-        File::options().write(true).open(&self.tmp).map_err(io_err(&self.tmp))
+        File::options()
+            .write(true)
+            .open(&self.tmp)
+            .map_err(write_err(&self.tmp))
     }
 
     fn commit(&self) -> Result<()> {
-        std::fs::rename(&self.tmp, &self.dest).map_err(io_err(&self.dest))
+        std::fs::rename(&self.tmp, &self.dest).map_err(write_err(&self.dest))
     }
 }
 
@@ -204,7 +225,7 @@ impl Npy {
     fn create(p: &Path, layer: Layer) -> Result<Self> {
         let file = Partial::create(p)?;
         let mut out = BufWriter::new(file.file()?);
-        out.write_all(&npy_header(&[0, 0])).map_err(io_err(p))?;
+        out.write_all(&npy_header(&[0, 0])).map_err(write_err(p))?;
         Ok(Npy {
             file,
             out,
@@ -233,7 +254,7 @@ impl EmbeddingSink for Npy {
     fn push(&mut self, image: &str, e: &Embedding) -> Result<()> {
         same_shape(&mut self.shape, e, image)?;
         let bytes: Vec<u8> = e.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.out.write_all(&bytes).map_err(io_err(&self.file.dest))?;
+        self.out.write_all(&bytes).map_err(write_err(&self.file.dest))?;
         self.paths.push(image.to_string());
         Ok(())
     }
@@ -256,9 +277,9 @@ impl EmbeddingSink for Npy {
             Layer::AvgPool => vec![0],
             Layer::Stage(_) => vec![0, 0, 0],
         }));
-        f.seek(SeekFrom::Start(0)).map_err(io_err(&dest))?;
-        f.write_all(&npy_header(&dims)).map_err(io_err(&dest))?;
-        f.sync_all().map_err(io_err(&dest))?;
+        f.seek(SeekFrom::Start(0)).map_err(write_err(&dest))?;
+        f.write_all(&npy_header(&dims)).map_err(write_err(&dest))?;
+        f.sync_all().map_err(write_err(&dest))?;
         let list = dest.with_file_name(format!(
             "{}.paths.txt",
             dest.file_name()
