@@ -97,10 +97,6 @@ impl Classifier {
 
     /// Each image's activations at `layer`.
     pub fn embed_layer(&self, imgs: &[RgbImage], layer: Layer) -> Result<Vec<Embedding>> {
-        self.check_layer(layer)?;
-        if imgs.is_empty() {
-            return Ok(Vec::new());
-        }
         let (x, dims) = self.transform.batch_values(imgs);
         self.activations(x, dims, layer)
     }
@@ -109,7 +105,6 @@ impl Classifier {
     /// [`Classifier::transform`] (the server batches them this way).
     pub fn activations(&self, x: Vec<f32>, dims: [usize; 4], layer: Layer) -> Result<Vec<Embedding>> {
         self.check_layer(layer)?;
-
         if dims[0] == 0 {
             return Ok(Vec::new());
         }

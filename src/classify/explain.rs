@@ -8,6 +8,7 @@
 //! `W_fc[k,c] / (H·W)`. The fast engine serves it. An earlier stage runs burn's autodiff
 //! through the rest of the network, on a copy of the model built on first use.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use burn::prelude::*;
@@ -41,12 +42,7 @@ impl Explanation {
 
     /// `(row, column)` of the hottest cell (the first, if several).
     pub fn argmax(&self) -> (usize, usize) {
-        let i = self
-            .cam
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-            .0;
+        let i = first_max(&self.cam);
         (i / self.width.max(1), i % self.width.max(1))
     }
 }
@@ -65,6 +61,27 @@ fn cam(a: &[f32], weights: &[f32], hw: usize) -> Vec<f32> {
     let max = cam.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     cam.iter_mut().for_each(|v| *v /= 1e-7 + max);
     cam
+}
+
+/// A target layer's activations for one image, the logits, the class explained and its
+/// channel weights.
+struct Stage {
+    map: Vec<f32>,
+    dims: [usize; 4],
+    logits: Vec<f32>,
+    target: usize,
+    weights: Vec<f32>,
+}
+
+/// `fc`'s weight and bias, borrowed where the runner holds them as they are.
+type FcParams<'a> = (Cow<'a, [f32]>, Cow<'a, [f32]>);
+
+/// The index of the first largest value (the top-1 class).
+fn first_max(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .0
 }
 
 /// The burn model on the autodiff device, frozen (BatchNorm on running statistics), for
@@ -92,7 +109,6 @@ impl Classifier {
 
     /// Grad-CAM at `layer` (a stage).
     pub fn explain_layer(&self, img: &RgbImage, class: Option<usize>, layer: Layer) -> Result<Explanation> {
-        self.check_layer(layer)?;
         let (x, dims) = self.transform.batch_values(std::slice::from_ref(img));
         self.explain_values(x, dims, class, layer)
     }
@@ -125,98 +141,83 @@ impl Classifier {
                 self.config().num_classes - 1
             )));
         }
-        let (a, [_, c, h, w], logits, grad_weights) = if k == stages {
-            self.last_stage(x, dims, k)?
+        let Stage {
+            map,
+            dims: [_, _, h, w],
+            logits,
+            target,
+            weights,
+        } = if k == stages {
+            self.last_stage(x, dims, k, class)?
         } else {
             self.earlier_stage(x, dims, k, class)?
         };
-        let predictions = top_k(&logits, logits.len(), &self.labels);
-        let target = class.unwrap_or_else(|| predictions.first().map_or(0, |p| p.index));
-        let chosen = predictions
-            .iter()
+        let chosen = top_k(&logits, logits.len(), &self.labels)
+            .into_iter()
             .find(|p| p.index == target)
-            .cloned()
             .ok_or_else(|| Error::Usage(format!("no class {target}")))?;
-        let hw = h * w;
-        let weights: Vec<f32> = match grad_weights {
-            Some(g) => g,
-            None => {
-                let (fc_w, features) = self.fc_weights()?;
-                (0..c).map(|ch| fc_w[target * features + ch] / hw as f32).collect()
-            }
-        };
         Ok(Explanation {
             class: chosen,
             layer: layer.to_string(),
-            cam: cam(&a, &weights, hw),
+            cam: cam(&map, &weights, h * w),
             height: h,
             width: w,
         })
     }
 
-    /// The last stage's map and the logits computed from it (no second pass).
-    #[allow(clippy::type_complexity)]
-    fn last_stage(
-        &self,
-        x: Vec<f32>,
-        dims: [usize; 4],
-        k: usize,
-    ) -> Result<(Vec<f32>, [usize; 4], Vec<f32>, Option<Vec<f32>>)> {
+    /// The last stage: its map, the logits computed from it (no second pass), and the
+    /// analytic weights `W_fc[target, c] / (H·W)`.
+    fn last_stage(&self, x: Vec<f32>, dims: [usize; 4], k: usize, class: Option<usize>) -> Result<Stage> {
         let e = self.activations(x, dims, Layer::Stage(k))?;
         let e = e.into_iter().next().ok_or_else(|| Error::Usage("no image".into()))?;
         let [c, h, w] = [e.shape[0], e.shape[1], e.shape[2]];
+        let hw = h * w;
         let pooled: Vec<f32> = e
             .values
-            .chunks_exact(h * w)
-            .map(|p| p.iter().sum::<f32>() / (h * w) as f32)
+            .chunks_exact(hw)
+            .map(|p| p.iter().sum::<f32>() / hw as f32)
             .collect();
-        let (fc_w, features) = self.fc_weights()?;
-        let bias = self.fc_bias()?;
-        let logits = (0..self.config().num_classes)
-            .map(|j| {
-                bias[j]
-                    + fc_w[j * features..(j + 1) * features]
-                        .iter()
-                        .zip(&pooled)
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>()
-            })
+        let (fc_w, bias) = self.fc()?;
+        let logits: Vec<f32> = bias
+            .iter()
+            .zip(fc_w.chunks_exact(c))
+            .map(|(b, row)| b + row.iter().zip(&pooled).map(|(a, p)| a * p).sum::<f32>())
             .collect();
-        Ok((e.values, [1, c, h, w], logits, None))
+        let target = class.unwrap_or_else(|| first_max(&logits));
+        let weights = fc_w[target * c..(target + 1) * c]
+            .iter()
+            .map(|v| v / hw as f32)
+            .collect();
+        Ok(Stage {
+            map: e.values,
+            dims: [1, c, h, w],
+            logits,
+            target,
+            weights,
+        })
     }
 
-    /// `fc`'s weight `[classes, features]` and the feature count.
-    fn fc_weights(&self) -> Result<(Vec<f32>, usize)> {
-        let f = self.config().feature_dim();
+    /// `fc`'s weight `[classes, features]` (row-major) and bias: the engine's own, or burn's
+    /// (which holds the weight as `[in, out]`).
+    fn fc(&self) -> Result<FcParams<'_>> {
         match &self.runner {
-            Runner::Engine(e) => Ok((e.fc().0.to_vec(), f)),
+            Runner::Engine(e) => {
+                let (w, b) = e.fc();
+                Ok((Cow::Borrowed(w), Cow::Borrowed(b)))
+            }
             Runner::Burn(m) => {
-                // burn's Linear holds `[in, out]`.
-                let v = tensor_values(m.fc.weight.val().transpose())?;
-                Ok((v, f))
+                let w = tensor_values(m.fc.weight.val().transpose())?;
+                let b = match &m.fc.bias {
+                    Some(b) => tensor_values(b.val())?,
+                    None => vec![0.0; self.config().num_classes],
+                };
+                Ok((Cow::Owned(w), Cow::Owned(b)))
             }
         }
     }
 
-    fn fc_bias(&self) -> Result<Vec<f32>> {
-        match &self.runner {
-            Runner::Engine(e) => Ok(e.fc().1.to_vec()),
-            Runner::Burn(m) => match &m.fc.bias {
-                Some(b) => tensor_values(b.val()),
-                None => Ok(vec![0.0; self.config().num_classes]),
-            },
-        }
-    }
-
     /// An earlier stage: its map, the logits, and the gradient weights by autodiff.
-    #[allow(clippy::type_complexity)]
-    fn earlier_stage(
-        &self,
-        x: Vec<f32>,
-        dims: [usize; 4],
-        k: usize,
-        class: Option<usize>,
-    ) -> Result<(Vec<f32>, [usize; 4], Vec<f32>, Option<Vec<f32>>)> {
+    fn earlier_stage(&self, x: Vec<f32>, dims: [usize; 4], k: usize, class: Option<usize>) -> Result<Stage> {
         let model = self
             .autodiff
             .get_or_init(|| self.build_autodiff().map_err(|e| e.to_string()))
@@ -227,13 +228,7 @@ impl Classifier {
         let a = model.forward_to_stage(x, k)?.detach().require_grad();
         let logits = model.forward_from_stage(a.clone(), k)?;
         let values = tensor_values(logits.clone().reshape([-1]))?;
-        let target = class.unwrap_or_else(|| {
-            values
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-                .0
-        });
+        let target = class.unwrap_or_else(|| first_max(&values));
         let grads = logits.slice([0..1, target..target + 1]).sum().backward();
         let g = a
             .grad(&grads)
@@ -241,7 +236,13 @@ impl Classifier {
         let [_, c, h, w] = a.dims();
         let weights = tensor_values(g.mean_dim(3).mean_dim(2).reshape([c]))?;
         let amap = tensor_values(a.inner().reshape([c * h * w]))?;
-        Ok((amap, [1, c, h, w], values, Some(weights)))
+        Ok(Stage {
+            map: amap,
+            dims: [1, c, h, w],
+            logits: values,
+            target,
+            weights,
+        })
     }
 
     fn build_autodiff(&self) -> Result<ResNet> {
