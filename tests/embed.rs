@@ -166,12 +166,7 @@ fn every_format_reads_back_with_the_same_rows() {
     let out = embed(&["--normalize"], &inputs[..2]);
     for l in String::from_utf8(out.stdout).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        let n: f64 = v["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap().powi(2))
-            .sum();
+        let n = common::norm_sq(&v["embedding"]);
         assert!((n - 1.0).abs() < 1e-5, "norm² {n}");
     }
 }

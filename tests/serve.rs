@@ -586,12 +586,7 @@ fn embed_answers_like_the_library_with_classify_s_limits() {
 
     // ?normalize=true gives a unit vector; multipart gives an array in part order.
     let (_, _, v) = post(&srv.url("/v1/embed?normalize=true"), "image/png", &boot);
-    let n: f64 = v["embedding"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap().powi(2))
-        .sum();
+    let n = common::norm_sq(&v["embedding"]);
     assert!((n - 1.0).abs() < 1e-5, "norm² {n}");
     let trouser = example("0002-trouser.png");
     let (ct, body) = multipart(&[("image", "boot.png", &boot), ("image", "trouser.png", &trouser)]);

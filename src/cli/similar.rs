@@ -8,11 +8,10 @@ use anyhow::{bail, Result};
 
 use resnet::classify::export::{unit, Index};
 use resnet::classify::similar::{duplicates, nearest};
-use resnet::classify::ClassifierOptions;
-use resnet::preprocess::{open_image, DEFAULT_MAX_PIXELS};
+use resnet::preprocess::open_image;
 use resnet::Classifier;
 
-use super::{model_and_weights, EngineKind, Format, ModelArgs, TransformArgs};
+use super::{build_classifier, Format, ModelArgs, RunArgs, TransformArgs};
 
 #[derive(clap::Args)]
 pub(crate) struct SimilarArgs {
@@ -36,10 +35,8 @@ pub(crate) struct SimilarArgs {
     transform: TransformArgs,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
-    max_pixels: u64,
-    #[arg(long, value_enum, default_value = "fast")]
-    engine: EngineKind,
+    #[command(flatten)]
+    run: RunArgs,
     /// Images: an index entry's path uses its stored row, anything else is embedded.
     #[arg(required_unless_present = "duplicates")]
     queries: Vec<String>,
@@ -115,14 +112,8 @@ pub(crate) fn run(a: SimilarArgs) -> Result<ExitCode> {
 /// A query's pooled features, building the model on first use.
 fn embed(a: &SimilarArgs, clf: &mut Option<Classifier>, query: &str) -> Result<Vec<f32>> {
     if clf.is_none() {
-        let (name, weights) = model_and_weights(&a.model.model, &a.model.weights)?;
-        let opts = ClassifierOptions {
-            resize: a.transform.resize(name, &weights),
-            engine: a.engine == EngineKind::Fast,
-            ..Default::default()
-        };
-        *clf = Some(Classifier::build(name, weights, opts)?);
+        *clf = Some(build_classifier(&a.model, &a.transform, &a.run)?);
     }
     let Some(c) = clf.as_ref() else { bail!("no model") };
-    Ok(c.embed(&open_image(std::path::Path::new(query), a.max_pixels)?)?)
+    Ok(c.embed(&open_image(std::path::Path::new(query), a.run.max_pixels)?)?)
 }

@@ -518,15 +518,18 @@ impl Trainer {
     }
 
     fn eval_prepare(&self) -> Prepare {
-        let files = matches!(self.val.items, data::Items::Files(_));
-        let t = self.config.eval_transform(&self.mean, &self.std);
-        eval::prepare(t, files, self.config.in_channels)
+        self.unaugmented(&self.val)
     }
 
-    /// Training images without augmentation: files get the eval resize and crop (so that
-    /// they share one size), in-memory images are used as they are.
+    /// Training images without augmentation, prepared as the validation ones are.
     fn plain_prepare(&self) -> Prepare {
-        let files = matches!(self.train.items, data::Items::Files(_));
+        self.unaugmented(&self.train)
+    }
+
+    /// `ds`'s images without augmentation: files get the eval resize and crop (so that they
+    /// share one size), in-memory images are used as they are.
+    fn unaugmented(&self, ds: &Dataset) -> Prepare {
+        let files = matches!(ds.items, data::Items::Files(_));
         let t = self.config.eval_transform(&self.mean, &self.std);
         eval::prepare(t, files, self.config.in_channels)
     }

@@ -119,6 +119,11 @@ pub fn fixture_cases(name: &str) -> (StateDict, Vec<serde_json::Value>) {
     (t, m["cases"].as_array().unwrap().clone())
 }
 
+/// ‖v‖² of a JSON array of numbers (an embedding).
+pub fn norm_sq(v: &serde_json::Value) -> f64 {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap().powi(2)).sum()
+}
+
 /// A tensor's f32 values.
 pub fn f32s(t: &TorchTensor) -> &[f32] {
     match &t.values {

@@ -8,16 +8,14 @@ Per case `MODEL/IMAGE/LAYER`: `avgpool` is `torch.flatten(model.avgpool(model.la
 inputs are the PNG photos through the torchvision eval transform, so tests/embed.rs runs
 `resnet embed` end to end (decode, resize, crop, normalise, network) against these numbers.
 """
-import json
 import sys
 from pathlib import Path
 
 import torch
 import torchvision
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_fixtures import FIX, eval_tf, load_rgb, set_det_weights  # noqa: E402
+from make_fixtures import FIX, eval_tf, load_rgb, set_det_weights, write_fixture  # noqa: E402
 
 CASES = [  # model, image, resize, crop, layers
     ("resnet18", "chelsea.png", 256, 224, ["avgpool", "layer3"]),
@@ -47,10 +45,7 @@ def main():
                 t[key] = out[layer][0].contiguous()
                 manifest.append({"key": key, "model": model, "image": image, "resize": resize, "crop": crop,
                                  "layer": layer, "shape": list(t[key].shape)})
-    save_file(t, FIX / "embed.safetensors")
-    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__}
-    (FIX / "embed.json").write_text(json.dumps({"versions": versions, "cases": manifest}, indent=1) + "\n")
-    print("wrote", FIX / "embed.safetensors", sum(v.numel() for v in t.values()), "values")
+    write_fixture("embed", t, manifest)
 
 
 if __name__ == "__main__":

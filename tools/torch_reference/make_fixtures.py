@@ -71,6 +71,15 @@ def det_tensor(key: str, shape) -> torch.Tensor:
     return torch.from_numpy(x.astype(np.float32)).reshape(shape)
 
 
+def write_fixture(name: str, tensors: dict, cases: list, **versions):
+    """tests/fixtures/NAME.safetensors and NAME.json ({versions, cases}), as the tests read them."""
+    tensors = {k: v.detach().contiguous().float() for k, v in tensors.items()}
+    save_file(tensors, FIX / f"{name}.safetensors")
+    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__, **versions}
+    (FIX / f"{name}.json").write_text(json.dumps({"versions": versions, "cases": cases}, indent=1) + "\n")
+    print("wrote", FIX / f"{name}.safetensors", sum(v.numel() for v in tensors.values()), "values")
+
+
 def set_det_weights(model: nn.Module) -> nn.Module:
     sd = {k: det_tensor(k, tuple(t.shape)) for k, t in model.state_dict().items()}
     model.load_state_dict(sd, strict=True)

@@ -8,15 +8,15 @@ is sum(y * g)), and PyTorch's `NAME/y`, `NAME/dx`, `NAME/dw`, …; `grads.json` 
 and their settings. tests/grads.rs runs the same ops through our training path and compares.
 Small shapes, so the file stays a few hundred KB.
 """
-import json
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from safetensors.torch import save_file
 
-FIX = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_fixtures import write_fixture  # noqa: E402
+
 torch.set_num_threads(1)
 
 
@@ -95,11 +95,7 @@ def main():
               "head/dw": w.grad, "head/db": b.grad})
     cases.append({"name": "head", "op": "avgpool_linear"})
 
-    t = {k: v.detach().contiguous().float() for k, v in t.items()}
-    save_file(t, FIX / "grads.safetensors")
-    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__}
-    (FIX / "grads.json").write_text(json.dumps({"versions": versions, "cases": cases}, indent=1) + "\n")
-    print("wrote", FIX / "grads.safetensors", sum(v.numel() for v in t.values()), "values")
+    write_fixture("grads", t, cases)
 
 
 if __name__ == "__main__":

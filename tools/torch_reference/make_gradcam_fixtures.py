@@ -9,7 +9,6 @@ gradients for `ClassifierOutputTarget(CLASS)`, `get_cam_image`, ReLU, `scale_cam
 Weights are make_fixtures.py's deterministic ones; inputs are the PNGs through the eval
 transform, so tests/explain.rs runs `resnet explain` end to end.
 """
-import json
 import sys
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import torchvision
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_fixtures import FIX, eval_tf, load_rgb, set_det_weights  # noqa: E402
+from make_fixtures import FIX, eval_tf, load_rgb, set_det_weights, write_fixture  # noqa: E402
 
 CASES = [  # model, image, resize, crop, layers
     ("resnet18", "chelsea.png", 256, 224, ["layer4", "layer3"]),
@@ -67,11 +65,7 @@ def main():
                 prob = float(torch.softmax(logits, 0)[target])
                 manifest.append({"key": key, "model": model_name, "image": image, "resize": resize, "crop": crop,
                                  "layer": layer, "class": target, "top1": target == top, "probability": prob})
-    save_file(t, FIX / "gradcam.safetensors")
-    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                "grad-cam": getattr(pytorch_grad_cam, "__version__", "1.5.7")}
-    (FIX / "gradcam.json").write_text(json.dumps({"versions": versions, "cases": manifest}, indent=1) + "\n")
-    print("wrote", FIX / "gradcam.safetensors", sum(v.numel() for v in t.values()), "values")
+    write_fixture("gradcam", t, manifest, **{"grad-cam": getattr(pytorch_grad_cam, "__version__", "1.5.7")})
 
 
 if __name__ == "__main__":
