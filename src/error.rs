@@ -68,6 +68,12 @@ pub enum Error {
     #[error("{path}: cannot write image: {reason}")]
     ImageWrite { path: PathBuf, reason: String },
 
+    // ---- video
+    #[error("`{program}` was not found; install it (Debian/Ubuntu: `apt install {package}`) or put it on PATH")]
+    MissingProgram { program: String, package: String },
+    #[error("{path}: cannot read video: {reason}")]
+    Video { path: String, reason: String },
+
     // ---- data
     #[error("dataset: {0}")]
     Dataset(String),

@@ -2,6 +2,7 @@
 //!
 //! The data flows one way, one module per stage:
 //! image bytes → [`preprocess`] → [`model`] (burn) → [`classify`] → predictions;
+//! video files → [`video`] (an ffmpeg process) → frames → the same path;
 //! weight files and tags go through [`weights`] into the model and back out.
 
 // Every unsafe block says why it is sound.
@@ -17,6 +18,7 @@ pub mod preprocess;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod train;
+pub mod video;
 pub mod weights;
 
 pub use classify::{Classifier, Prediction};

@@ -13,7 +13,16 @@ use std::path::{Path, PathBuf};
 
 use super::{Embedding, Layer};
 use crate::error::{io_err, Error, Result};
+use crate::video::FrameAt;
 use crate::weights::{self, StateDict, TorchTensor, Values};
+
+/// A row's name in the files that hold one string per row: the path, or `PATH#t=TIME`.
+fn row_name(image: &str, at: Option<FrameAt>) -> String {
+    match at {
+        Some(a) => format!("{image}#t={}", a.time),
+        None => image.to_string(),
+    }
+}
 
 /// An embedding file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +57,10 @@ impl EmbedFormat {
 
 /// Receives embeddings one by one, in input order.
 pub trait EmbeddingSink {
-    fn push(&mut self, image: &str, e: &Embedding) -> Result<()>;
+    /// `at`: where in the video `image` the frame was, for a video's frame. JSON lines get
+    /// `frame` and `time` keys; the other formats name the row `IMAGE#t=TIME` (a W3C media
+    /// fragment).
+    fn push(&mut self, image: &str, at: Option<FrameAt>, e: &Embedding) -> Result<()>;
     /// Completes the file (and renames it into place); returns how many rows it holds.
     fn finish(self: Box<Self>) -> Result<usize>;
 }
@@ -152,6 +164,8 @@ struct Jsonl {
 #[derive(serde::Serialize)]
 struct JsonLine<'a> {
     image: &'a str,
+    #[serde(flatten)]
+    at: Option<FrameAt>,
     embedding: &'a [f32],
 }
 
@@ -168,9 +182,10 @@ impl Jsonl {
 }
 
 impl EmbeddingSink for Jsonl {
-    fn push(&mut self, image: &str, e: &Embedding) -> Result<()> {
+    fn push(&mut self, image: &str, at: Option<FrameAt>, e: &Embedding) -> Result<()> {
         let line = serde_json::to_string(&JsonLine {
             image,
+            at,
             embedding: &e.values,
         })
         .map_err(|e| self.err(e))?;
@@ -251,11 +266,11 @@ fn same_shape(shape: &mut Option<Vec<usize>>, e: &Embedding, image: &str) -> Res
 }
 
 impl EmbeddingSink for Npy {
-    fn push(&mut self, image: &str, e: &Embedding) -> Result<()> {
+    fn push(&mut self, image: &str, at: Option<FrameAt>, e: &Embedding) -> Result<()> {
         same_shape(&mut self.shape, e, image)?;
         let bytes: Vec<u8> = e.values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.out.write_all(&bytes).map_err(write_err(&self.file.dest))?;
-        self.paths.push(image.to_string());
+        self.paths.push(row_name(image, at));
         Ok(())
     }
 
@@ -306,10 +321,10 @@ struct Safetensors {
 }
 
 impl EmbeddingSink for Safetensors {
-    fn push(&mut self, image: &str, e: &Embedding) -> Result<()> {
+    fn push(&mut self, image: &str, at: Option<FrameAt>, e: &Embedding) -> Result<()> {
         same_shape(&mut self.shape, e, image)?;
         self.values.extend_from_slice(&e.values);
-        self.paths.push(image.to_string());
+        self.paths.push(row_name(image, at));
         Ok(())
     }
 
@@ -444,6 +459,7 @@ mod parquet {
     use super::{same_shape, EmbeddingSink, Partial};
     use crate::classify::{Embedding, Layer};
     use crate::error::{io_err, Error, Result};
+    use crate::video::FrameAt;
 
     /// Rows per row group.
     const GROUP: usize = 1024;
@@ -523,9 +539,9 @@ mod parquet {
     }
 
     impl EmbeddingSink for Writer {
-        fn push(&mut self, image: &str, e: &Embedding) -> Result<()> {
+        fn push(&mut self, image: &str, at: Option<FrameAt>, e: &Embedding) -> Result<()> {
             same_shape(&mut self.shape, e, image)?;
-            self.images.push(image.to_string());
+            self.images.push(super::row_name(image, at));
             self.values.extend_from_slice(&e.values);
             self.n += 1;
             if self.images.len() >= GROUP {

@@ -6,6 +6,7 @@ mod annotate;
 mod embed;
 mod explain;
 pub mod export;
+pub mod segments;
 pub mod similar;
 
 use std::collections::HashSet;
@@ -45,19 +46,30 @@ pub struct Prediction {
     pub probability: f32,
 }
 
+/// Softmax, in f64.
+pub fn probabilities(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut p: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = p.iter().sum();
+    p.iter_mut().for_each(|v| *v /= sum);
+    p
+}
+
 /// Softmax (in f64) and the `k` most probable classes, best first.
 pub fn top_k(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| exps[b].total_cmp(&exps[a]).then(a.cmp(&b)));
+    top_k_of(&probabilities(logits), k, labels)
+}
+
+/// The `k` most probable classes of a probability row, best first (ties: lower index).
+pub fn top_k_of(probs: &[f64], k: usize, labels: &[String]) -> Vec<Prediction> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     idx.into_iter()
         .take(k)
         .map(|i| Prediction {
             index: i,
             label: labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")),
-            probability: (exps[i] / sum) as f32,
+            probability: probs[i] as f32,
         })
         .collect()
 }

@@ -1,16 +1,22 @@
-//! `resnet embed`: images in, embeddings (pooled features or a stage's map) out, as JSON
+//! `resnet embed`: images (and videos' sampled frames) in, embeddings (pooled features or a stage's map) out, as JSON
 //! lines, npy, Parquet or safetensors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 
-use resnet::classify::export::{sink, EmbedFormat};
+use image::RgbImage;
+use resnet::classify::export::{sink, EmbedFormat, EmbeddingSink};
 use resnet::classify::Layer;
+use resnet::video::FrameAt;
+use resnet::Classifier;
 
-use super::{build_classifier, exit_code, expand_inputs, image_batches, inputs_bar, ModelArgs, RunArgs, TransformArgs};
+use super::{
+    build_classifier, exit_code, expand_inputs, inputs_bar, media_batches, MediaSink, ModelArgs, RunArgs,
+    TransformArgs, VideoArgs,
+};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum FormatArg {
@@ -42,9 +48,31 @@ pub(crate) struct EmbedArgs {
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     #[command(flatten)]
+    video: VideoArgs,
+    #[command(flatten)]
     run: RunArgs,
     #[arg(required = true)]
     inputs: Vec<String>,
+}
+
+/// Each batch's embeddings, in order, into the file.
+struct Embeddings<'a> {
+    clf: &'a Classifier,
+    layer: Layer,
+    normalize: bool,
+    out: &'a mut Box<dyn EmbeddingSink>,
+}
+
+impl MediaSink for Embeddings<'_> {
+    fn batch(&mut self, paths: &[&Path], at: &[Option<FrameAt>], imgs: &[RgbImage]) -> Result<usize> {
+        for ((path, at), mut e) in paths.iter().zip(at).zip(self.clf.embed_layer(imgs, self.layer)?) {
+            if self.normalize {
+                e.normalize();
+            }
+            self.out.push(&path.display().to_string(), *at, &e)?;
+        }
+        Ok(0)
+    }
 }
 
 pub(crate) fn run(a: EmbedArgs) -> Result<ExitCode> {
@@ -66,17 +94,15 @@ pub(crate) fn run(a: EmbedArgs) -> Result<ExitCode> {
     let clf = build_classifier(&a.model, &a.transform, &a.run)?;
     clf.check_layer(layer)?;
     let mut out = sink(format, a.out.as_deref(), layer)?;
-    let inputs = expand_inputs(&a.inputs)?;
-    let bar = inputs_bar(inputs.len());
-    let failed = image_batches(&inputs, a.batch_size, a.run.max_pixels, &bar, |paths, imgs| {
-        for (path, mut e) in paths.iter().zip(clf.embed_layer(imgs, layer)?) {
-            if a.normalize {
-                e.normalize();
-            }
-            out.push(&path.display().to_string(), &e)?;
-        }
-        Ok(0)
-    })?;
+    let inputs = expand_inputs(&a.inputs, true)?;
+    let bar = inputs_bar(&inputs, true);
+    let mut sink = Embeddings {
+        clf: &clf,
+        layer,
+        normalize: a.normalize,
+        out: &mut out,
+    };
+    let failed = media_batches(&inputs, a.batch_size, &a.run, Some(&a.video), &bar, &mut sink)?;
     let rows = out.finish()?;
     if let Some(p) = &a.out {
         eprintln!("wrote {rows} embeddings ({layer}) to {}", p.display());

@@ -56,12 +56,12 @@ pub(crate) fn run(a: ExplainArgs) -> Result<ExitCode> {
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let inputs = expand_inputs(&a.inputs)?;
-    let bar = inputs_bar(inputs.len());
+    let inputs = expand_inputs(&a.inputs, false)?;
+    let bar = inputs_bar(&inputs, false);
     let mut out = std::io::stdout().lock();
     let mut written = std::collections::HashSet::new();
     // One image at a time: each is a pass of its own (and a backward pass below the last stage).
-    let failed = image_batches(&inputs, 1, a.run.max_pixels, &bar, |paths, imgs| {
+    let failed = image_batches(&inputs, 1, &a.run, &bar, |paths, imgs| {
         let mut failed = 0;
         for (path, img) in paths.iter().zip(imgs) {
             let shown = path.display().to_string();

@@ -14,14 +14,16 @@ mod serve;
 mod similar;
 mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use resnet::model::ModelName;
+use resnet::video::{is_video_file, FrameAt, Frames, Probe, Sampling};
 use resnet::weights::{self, Weights};
 
 /// `--weights`' default: a built-in model's own weights, else torchvision's DEFAULT tag.
@@ -48,7 +50,7 @@ pub enum Format {
 enum Command {
     /// Parameters and FLOPs of each model, beside torchvision's and the paper's figures.
     Info(info::InfoArgs),
-    /// Classify images: files, folders (recursive) or globs.
+    /// Classify images and videos: files, folders (recursive) or globs.
     Classify(classify::ClassifyArgs),
     /// Embeddings: the pooled features before fc, or a stage's map, as JSON lines, npy,
     /// Parquet or safetensors.
@@ -137,13 +139,18 @@ pub(crate) fn download_bar() -> (ProgressBar, impl FnMut(u64, Option<u64>)) {
     (bar, update)
 }
 
-/// Files as given, folders searched recursively for images (sorted), globs expanded.
-pub(crate) fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
+/// Files as given, folders searched recursively for images (and videos, with `videos`;
+/// sorted), globs expanded.
+pub(crate) fn expand_inputs(inputs: &[String], videos: bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for i in inputs {
         let p = PathBuf::from(i);
         if p.is_dir() {
-            out.extend(resnet::data::image_files(&p)?);
+            out.extend(if videos {
+                resnet::data::media_files(&p)?
+            } else {
+                resnet::data::image_files(&p)?
+            });
         } else if !p.exists() && i.contains(['*', '?', '[']) {
             let mut matched: Vec<PathBuf> = glob::glob(i)
                 .with_context(|| format!("bad glob {i}"))?
@@ -244,47 +251,169 @@ pub(crate) fn exit_code(failed: usize, total: usize) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A progress bar for more than a few inputs.
-pub(crate) fn inputs_bar(n: usize) -> ProgressBar {
-    if n <= 3 {
+/// A progress bar for more than a few inputs, or for any video (its message shows the
+/// position in the video).
+pub(crate) fn inputs_bar(inputs: &[PathBuf], videos: bool) -> ProgressBar {
+    if inputs.len() <= 3 && !(videos && inputs.iter().any(|p| is_video_file(p))) {
         return ProgressBar::hidden();
     }
-    ProgressBar::new(n as u64).with_style(
-        ProgressStyle::with_template("{pos}/{len} {wide_bar} {per_sec} eta {eta}")
+    ProgressBar::new(inputs.len() as u64).with_style(
+        ProgressStyle::with_template("{pos}/{len} {wide_bar} {per_sec} eta {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     )
 }
 
-/// Decodes `inputs` a batch at a time and hands each batch's readable images to `f`; a file
-/// that cannot be read is reported in one line and counted, and the rest go on. Returns the
-/// number of failures, `f`'s included.
-pub(crate) fn image_batches(
+/// Which frames of video inputs to take, shared by `classify` and `embed`.
+#[derive(clap::Args)]
+pub(crate) struct VideoArgs {
+    /// Frames per second taken from videos: the frames shown at t = 0, 1/F, 2/F, … (the
+    /// frame `ffmpeg -ss t -i clip -frames:v 1` gives).
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    fps: f64,
+    /// Take every frame of videos instead.
+    #[arg(long, conflicts_with = "fps")]
+    every_frame: bool,
+}
+
+impl VideoArgs {
+    pub(crate) fn sampling(&self) -> Sampling {
+        if self.every_frame {
+            Sampling::EveryFrame
+        } else {
+            Sampling::Fps(self.fps)
+        }
+    }
+}
+
+/// Receives decoded inputs a batch at a time. A batch holds images, or frames of one video
+/// between its `video_start` and `video_end`.
+pub(crate) trait MediaSink {
+    /// `at[i]` is where `imgs[i]` sits in its video, `None` for an image file. Returns the
+    /// number of inputs that failed here.
+    fn batch(&mut self, paths: &[&Path], at: &[Option<FrameAt>], imgs: &[RgbImage]) -> Result<usize>;
+    fn video_start(&mut self, _path: &Path, _probe: &Probe) -> Result<()> {
+        Ok(())
+    }
+    /// `complete`: every frame was read (else the video's error is reported after this).
+    fn video_end(&mut self, _path: &Path, _probe: &Probe, _complete: bool) -> Result<usize> {
+        Ok(0)
+    }
+}
+
+/// Decodes `inputs` a batch at a time and hands each batch to `sink`; with `videos`, video
+/// files stream their sampled frames. A file that cannot be read is reported in one line and
+/// counted, and the rest go on. Returns the number of failures, the sink's included.
+pub(crate) fn media_batches(
     inputs: &[PathBuf],
     batch_size: usize,
-    max_pixels: u64,
+    run: &RunArgs,
+    videos: Option<&VideoArgs>,
     bar: &ProgressBar,
-    mut f: impl FnMut(&[&PathBuf], &[image::RgbImage]) -> Result<usize>,
+    sink: &mut impl MediaSink,
 ) -> Result<usize> {
-    let mut failed = 0usize;
-    for chunk in inputs.chunks(batch_size.max(1)) {
-        let (mut paths, mut imgs) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
-        for path in chunk {
-            match resnet::preprocess::open_image(path, max_pixels) {
+    let (batch_size, max_pixels) = (batch_size.max(1), run.max_pixels);
+    let (mut failed, mut paths, mut imgs) = (0usize, Vec::new(), Vec::new());
+    let flush = |paths: &mut Vec<&Path>, imgs: &mut Vec<RgbImage>, sink: &mut _| -> Result<usize> {
+        let n = MediaSink::batch(sink, paths, &vec![None; paths.len()], imgs)?;
+        paths.clear();
+        imgs.clear();
+        Ok(n)
+    };
+    for path in inputs {
+        match videos {
+            Some(v) if is_video_file(path) => {
+                failed += flush(&mut paths, &mut imgs, sink)?;
+                failed += video_batches(path, batch_size, max_pixels, v.sampling(), bar, sink)?;
+            }
+            _ => match resnet::preprocess::open_image(path, max_pixels) {
                 Ok(img) => {
-                    paths.push(path);
+                    paths.push(path.as_path());
                     imgs.push(img);
+                    if imgs.len() == batch_size {
+                        failed += flush(&mut paths, &mut imgs, sink)?;
+                    }
                 }
                 Err(e) => {
                     failed += 1;
                     bar.suspend(|| eprintln!("error: {e}"));
                 }
-            }
+            },
         }
-        failed += f(&paths, &imgs)?;
-        bar.inc(chunk.len() as u64);
+        bar.inc(1);
     }
+    failed += flush(&mut paths, &mut imgs, sink)?;
     bar.finish_and_clear();
     Ok(failed)
+}
+
+/// One video's frames, a batch at a time; its position shows in the bar's message.
+fn video_batches(
+    path: &Path,
+    batch_size: usize,
+    max_pixels: u64,
+    sampling: Sampling,
+    bar: &ProgressBar,
+    sink: &mut impl MediaSink,
+) -> Result<usize> {
+    let fail = |e: resnet::Error| {
+        bar.suspend(|| eprintln!("error: {e}"));
+        Ok(1)
+    };
+    let frames = match Frames::open(path, sampling, max_pixels) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let probe = frames.probe().clone();
+    sink.video_start(path, &probe)?;
+    let (mut failed, mut at, mut imgs, mut error) = (0, Vec::new(), Vec::new(), None);
+    let paths = vec![path; batch_size];
+    for frame in frames {
+        match frame {
+            Ok(f) => {
+                at.push(Some(f.at));
+                imgs.push(f.image);
+            }
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+        if imgs.len() == batch_size {
+            failed += sink.batch(&paths, &at, &imgs)?;
+            if let Some(Some(a)) = at.last() {
+                let total = probe.duration.map(|d| format!(" of {d:.0}")).unwrap_or_default();
+                bar.set_message(format!("{}: {:.0}{total} s", path.display(), a.time));
+            }
+            at.clear();
+            imgs.clear();
+        }
+    }
+    if !imgs.is_empty() {
+        failed += sink.batch(&paths[..imgs.len()], &at, &imgs)?;
+    }
+    failed += sink.video_end(path, &probe, error.is_none())?;
+    bar.set_message("");
+    match error {
+        Some(e) => Ok(failed + fail(e)?),
+        None => Ok(failed),
+    }
+}
+
+/// [`media_batches`] over images only, with a closure for the batches.
+pub(crate) fn image_batches(
+    inputs: &[PathBuf],
+    batch_size: usize,
+    run: &RunArgs,
+    bar: &ProgressBar,
+    f: impl FnMut(&[&Path], &[RgbImage]) -> Result<usize>,
+) -> Result<usize> {
+    struct Images<F>(F);
+    impl<F: FnMut(&[&Path], &[RgbImage]) -> Result<usize>> MediaSink for Images<F> {
+        fn batch(&mut self, paths: &[&Path], _: &[Option<FrameAt>], imgs: &[RgbImage]) -> Result<usize> {
+            (self.0)(paths, imgs)
+        }
+    }
+    media_batches(inputs, batch_size, run, None, bar, &mut Images(f))
 }
 
 /// `--model` and `--weights`: a built-in model's name brings its own weights unless others are named.

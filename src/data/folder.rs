@@ -6,13 +6,23 @@ use super::rng::Rng;
 use super::{Dataset, Items};
 use crate::error::{io_err, Error, Result};
 use crate::preprocess::is_image_file;
+use crate::video::is_video_file;
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Folders deeper than this are not searched (a symlink loop would recurse forever).
+const MAX_DEPTH: usize = 64;
+
+fn walk(dir: &Path, keep: fn(&Path) -> bool, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(Error::Dataset(format!(
+            "{} is more than {MAX_DEPTH} folders deep (a symlink loop?)",
+            dir.display()
+        )));
+    }
     for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let p = e.map_err(io_err(dir))?.path();
         if p.is_dir() {
-            walk(&p, out)?;
-        } else if is_image_file(&p) {
+            walk(&p, keep, depth + 1, out)?;
+        } else if keep(&p) {
             out.push(p);
         }
     }
@@ -22,7 +32,15 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// All images under `dir`, recursively, sorted.
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    walk(dir, &mut out)?;
+    walk(dir, is_image_file, 0, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// All images and videos under `dir`, recursively, sorted.
+pub fn media_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    walk(dir, |p| is_image_file(p) || is_video_file(p), 0, &mut out)?;
     out.sort();
     Ok(out)
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use cifar::read_cifar;
-pub use folder::{image_files, image_folder, split_stratified};
+pub use folder::{image_files, image_folder, media_files, split_stratified};
 pub use idx::read_idx;
 pub use loader::{epoch_order, Batch, Loader, Prepare};
 

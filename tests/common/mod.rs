@@ -266,3 +266,16 @@ pub fn chromium(test: &str) -> Option<PathBuf> {
     }
     Some(chromium)
 }
+
+/// Whether the `ffmpeg` program (Debian's `ffmpeg`, which also brings ffprobe) is on PATH;
+/// `false` once `test` has said it is skipped (see [`missing`]).
+pub fn ffmpeg(test: &str) -> bool {
+    let found = std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        missing(test, "the ffmpeg program", "sudo apt-get install ffmpeg");
+    }
+    found
+}
