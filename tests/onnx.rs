@@ -137,3 +137,53 @@ fn convert_writes_onnx_by_extension_and_names_the_graph_s_ends() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("--format"));
 }
+
+#[test]
+fn convert_exports_a_dilated_backbone_when_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dilated = ModelName::Resnet50
+        .config()
+        .with_replace_stride_with_dilation(vec![false, true, true]);
+    let mut m = ResNet::new(&dilated, &resnet::default_device()).unwrap();
+    let sd = det_state_dict(&mut m);
+    let src = tmp.path().join("r50.safetensors");
+    weights::write_safetensors(&src, &sd).unwrap();
+    // The library's export of the dilated model (checked in tract above) and the CLI's are the
+    // same bytes; without the flag the graph is the plain one.
+    let want = tmp.path().join("want.onnx");
+    weights::onnx::write_onnx(&want, &dilated, &sd, "resnet50").unwrap();
+    let convert = |flags: &[&str], out: &str| {
+        resnet_command()
+            .args(["convert", "--model", "resnet50"])
+            .args(flags)
+            .arg(&src)
+            .arg(tmp.path().join(out))
+            .output()
+            .unwrap()
+    };
+    let run = convert(&["--replace-stride-with-dilation", "false,true,true"], "got.onnx");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let want = std::fs::read(want).unwrap();
+    assert!(std::fs::read(tmp.path().join("got.onnx")).unwrap() == want);
+    assert!(convert(&[], "plain.onnx").status.success());
+    assert!(std::fs::read(tmp.path().join("plain.onnx")).unwrap() != want);
+    // Dilation changes the graph, not the weights: a safetensors output refuses the flag.
+    let run = convert(&["--replace-stride-with-dilation", "false,true,true"], "x.safetensors");
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("ONNX export only"));
+    // Basic blocks cannot dilate (torchvision refuses too).
+    let run = resnet_command()
+        .args([
+            "convert",
+            "--model",
+            "resnet18",
+            "--replace-stride-with-dilation",
+            "false,false,true",
+        ])
+        .arg(common::fixture("resnet20_cifar.pth"))
+        .arg(tmp.path().join("r18.onnx"))
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("dilation > 1 is not supported with basic blocks"));
+}

@@ -28,6 +28,10 @@ pub(crate) struct ConvertArgs {
     /// Load only the tensors that fit instead of failing on a mismatch.
     #[arg(long)]
     non_strict: bool,
+    /// ONNX only: torchvision's `replace_stride_with_dilation`, one flag per stage after the
+    /// first (e.g. `false,true,true`, a segmentation backbone). A state dict does not say it.
+    #[arg(long, value_delimiter = ',', value_name = "B,B,B")]
+    replace_stride_with_dilation: Option<Vec<bool>>,
 }
 
 pub(crate) fn run(a: ConvertArgs) -> Result<ExitCode> {
@@ -40,14 +44,21 @@ pub(crate) fn run(a: ConvertArgs) -> Result<ExitCode> {
             a.output.display()
         ),
     };
-    convert(&a.model, &a.input, &a.output, !a.non_strict, format)
+    if a.replace_stride_with_dilation.is_some() && format != OutFormat::Onnx {
+        bail!("--replace-stride-with-dilation changes the graph, not the weights: it goes with ONNX export only");
+    }
+    convert(&a, &a.output, format)
 }
 
-fn convert(model: &str, input: &Path, output: &Path, strict: bool, format: OutFormat) -> Result<ExitCode> {
-    let name: ModelName = model.parse()?;
+fn convert(a: &ConvertArgs, output: &Path, format: OutFormat) -> Result<ExitCode> {
+    let (input, strict) = (&a.input, !a.non_strict);
+    let name: ModelName = a.model.parse()?;
     let file = weights::WeightsFile::open(input)?;
     let mut config = name.config();
     weights::fit_config(&mut config, &file);
+    if let Some(d) = &a.replace_stride_with_dilation {
+        config = config.with_replace_stride_with_dilation(d.clone());
+    }
     let mut m = resnet::ResNet::new(&config, &resnet::default_device())?;
     let sd = file.read_for(&m.state_dict_shapes())?;
     let report = weights::load_into(&mut m, sd, strict, name.as_str())?;

@@ -6,9 +6,8 @@ against torchvision on the fixture photos, for every family of the zoo.
 
 Deterministic weights (make_fixtures.py) go through a real torch.save file into our
 converter; the exported graph must pass `onnx.checker.check_model(full_check=True)` and give
-torchvision's logits within 1e-4 relative L2 in ONNX Runtime, at batch 1 and 3.
-(Dilated models are exported by the library, and tests/onnx.rs checks them in tract; a
-state dict does not say it was dilated, so `convert` cannot tell them from the plain ones.)
+torchvision's logits within 1e-4 relative L2 in ONNX Runtime, at batch 1 and 3. A state
+dict does not say it was dilated, so the dilated case passes `--replace-stride-with-dilation`.
 """
 import sys
 import tempfile
@@ -25,9 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_fixtures import FIX, CifarResNet, eval_tf, load_rgb, set_det_weights, stretch_tf  # noqa: E402
 
 tv = torchvision.models
-CASES = [  # our --model, the torchvision module, the input
+DILATED = ["--replace-stride-with-dilation", "false,true,true"]
+CASES = [  # our --model, the torchvision module, the input, extra convert flags
     ("resnet18", lambda: tv.resnet18(), "imagenet"),
     ("resnet50", lambda: tv.resnet50(), "imagenet"),
+    ("resnet50", lambda: tv.resnet50(replace_stride_with_dilation=[False, True, True]), "imagenet", DILATED),
     ("resnext50_32x4d", lambda: tv.resnext50_32x4d(), "imagenet"),
     ("wide_resnet50_2", lambda: tv.wide_resnet50_2(), "imagenet"),
     ("resnet20", lambda: CifarResNet(3, "A"), "cifar"),
@@ -42,12 +43,12 @@ def main(resnet_bin):
     x_cifar = torch.stack([stretch_tf(load_rgb(FIX / p), 32) for p in photos])
     worst = 0.0
     with tempfile.TemporaryDirectory() as d, torch.no_grad():
-        for i, (name, build, kind) in enumerate(CASES):
+        for i, (name, build, kind, *flags) in enumerate(CASES):
             m = set_det_weights(build())
             pth, out = Path(d) / f"{i}.pth", Path(d) / f"{i}.onnx"
             torch.save(m.state_dict(), pth)
-            subprocess.run([resnet_bin, "convert", "--model", name, str(pth), str(out)], check=True,
-                           capture_output=True)
+            subprocess.run([resnet_bin, "convert", "--model", name, *sum(flags, []), str(pth), str(out)],
+                           check=True, capture_output=True)
             onnx.checker.check_model(onnx.load(str(out)), full_check=True)
             sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
             x = x_in if kind == "imagenet" else x_cifar
@@ -56,7 +57,8 @@ def main(resnet_bin):
                 got = sess.run(["logits"], {"input": x[:n].numpy()})[0]
                 err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
                 worst = max(worst, err)
-                print(f"{name:16s} {type(m).__name__:12s} batch {n}: relative L2 {err:.2e}")
+                label = name + (" dilated" if flags else "")
+                print(f"{label:24s} {type(m).__name__:12s} batch {n}: relative L2 {err:.2e}")
                 assert err <= 1e-4, err
     print(f"onnx {onnx.__version__}, onnxruntime {ort.__version__}, torch {torch.__version__}: "
           f"all pass the checker; worst relative L2 {worst:.2e}")
