@@ -1,5 +1,5 @@
 //! `resnet convert`: a `.pth` or `.safetensors` state dict to `.safetensors` with torchvision
-//! keys, or to an ONNX graph.
+//! keys, or to an ONNX graph; and an ONNX ResNet back to a state dict.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,8 +18,10 @@ enum OutFormat {
 
 #[derive(clap::Args)]
 pub(crate) struct ConvertArgs {
-    #[arg(long, default_value = "resnet50")]
-    model: String,
+    /// The architecture (default resnet50). An ONNX input is matched against every zoo
+    /// model unless this names one.
+    #[arg(long)]
+    model: Option<String>,
     input: PathBuf,
     output: PathBuf,
     /// Default: from OUTPUT's extension (.onnx: an ONNX opset-17 graph, BN folded).
@@ -52,7 +54,10 @@ pub(crate) fn run(a: ConvertArgs) -> Result<ExitCode> {
 
 fn convert(a: &ConvertArgs, output: &Path, format: OutFormat) -> Result<ExitCode> {
     let (input, strict) = (&a.input, !a.non_strict);
-    let name: ModelName = a.model.parse()?;
+    if input.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        return import_onnx(a, output, format);
+    }
+    let name: ModelName = a.model.as_deref().unwrap_or("resnet50").parse()?;
     let file = weights::WeightsFile::open(input)?;
     let mut config = name.config();
     weights::fit_config(&mut config, &file);
@@ -92,5 +97,29 @@ fn convert(a: &ConvertArgs, output: &Path, format: OutFormat) -> Result<ExitCode
     };
     weights::write_safetensors_with(output, &weights::state_dict(&mut m)?, metadata)?;
     eprintln!("wrote {} ({} tensors loaded)", output.display(), report.loaded);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An ONNX ResNet (ours, or `torch.onnx.export`'s) to a torchvision state dict; BatchNorm
+/// comes back as the identity plus the folded conv's bias.
+fn import_onnx(a: &ConvertArgs, output: &Path, format: OutFormat) -> Result<ExitCode> {
+    if format == OutFormat::Onnx {
+        bail!("{} is already ONNX: convert it to .safetensors", a.input.display());
+    }
+    let model = a.model.as_deref().map(str::parse::<ModelName>).transpose()?;
+    let imported = weights::onnx_import::read_onnx(&a.input, model)?;
+    // Loading into the model checks every key and shape, as for any other file.
+    let mut m = resnet::ResNet::new(&imported.config, &resnet::default_device())?;
+    let report = weights::load_into(&mut m, imported.state_dict, true, imported.name.as_str())?;
+    let metadata = [(weights::META_MODEL.to_string(), imported.name.as_str().to_string())].into();
+    weights::write_safetensors_with(output, &weights::state_dict(&mut m)?, Some(metadata))?;
+    eprintln!(
+        "wrote {} ({}, {} classes, {} input channels; {} tensors; BatchNorm folded into the convs' biases)",
+        output.display(),
+        imported.name,
+        imported.config.num_classes,
+        imported.config.in_channels,
+        report.loaded
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -17,55 +17,17 @@ use super::kernel::{self, Epilogue, Isa, PackedB};
 use super::types::Ptr;
 pub use super::types::{Residual, Shape};
 use super::winograd::Winograd;
-
-/// A conv's geometry, as `nn.Conv2d` takes it (padding is `dilation · (k - 1) / 2`).
-#[derive(Clone, Copy, Debug)]
-pub struct ConvSpec {
-    pub cin: usize,
-    pub cout: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub dilation: usize,
-    pub groups: usize,
-    /// The input arrives with its zero border already in place (the stem's, written while
-    /// converting the input to NHWC), so every tap is inside it.
-    pub padded: bool,
-}
-
-impl ConvSpec {
-    /// The zero border `nn.Conv2d` adds.
-    pub fn pad(&self) -> usize {
-        self.dilation * (self.k - 1) / 2
-    }
-
-    /// The border this conv still has to imagine around its input.
-    fn pad_in(&self) -> usize {
-        if self.padded {
-            0
-        } else {
-            self.pad()
-        }
-    }
-
-    pub fn new(cin: usize, cout: usize, k: usize, stride: usize) -> Self {
-        ConvSpec {
-            cin,
-            cout,
-            k,
-            stride,
-            dilation: 1,
-            groups: 1,
-            padded: false,
-        }
-    }
-}
+use crate::model::ConvShape;
 
 /// A BatchNorm's `(weight, bias, running_mean, running_var)`.
 pub type BnStats<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32]);
 
 /// A conv with its BatchNorm folded in, weights packed per group.
 pub struct Conv {
-    pub spec: ConvSpec,
+    pub spec: ConvShape,
+    /// The input arrives with its zero border already in place (the stem's, written while
+    /// converting the input to NHWC), so every tap is inside it.
+    pub padded: bool,
     /// One per group: `[k·k·cin/groups, cout/groups]` (none when Winograd runs this conv).
     pub weights: Vec<PackedB>,
     pub bias: Vec<f32>,
@@ -93,8 +55,8 @@ thread_local! {
 
 impl Conv {
     /// From torch's `[cout, cin/groups, k, k]` weight and the BN that follows it.
-    pub fn fold(weight: &[f32], spec: ConvSpec, bn: Option<BnStats<'_>>, conv_bias: Option<&[f32]>, isa: Isa) -> Self {
-        let ConvSpec {
+    pub fn fold(weight: &[f32], spec: ConvShape, bn: Option<BnStats<'_>>, conv_bias: Option<&[f32]>, isa: Isa) -> Self {
+        let ConvShape {
             cin, cout, k, groups, ..
         } = spec;
         let (cin_g, cout_g) = (cin / groups, cout / groups);
@@ -132,6 +94,7 @@ impl Conv {
         if stride1_3x3 && Winograd::applies(cin, cout, isa) {
             return Conv {
                 spec,
+                padded: false,
                 weights: Vec::new(),
                 bias,
                 isa,
@@ -141,6 +104,7 @@ impl Conv {
         }
         Conv {
             spec,
+            padded: false,
             weights: (0..groups).map(|g| PackedB::new(&matrix(g), kk, cout_g, isa)).collect(),
             bias,
             isa,
@@ -156,14 +120,14 @@ impl Conv {
     }
 
     pub fn out_shape(&self, s: Shape) -> Shape {
-        let ConvSpec {
+        let ConvShape {
             cout,
             k,
             stride,
             dilation,
             ..
         } = self.spec;
-        let pad = self.spec.pad_in();
+        let pad = self.pad_in();
         let span = dilation * (k - 1) + 1;
         Shape {
             n: s.n,
@@ -197,7 +161,7 @@ impl Conv {
         pool: &rayon::ThreadPool,
         scratch: &mut AlignedVec,
     ) -> Shape {
-        let ConvSpec { cin, k, stride, .. } = self.spec;
+        let ConvShape { cin, k, stride, .. } = self.spec;
         let os = self.out_shape(xs);
         debug_assert!(x.len() >= xs.len() && out.len() >= os.len());
         assert!(
@@ -228,7 +192,7 @@ impl Conv {
     /// The Winograd transform that runs this conv on input `xs`, if one does: built with the
     /// conv, or from its weights the first time an input is large enough.
     fn winograd_for(&self, xs: Shape) -> Option<&Winograd> {
-        let ConvSpec { cin, cout, .. } = self.spec;
+        let ConvShape { cin, cout, .. } = self.spec;
         let wide = self
             .wide_winograd
             .as_ref()
@@ -241,7 +205,7 @@ impl Conv {
     /// in tiles of `mr` pixels, reading the input in place.
     fn run_stem(&self, x: &[f32], xs: Shape, out: &mut [f32], relu: bool, pool: &rayon::ThreadPool) -> Shape {
         let t0 = std::time::Instant::now();
-        let ConvSpec {
+        let ConvShape {
             cin, cout, k, stride, ..
         } = self.spec;
         let os = self.out_shape(xs);
@@ -291,7 +255,7 @@ impl Conv {
         if !profiling() {
             return;
         }
-        let ConvSpec {
+        let ConvShape {
             cin,
             cout,
             k,
@@ -316,7 +280,16 @@ impl Conv {
     /// a row of `k` taps is one run of `k · cin` floats.
     fn row_runs(&self) -> bool {
         let s = self.spec;
-        s.padded && s.dilation == 1 && s.groups == 1
+        self.padded && s.dilation == 1 && s.groups == 1
+    }
+
+    /// The border this conv still has to imagine around its input.
+    fn pad_in(&self) -> usize {
+        if self.padded {
+            0
+        } else {
+            self.spec.pad()
+        }
     }
 
     /// Where output pixels `pixels` (at most `ptrs.len()`) read tap `seg = ky·k + kx` (or, with
@@ -331,14 +304,14 @@ impl Conv {
         seg: usize,
         ptrs: &mut [*const f32],
     ) {
-        let ConvSpec {
+        let ConvShape {
             cin,
             k,
             stride,
             dilation,
             ..
         } = self.spec;
-        let pad = self.spec.pad_in() as isize;
+        let pad = self.pad_in() as isize;
         // Whole kernel rows on a padded input (segment = ky), else single taps (ky·k + kx).
         let (ky, kx) = if self.row_runs() { (seg, 0) } else { (seg / k, seg % k) };
         // Divide once, then walk the pixels: this runs for every tile and tap, and divisions
@@ -366,7 +339,7 @@ impl Conv {
     /// im2col for output pixels `rows`: each row is `(group, ky, kx, cin of the group)`, so a
     /// group's patch is one contiguous run; zeros outside the image.
     fn patches(&self, x: &[f32], xs: Shape, os: Shape, rows: std::ops::Range<usize>, buf: &mut [f32]) {
-        let ConvSpec {
+        let ConvShape {
             cin,
             k,
             stride,
@@ -374,7 +347,7 @@ impl Conv {
             groups,
             ..
         } = self.spec;
-        let pad = self.spec.pad_in();
+        let pad = self.pad_in();
         let (c, g) = (cin / groups, groups);
         let kk = k * k * c;
         for (r, p) in rows.enumerate() {
@@ -461,7 +434,7 @@ impl<'a> GemmPass<'a> {
         relu: bool,
         threads: usize,
     ) -> Self {
-        let ConvSpec {
+        let ConvShape {
             cin,
             cout,
             k,
@@ -638,7 +611,7 @@ impl<'a> GemmPass<'a> {
         if p.is_empty() {
             return;
         }
-        let ConvSpec { cout, groups, .. } = self.conv.spec;
+        let ConvShape { cout, groups, .. } = self.conv.spec;
         let (kk, per_group) = (self.kk, self.per_group);
         // SAFETY: row r0, group g's first column lies inside the output (n·h·w × cout).
         let out = |g: usize| unsafe { self.out.get().add(r0 * cout + g * (cout / groups)) };
@@ -886,7 +859,7 @@ mod tests {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         for isa in Kernel::available() {
             for (k, cin, cout) in [(1, 64, 256), (3, 64, 64), (1, 256, 64)] {
-                let spec = ConvSpec::new(cin, cout, k, 1);
+                let spec = ConvShape::new(cin, cout, k, 1);
                 let conv = Conv::fold(&values(cout * cin * k * k, 1), spec, None, Some(&values(cout, 2)), isa);
                 let xs = Shape {
                     n: 2,
@@ -903,7 +876,7 @@ mod tests {
                 pool.install(|| conv.run(&x, xs, &mut got, Residual::InOut, true, &pool, &mut scratch));
                 assert_eq!(got, want, "k{k} {cin}->{cout} {isa}");
             }
-            let deep = Conv::fold(&values(64 * 512, 1), ConvSpec::new(512, 64, 1, 1), None, None, isa);
+            let deep = Conv::fold(&values(64 * 512, 1), ConvShape::new(512, 64, 1, 1), None, None, isa);
             let xs = Shape {
                 n: 1,
                 h: 4,
@@ -943,7 +916,7 @@ mod winograd_tests {
                 // 480 tiles: two parts of the batch.
                 (512, 512, 120, 7, 7),
             ] {
-                let spec = ConvSpec::new(cin, cout, 3, 1);
+                let spec = ConvShape::new(cin, cout, 3, 1);
                 let weight = values(cout * cin * 9, 1).iter().map(|v| v * 0.05).collect::<Vec<_>>();
                 let bias = values(cout, 2);
                 let direct = Conv::fold(&weight, spec, None, Some(&bias), Isa::Portable);

@@ -20,12 +20,12 @@ use aligned::AlignedVec;
 
 use rayon::prelude::*;
 
-use conv::{global_avg_pool, max_pool_3x3s2, zero_pad_shortcut, Conv, ConvSpec, Residual};
+use conv::{global_avg_pool, max_pool_3x3s2, zero_pad_shortcut, Conv, Residual};
 pub use kernel::{Avx2, Avx512, Isa, Kernel, Neon};
 pub use types::Shape;
 
 use crate::error::{Error, Result};
-use crate::model::{split_rows, BlockKind, Logits, ParamKeys, ResNetConfig, Role, ShortcutPlan, Stem};
+use crate::model::{split_rows, ConvShape, Logits, ParamKeys, ResNetConfig, Role, ShortcutPlan, Stem};
 use crate::weights::{StateDict, Values};
 
 enum Shortcut {
@@ -118,7 +118,7 @@ fn tensor<'a>(sd: &'a StateDict, key: &str, len: usize) -> Result<&'a [f32]> {
 }
 
 /// The next conv weight with the BatchNorm after it folded in.
-fn conv(sd: &StateDict, keys: &mut ParamKeys, spec: ConvSpec, kernel: Isa) -> Result<Conv> {
+fn conv(sd: &StateDict, keys: &mut ParamKeys, spec: ConvShape, kernel: Isa) -> Result<Conv> {
     let (cout, k) = (spec.cout, spec.k);
     let w = tensor(sd, &keys.next(Role::ConvWeight)?, cout * spec.cin / spec.groups * k * k)?;
     let stats = (
@@ -142,51 +142,23 @@ impl Engine {
     pub fn with_kernel(config: &ResNetConfig, sd: &StateDict, threads: usize, kernel: Kernel) -> Result<Self> {
         config.validate()?;
         let kernel = kernel.resolve()?;
-        let (k, stride) = match config.stem {
-            Stem::ImageNet => (7, 2),
-            Stem::Cifar => (3, 1),
-        };
-        // The stem reads an input padded while it is converted to NHWC.
-        let spec = ConvSpec {
-            padded: true,
-            ..ConvSpec::new(config.in_channels, config.stem_width, k, stride)
-        };
         let keys = &mut ParamKeys::new(config);
-        let stem = conv(sd, keys, spec, kernel)?;
+        let mut stem = conv(sd, keys, config.stem_conv(), kernel)?;
+        // The stem reads an input padded while it is converted to NHWC.
+        stem.padded = true;
         let mut blocks = Vec::new();
         for (si, stage) in config.plan().into_iter().enumerate() {
             for p in stage {
-                let (w, out) = (p.width, p.out_channels);
-                let convs = match config.block {
-                    BlockKind::Basic => vec![
-                        conv(sd, keys, ConvSpec::new(p.in_channels, w, 3, p.stride), kernel)?,
-                        conv(sd, keys, ConvSpec::new(w, out, 3, 1), kernel)?,
-                    ],
-                    BlockKind::Bottleneck => vec![
-                        conv(sd, keys, ConvSpec::new(p.in_channels, w, 1, 1), kernel)?,
-                        conv(
-                            sd,
-                            keys,
-                            ConvSpec {
-                                dilation: p.dilation,
-                                groups: p.groups,
-                                ..ConvSpec::new(w, w, 3, p.stride)
-                            },
-                            kernel,
-                        )?,
-                        conv(sd, keys, ConvSpec::new(w, out, 1, 1), kernel)?,
-                    ],
-                };
+                let convs = p
+                    .main_convs(config.block)
+                    .into_iter()
+                    .map(|c| conv(sd, keys, c, kernel))
+                    .collect::<Result<Vec<_>>>()?;
                 let shortcut = match p.shortcut {
                     ShortcutPlan::Identity => Shortcut::Identity,
                     ShortcutPlan::None => Shortcut::None,
                     ShortcutPlan::ZeroPad => Shortcut::ZeroPad { stride: p.stride },
-                    ShortcutPlan::Projection => Shortcut::Projection(Box::new(conv(
-                        sd,
-                        keys,
-                        ConvSpec::new(p.in_channels, out, 1, p.stride),
-                        kernel,
-                    )?)),
+                    ShortcutPlan::Projection => Shortcut::Projection(Box::new(conv(sd, keys, p.projection(), kernel)?)),
                 };
                 blocks.push(Block {
                     convs,
@@ -198,7 +170,7 @@ impl Engine {
         let (f, classes) = (config.feature_dim(), config.num_classes);
         let fcw = tensor(sd, &keys.next(Role::FcWeight)?, classes * f)?;
         let fcb = tensor(sd, &keys.next(Role::FcBias)?, classes)?;
-        let fc = Conv::fold(fcw, ConvSpec::new(f, classes, 1, 1), None, Some(fcb), kernel);
+        let fc = Conv::fold(fcw, ConvShape::new(f, classes, 1, 1), None, Some(fcb), kernel);
         let fc_raw = (fcw.to_vec(), fcb.to_vec());
         let mut builder = rayon::ThreadPoolBuilder::new();
         if threads > 0 {

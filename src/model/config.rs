@@ -230,6 +230,73 @@ pub enum ShortcutPlan {
     None,
 }
 
+/// One convolution's geometry as `nn.Conv2d` takes it (no bias; torchvision's padding).
+/// The engine, the ONNX export and its import all build a block's convolutions from these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+impl ConvShape {
+    pub fn new(cin: usize, cout: usize, k: usize, stride: usize) -> Self {
+        ConvShape {
+            cin,
+            cout,
+            k,
+            stride,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+
+    /// The zero border `nn.Conv2d` adds: the kernel's reach on each side.
+    pub fn pad(&self) -> usize {
+        self.dilation * (self.k - 1) / 2
+    }
+}
+
+impl ResNetConfig {
+    /// The stem convolution: 7×7 stride 2 (ImageNet) or 3×3 stride 1 (CIFAR).
+    pub fn stem_conv(&self) -> ConvShape {
+        match self.stem {
+            Stem::ImageNet => ConvShape::new(self.in_channels, self.stem_width, 7, 2),
+            Stem::Cifar => ConvShape::new(self.in_channels, self.stem_width, 3, 1),
+        }
+    }
+}
+
+impl BlockPlan {
+    /// The main path's convolutions in order (`conv1`, `conv2`[, `conv3`]), a ReLU between
+    /// consecutive ones.
+    pub fn main_convs(&self, block: BlockKind) -> Vec<ConvShape> {
+        match block {
+            BlockKind::Basic => vec![
+                ConvShape::new(self.in_channels, self.width, 3, self.stride),
+                ConvShape::new(self.width, self.out_channels, 3, 1),
+            ],
+            BlockKind::Bottleneck => vec![
+                ConvShape::new(self.in_channels, self.width, 1, 1),
+                ConvShape {
+                    dilation: self.dilation,
+                    groups: self.groups,
+                    ..ConvShape::new(self.width, self.width, 3, self.stride)
+                },
+                ConvShape::new(self.width, self.out_channels, 1, 1),
+            ],
+        }
+    }
+
+    /// The projection shortcut (`downsample.0`, options B and C).
+    pub fn projection(&self) -> ConvShape {
+        ConvShape::new(self.in_channels, self.out_channels, 1, self.stride)
+    }
+}
+
 /// One block of [`ResNetConfig::plan`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockPlan {

@@ -13,7 +13,7 @@ mod logits;
 mod params;
 mod resnet;
 
-pub use config::{BlockKind, BlockPlan, ModelName, ResNetConfig, Shortcut, ShortcutPlan, Stem};
+pub use config::{BlockKind, BlockPlan, ConvShape, ModelName, ResNetConfig, Shortcut, ShortcutPlan, Stem};
 pub use flops::Complexity;
 pub use logits::{rows, split_rows, Logits};
 pub use params::{ParamKeys, ParamSpec, ParamVisitor, Role, Slot};

@@ -9,6 +9,7 @@ mod files;
 pub mod hub;
 mod meta;
 pub mod onnx;
+pub mod onnx_import;
 mod pickle;
 
 use std::path::{Path, PathBuf};

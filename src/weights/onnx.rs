@@ -14,7 +14,7 @@ use prost::Message;
 
 use super::{write_atomic, StateDict, Values};
 use crate::error::{Error, Result};
-use crate::model::{BlockKind, ParamKeys, ResNetConfig, Role, ShortcutPlan, Stem};
+use crate::model::{ConvShape, ParamKeys, ResNetConfig, Role, ShortcutPlan, Stem};
 
 /// The opset the graph is written for.
 pub const OPSET: i64 = 17;
@@ -109,10 +109,19 @@ pub mod proto {
         pub dims: Vec<i64>,
         #[prost(int32, optional, tag = "2")]
         pub data_type: Option<i32>,
+        /// Read on import (some exporters store floats here instead of `raw_data`).
+        #[prost(float, repeated, tag = "4")]
+        pub float_data: Vec<f32>,
         #[prost(string, optional, tag = "8")]
         pub name: Option<String>,
         #[prost(bytes = "vec", optional, tag = "9")]
         pub raw_data: Option<Vec<u8>>,
+        /// `location`, `offset`, `length` of values in an external file (read on import).
+        #[prost(message, repeated, tag = "13")]
+        pub external_data: Vec<StringStringEntryProto>,
+        /// 1: the values live in an external file.
+        #[prost(int32, optional, tag = "14")]
+        pub data_location: Option<i32>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -243,6 +252,7 @@ impl Graph<'_> {
             data_type: Some(FLOAT),
             name: Some(name.clone()),
             raw_data: Some(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            ..Default::default()
         });
         name
     }
@@ -254,6 +264,7 @@ impl Graph<'_> {
             data_type: Some(INT64),
             name: Some(name.clone()),
             raw_data: Some(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            ..Default::default()
         });
         name
     }
@@ -269,17 +280,15 @@ impl Graph<'_> {
     }
 
     /// The next conv with its BatchNorm folded in: `Conv(x, W', b')`.
-    #[allow(clippy::too_many_arguments)]
-    fn conv_bn(
-        &mut self,
-        x: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        dilation: usize,
-        groups: usize,
-    ) -> Result<String> {
+    fn conv_bn(&mut self, x: &str, c: ConvShape) -> Result<String> {
+        let ConvShape {
+            cin,
+            cout,
+            k,
+            stride,
+            dilation,
+            groups,
+        } = c;
         let wkey = self.keys.next(Role::ConvWeight)?;
         let per = cin / groups * k * k;
         let w = self.tensor(&wkey, cout * per)?.to_vec();
@@ -300,7 +309,7 @@ impl Graph<'_> {
         let stem = wkey.trim_end_matches(".weight").to_string();
         let wn = self.constant_f32(format!("{stem}.weight"), &[cout, cin / groups, k, k], &wf);
         let bn = self.constant_f32(format!("{stem}.bias"), &[cout], &bias);
-        let pad = (dilation * (k - 1) / 2) as i64;
+        let pad = c.pad() as i64;
         let attrs = vec![
             attr_ints("kernel_shape", &[k as i64, k as i64]),
             attr_ints("strides", &[stride as i64, stride as i64]),
@@ -345,11 +354,7 @@ pub fn to_onnx(config: &ResNetConfig, sd: &StateDict, name: &str) -> Result<Vec<
         init: Vec::new(),
         counter: 0,
     };
-    let (k, stride) = match config.stem {
-        Stem::ImageNet => (7, 2),
-        Stem::Cifar => (3, 1),
-    };
-    let mut h = g.conv_bn("input", config.in_channels, config.stem_width, k, stride, 1, 1)?;
+    let mut h = g.conv_bn("input", config.stem_conv())?;
     h = g.relu(&h);
     if config.stem == Stem::ImageNet {
         let attrs = vec![
@@ -361,24 +366,17 @@ pub fn to_onnx(config: &ResNetConfig, sd: &StateDict, name: &str) -> Result<Vec<
     }
     for p in config.plan().into_iter().flatten() {
         let x = h.clone();
-        let mut y = match config.block {
-            BlockKind::Basic => {
-                let a = g.conv_bn(&x, p.in_channels, p.width, 3, p.stride, 1, 1)?;
-                let a = g.relu(&a);
-                g.conv_bn(&a, p.width, p.out_channels, 3, 1, 1, 1)?
+        let mut y = x.clone();
+        for (i, c) in p.main_convs(config.block).into_iter().enumerate() {
+            if i > 0 {
+                y = g.relu(&y);
             }
-            BlockKind::Bottleneck => {
-                let a = g.conv_bn(&x, p.in_channels, p.width, 1, 1, 1, 1)?;
-                let a = g.relu(&a);
-                let b = g.conv_bn(&a, p.width, p.width, 3, p.stride, p.dilation, p.groups)?;
-                let b = g.relu(&b);
-                g.conv_bn(&b, p.width, p.out_channels, 1, 1, 1, 1)?
-            }
-        };
+            y = g.conv_bn(&y, c)?;
+        }
         let shortcut = match p.shortcut {
             ShortcutPlan::None => None,
             ShortcutPlan::Identity => Some(x),
-            ShortcutPlan::Projection => Some(g.conv_bn(&x, p.in_channels, p.out_channels, 1, p.stride, 1, 1)?),
+            ShortcutPlan::Projection => Some(g.conv_bn(&x, p.projection())?),
             ShortcutPlan::ZeroPad => Some(g.zero_pad_shortcut(&x, p.stride, p.in_channels, p.out_channels)),
         };
         if let Some(s) = shortcut {
