@@ -397,21 +397,39 @@ fn folders_take_videos_and_bad_videos_fail_alone() {
     let noise = tmp.path().join("noise.mkv");
     std::fs::write(&noise, [7u8; 5000]).unwrap();
     let missing = tmp.path().join("missing.webm");
+    // Cut in the middle of its frames (the index is at the front): ffmpeg decodes the first
+    // part and exits 0 after logging errors; the part before the damage is still printed.
+    let fast = slideshow(
+        tmp.path(),
+        "fast.mp4",
+        SHOTS,
+        &[H264, &["-movflags", "+faststart"]].concat(),
+    );
+    let bytes = std::fs::read(&fast).unwrap();
+    let half = tmp.path().join("half.mp4");
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
     let out = classify(&[
         "--format",
         "json",
         cut.to_str().unwrap(),
         noise.to_str().unwrap(),
         missing.to_str().unwrap(),
+        half.to_str().unwrap(),
         png.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 3, "{stderr}");
+    assert_eq!(errors.len(), 4, "{stderr}");
     assert!(errors.iter().all(|e| e.contains("cannot read video")), "{stderr}");
-    assert!(stderr.contains("3 of 4 inputs failed"), "{stderr}");
+    assert!(
+        errors[3].contains("half.mp4") && errors[3].contains("partial file"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("4 of 5 inputs failed"), "{stderr}");
     let lines = json_lines(&out.stdout);
+    let from_half = lines.iter().filter(|l| l["image"] == half.to_str().unwrap()).count();
+    assert!(from_half >= 1 && from_half < 5, "{from_half} frames before the damage");
     assert_eq!(lines.last().unwrap()["image"], png.to_str().unwrap());
 
     // Without ffmpeg on PATH, the error names the package.

@@ -203,7 +203,8 @@ fn ffmpeg_message(stderr: &str, path: &Path) -> String {
         .collect();
     match lines.len() {
         0 => "ffmpeg failed without a message".into(),
-        n => lines[n.saturating_sub(3)..].join("; "),
+        1..=3 => lines.join("; "),
+        n => format!("{}; … {} more …; {}", lines[0], n - 2, lines[n - 1]),
     }
 }
 
@@ -329,10 +330,12 @@ impl Frames {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
-        if status.success() {
+        let text = self.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        // ffmpeg exits 0 on a truncated or damaged stream after logging errors: those fail
+        // the video too, once the frames before the damage have been given out.
+        if status.success() && text.is_empty() {
             return Ok(());
         }
-        let text = self.errors.lock().map(|e| e.clone()).unwrap_or_default();
         Err(video_err(&self.path, ffmpeg_message(&text, &self.path)))
     }
 
