@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(pickle safetensors pth request image)
+[ ${#targets[@]} -gt 0 ] || targets=(pickle safetensors pth request image onnx)
 mkdir -p logs
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"

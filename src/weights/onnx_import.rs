@@ -45,7 +45,12 @@ pub fn read_onnx(path: &Path, model: Option<ModelName>) -> Result<Imported> {
         return Err(bad(path, format!("{len} bytes is more than any zoo model's ONNX file")));
     }
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let proto = ModelProto::decode(bytes.as_slice()).map_err(|e| bad(path, format!("not an ONNX model: {e}")))?;
+    parse_onnx(&bytes, path, model)
+}
+
+/// [`read_onnx`] on the file's bytes; `path` names it in errors and locates external data.
+pub fn parse_onnx(bytes: &[u8], path: &Path, model: Option<ModelName>) -> Result<Imported> {
+    let proto = ModelProto::decode(bytes).map_err(|e| bad(path, format!("not an ONNX model: {e}")))?;
     let graph = proto.graph.ok_or_else(|| bad(path, "the ONNX model has no graph"))?;
     let view = View::new(&graph.node, &graph.initializer, path);
     let input = graph
