@@ -237,6 +237,9 @@ pub struct Frames {
     reader: Option<JoinHandle<()>>,
     /// The next sample number k (time k/f) not yet given out.
     next_k: u64,
+    /// No sample numbers from here on: a crafted timestamp far past the probed duration
+    /// would otherwise repeat one frame for as long as it claims.
+    end_k: u64,
     /// A frame that also stands for later sample times (a frame shown for longer than 1/f).
     repeat: Option<(RgbImage, u64, u64)>,
     done: bool,
@@ -284,6 +287,11 @@ impl Frames {
         let errors = Arc::new(Mutex::new(String::new()));
         let errs = errors.clone();
         let reader = std::thread::spawn(move || read_stderr(stderr, tx, errs));
+        let end_k = match (sampling, probe.duration) {
+            // A second past the container's duration: some end their frames just after it.
+            (Sampling::Fps(f), Some(d)) => ((d + 1.0) * f).floor().min(MAX_SAMPLES as f64) as u64 + 1,
+            _ => MAX_SAMPLES,
+        };
         Ok(Frames {
             path: path.to_path_buf(),
             probe,
@@ -295,6 +303,7 @@ impl Frames {
             errors,
             reader: Some(reader),
             next_k: 0,
+            end_k,
             repeat: None,
             done: false,
         })
@@ -345,7 +354,7 @@ impl Frames {
         let pts = shown.pts? as f64;
         let tb = shown.time_base.0 as f64 / shown.time_base.1 as f64;
         // The same sum, in the same order, as the `select` expression.
-        let last = (pts * tb * f + EPS).floor();
+        let last = (pts * tb * f + EPS).floor().min(self.end_k as f64 - 1.0);
         (last >= self.next_k as f64).then_some(last as u64)
     }
 }
@@ -363,6 +372,9 @@ fn check_pixels(path: &Path, width: u32, height: u32, max: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Samples per video when its duration is unknown (115 days at one a second).
+const MAX_SAMPLES: u64 = 10_000_000;
 
 /// Keeps a sample time that equals a frame's timestamp on that frame despite float rounding.
 const EPS: f64 = 1e-7;
