@@ -101,15 +101,12 @@ fn convolutions_forward_and_backward_match_pytorch() {
         let u = |k: &str| c[k].as_u64().unwrap() as usize;
         let w0: Tensor<4> = case.tensor("w");
         let [cout, cin_g, k, _] = w0.dims();
-        let mut conv = layers::conv(
-            cin_g * u("groups"),
-            cout,
-            k,
-            u("stride"),
-            u("dilation"),
-            u("groups"),
-            &case.dev,
-        );
+        let shape = resnet::model::ConvShape {
+            dilation: u("dilation"),
+            groups: u("groups"),
+            ..resnet::model::ConvShape::new(cin_g * u("groups"), cout, k, u("stride"))
+        };
+        let mut conv = layers::conv(shape, &case.dev);
         assert_eq!(
             conv.padding,
             burn::nn::PaddingConfig2d::Explicit(u("padding"), u("padding"), u("padding"), u("padding"))

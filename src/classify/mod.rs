@@ -60,6 +60,11 @@ pub fn top_k(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
     top_k_of(&probabilities(logits), k, labels)
 }
 
+/// Class `i`'s name, or `class i` past the end of `labels`.
+pub fn label_of(labels: &[String], i: usize) -> String {
+    labels.get(i).cloned().unwrap_or_else(|| format!("class {i}"))
+}
+
 /// The `k` most probable classes of a probability row, best first (ties: lower index).
 pub fn top_k_of(probs: &[f64], k: usize, labels: &[String]) -> Vec<Prediction> {
     let mut idx: Vec<usize> = (0..probs.len()).collect();
@@ -68,7 +73,7 @@ pub fn top_k_of(probs: &[f64], k: usize, labels: &[String]) -> Vec<Prediction> {
         .take(k)
         .map(|i| Prediction {
             index: i,
-            label: labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")),
+            label: label_of(labels, i),
             probability: probs[i] as f32,
         })
         .collect()

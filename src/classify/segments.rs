@@ -125,13 +125,14 @@ impl<'a> Segmenter<'a> {
             start: r.start,
             end: r.end,
             index: r.label,
-            label: self
-                .labels
-                .get(r.label)
-                .cloned()
-                .unwrap_or_else(|| format!("class {}", r.label)),
+            label: super::label_of(self.labels, r.label),
             mean_probability: r.sums[r.label] / r.samples as f64,
         }
+    }
+
+    /// The time of the latest sample, if any.
+    pub fn last_time(&self) -> Option<f64> {
+        self.run.as_ref().map(|r| r.end)
     }
 
     /// The segments, the last ending at `end` seconds (the video's end).

@@ -126,7 +126,6 @@ struct Printer<'a> {
 struct Video<'a> {
     segments: Option<Segmenter<'a>>,
     writer: Option<(VideoWriter, PathBuf)>,
-    last_time: f64,
 }
 
 impl<'a> Printer<'a> {
@@ -224,18 +223,20 @@ impl MediaSink for Printer<'_> {
             let bar = self.bar;
             match at {
                 None => bar.suspend(|| self.print_image(&shown, &p))?,
-                Some(at) => match self.video.as_mut().and_then(|v| {
-                    v.last_time = at.time;
-                    v.segments.as_mut()
-                }) {
+                Some(at) => match self.video.as_mut().and_then(|v| v.segments.as_mut()) {
                     Some(s) => s.push(at.time, &probs),
                     None => bar.suspend(|| self.print_frame(&shown, *at, &p))?,
                 },
             }
-            // The top-1 class, even with --top-k 0.
-            let top = top_k_of(&probs, 1, self.clf.labels());
-            if let Some(top) = top.first() {
-                failed += self.annotate(path, img, top);
+            if self.a.annotate.is_some() {
+                // The top-1 class, even with --top-k 0.
+                let top = p
+                    .first()
+                    .cloned()
+                    .or_else(|| top_k_of(&probs, 1, self.clf.labels()).pop());
+                if let Some(top) = top {
+                    failed += self.annotate(path, img, &top);
+                }
             }
         }
         Ok(failed)
@@ -269,7 +270,6 @@ impl MediaSink for Printer<'_> {
                 .segments
                 .then(|| Segmenter::new(self.clf.labels(), self.a.min_segment)),
             writer,
-            last_time: 0.0,
         });
         Ok(())
     }
@@ -294,8 +294,9 @@ impl MediaSink for Printer<'_> {
                 Sampling::Fps(f) => 1.0 / f,
                 Sampling::EveryFrame => probe.frame_rate.map_or(0.0, |(n, d)| d as f64 / n as f64),
             };
-            let mut end = v.last_time + period;
-            if let Some(d) = probe.duration.filter(|&d| d > v.last_time) {
+            let last = s.last_time().unwrap_or(0.0);
+            let mut end = last + period;
+            if let Some(d) = probe.duration.filter(|&d| d > last) {
                 end = end.min(d);
             }
             let shown = path.display().to_string();

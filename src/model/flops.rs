@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::config::{BlockKind, ResNetConfig, ShortcutPlan, Stem};
+use super::config::{ConvShape, ResNetConfig, ShortcutPlan, Stem};
 
 /// Parameter count and MACs of one configuration at one input size.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -33,21 +33,11 @@ struct Counter {
 
 impl Counter {
     /// Adds a conv (no bias) + BN and returns the output size.
-    #[allow(clippy::too_many_arguments)]
-    fn conv_bn(
-        &mut self,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        s: usize,
-        p: usize,
-        d: usize,
-        g: usize,
-        hw: (usize, usize),
-    ) -> (usize, usize) {
-        let (h, w) = (out_size(hw.0, k, s, p, d), out_size(hw.1, k, s, p, d));
-        let weights = (cout * cin / g * k * k) as u64;
-        self.params += weights + 2 * cout as u64;
+    fn conv_bn(&mut self, c: ConvShape, hw: (usize, usize)) -> (usize, usize) {
+        let size = |n| out_size(n, c.k, c.stride, c.pad(), c.dilation);
+        let (h, w) = (size(hw.0), size(hw.1));
+        let weights = (c.cout * c.cin / c.groups * c.k * c.k) as u64;
+        self.params += weights + 2 * c.cout as u64;
         self.macs += weights * (h * w) as u64;
         (h, w)
     }
@@ -57,29 +47,17 @@ impl ResNetConfig {
     /// Parameters and MACs for one `height × width` image.
     pub fn complexity(&self, height: usize, width: usize) -> Complexity {
         let mut c = Counter::default();
-        let mut hw = (height, width);
-        match self.stem {
-            Stem::ImageNet => {
-                hw = c.conv_bn(self.in_channels, self.stem_width, 7, 2, 3, 1, 1, hw);
-                hw = (out_size(hw.0, 3, 2, 1, 1), out_size(hw.1, 3, 2, 1, 1));
-            }
-            Stem::Cifar => hw = c.conv_bn(self.in_channels, self.stem_width, 3, 1, 1, 1, 1, hw),
+        let mut hw = c.conv_bn(self.stem_conv(), (height, width));
+        if self.stem == Stem::ImageNet {
+            hw = (out_size(hw.0, 3, 2, 1, 1), out_size(hw.1, 3, 2, 1, 1));
         }
         for b in self.plan().into_iter().flatten() {
             let input = hw;
-            match self.block {
-                BlockKind::Basic => {
-                    hw = c.conv_bn(b.in_channels, b.width, 3, b.stride, 1, 1, 1, hw);
-                    hw = c.conv_bn(b.width, b.out_channels, 3, 1, 1, 1, 1, hw);
-                }
-                BlockKind::Bottleneck => {
-                    hw = c.conv_bn(b.in_channels, b.width, 1, 1, 0, 1, 1, hw);
-                    hw = c.conv_bn(b.width, b.width, 3, b.stride, b.dilation, b.dilation, b.groups, hw);
-                    hw = c.conv_bn(b.width, b.out_channels, 1, 1, 0, 1, 1, hw);
-                }
+            for conv in b.main_convs(self.block) {
+                hw = c.conv_bn(conv, hw);
             }
             if b.shortcut == ShortcutPlan::Projection {
-                c.conv_bn(b.in_channels, b.out_channels, 1, b.stride, 0, 1, 1, input);
+                c.conv_bn(b.projection(), input);
             }
         }
         let f = self.feature_dim() as u64;

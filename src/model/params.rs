@@ -11,7 +11,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::BatchNorm;
 use burn::prelude::*;
 
-use super::config::{BlockKind, ResNetConfig, ShortcutPlan, Stem};
+use super::config::{ConvShape, ResNetConfig, ShortcutPlan};
 use super::resnet::ResNet;
 
 /// What a state-dict entry is to the network.
@@ -41,10 +41,10 @@ impl ResNetConfig {
     /// built. `ResNet::visit_params` walks the same keys (a test holds them equal).
     pub fn param_specs(&self) -> Vec<ParamSpec> {
         let mut out = Vec::new();
-        let conv = |out: &mut Vec<ParamSpec>, key: String, cout: usize, cin: usize, k: usize| {
+        let conv = |out: &mut Vec<ParamSpec>, key: String, c: ConvShape| {
             out.push(ParamSpec {
                 key: format!("{key}.weight"),
-                shape: vec![cout, cin, k, k],
+                shape: vec![c.cout, c.cin / c.groups, c.k, c.k],
                 role: Role::ConvWeight,
             });
         };
@@ -67,35 +67,18 @@ impl ResNetConfig {
                 role: Role::BatchCounter,
             });
         };
-        let k = match self.stem {
-            Stem::ImageNet => 7,
-            Stem::Cifar => 3,
-        };
-        conv(&mut out, "conv1".into(), self.stem_width, self.in_channels, k);
+        conv(&mut out, "conv1".into(), self.stem_conv());
         bn(&mut out, "bn1".into(), self.stem_width);
         for (i, stage) in self.plan().into_iter().enumerate() {
             for (j, p) in stage.into_iter().enumerate() {
                 let pre = format!("layer{}.{j}", i + 1);
-                let (w, o) = (p.width, p.out_channels);
-                match self.block {
-                    BlockKind::Basic => {
-                        conv(&mut out, format!("{pre}.conv1"), w, p.in_channels, 3);
-                        bn(&mut out, format!("{pre}.bn1"), w);
-                        conv(&mut out, format!("{pre}.conv2"), o, w, 3);
-                        bn(&mut out, format!("{pre}.bn2"), o);
-                    }
-                    BlockKind::Bottleneck => {
-                        conv(&mut out, format!("{pre}.conv1"), w, p.in_channels, 1);
-                        bn(&mut out, format!("{pre}.bn1"), w);
-                        conv(&mut out, format!("{pre}.conv2"), w, w / p.groups, 3);
-                        bn(&mut out, format!("{pre}.bn2"), w);
-                        conv(&mut out, format!("{pre}.conv3"), o, w, 1);
-                        bn(&mut out, format!("{pre}.bn3"), o);
-                    }
+                for (n, c) in p.main_convs(self.block).into_iter().enumerate() {
+                    conv(&mut out, format!("{pre}.conv{}", n + 1), c);
+                    bn(&mut out, format!("{pre}.bn{}", n + 1), c.cout);
                 }
                 if p.shortcut == ShortcutPlan::Projection {
-                    conv(&mut out, format!("{pre}.downsample.0"), o, p.in_channels, 1);
-                    bn(&mut out, format!("{pre}.downsample.1"), o);
+                    conv(&mut out, format!("{pre}.downsample.0"), p.projection());
+                    bn(&mut out, format!("{pre}.downsample.1"), p.out_channels);
                 }
             }
         }

@@ -9,17 +9,17 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, Pa
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::config::{BlockKind, BlockPlan, ResNetConfig, ShortcutPlan, Stem};
+use super::config::{BlockKind, BlockPlan, ConvShape, ResNetConfig, ShortcutPlan, Stem};
 use crate::error::{Error, Result};
 
 /// A bias-free `k × k` convolution padded to keep the size at stride 1, as every ResNet conv.
 /// PyTorch's conv default is kaiming_normal(fan_out, relu), as torchvision's ResNet init.
-pub fn conv(cin: usize, cout: usize, k: usize, stride: usize, dilation: usize, groups: usize, dev: &Device) -> Conv2d {
-    let pad = dilation * (k - 1) / 2;
-    Conv2dConfig::new([cin, cout], [k, k])
-        .with_stride([stride, stride])
-        .with_dilation([dilation, dilation])
-        .with_groups(groups)
+pub fn conv(c: ConvShape, dev: &Device) -> Conv2d {
+    let pad = c.pad();
+    Conv2dConfig::new([c.cin, c.cout], [c.k, c.k])
+        .with_stride([c.stride, c.stride])
+        .with_dilation([c.dilation, c.dilation])
+        .with_groups(c.groups)
         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
         .with_bias(false)
         .with_initializer(Initializer::KaimingNormal {
@@ -92,30 +92,31 @@ pub struct Block {
 impl Block {
     fn new(kind: BlockKind, p: BlockPlan, zero_init: bool, dev: &Device) -> Self {
         let downsample = (p.shortcut == ShortcutPlan::Projection).then(|| Downsample {
-            conv: conv(p.in_channels, p.out_channels, 1, p.stride, 1, 1, dev),
+            conv: conv(p.projection(), dev),
             bn: bn(p.out_channels, false, dev),
         });
-        match kind {
-            BlockKind::Basic => Block {
-                conv1: conv(p.in_channels, p.width, 3, p.stride, 1, 1, dev),
+        match (kind, p.main_convs(kind).as_slice()) {
+            (BlockKind::Basic, &[c1, c2]) => Block {
+                conv1: conv(c1, dev),
                 bn1: bn(p.width, false, dev),
-                conv2: conv(p.width, p.out_channels, 3, 1, 1, 1, dev),
+                conv2: conv(c2, dev),
                 bn2: bn(p.out_channels, zero_init, dev),
                 conv3: None,
                 bn3: None,
                 downsample,
                 plan: p,
             },
-            BlockKind::Bottleneck => Block {
-                conv1: conv(p.in_channels, p.width, 1, 1, 1, 1, dev),
+            (_, &[c1, c2, c3]) => Block {
+                conv1: conv(c1, dev),
                 bn1: bn(p.width, false, dev),
-                conv2: conv(p.width, p.width, 3, p.stride, p.dilation, p.groups, dev),
+                conv2: conv(c2, dev),
                 bn2: bn(p.width, false, dev),
-                conv3: Some(conv(p.width, p.out_channels, 1, 1, 1, 1, dev)),
+                conv3: Some(conv(c3, dev)),
                 bn3: Some(bn(p.out_channels, zero_init, dev)),
                 downsample,
                 plan: p,
             },
+            _ => unreachable!("main_convs gives two convs for a basic block, three for a bottleneck"),
         }
     }
 
@@ -182,11 +183,8 @@ impl ResNet {
     pub fn new(config: &ResNetConfig, dev: &Device) -> Result<Self> {
         config.validate()?;
         let (conv1, maxpool) = match config.stem {
-            Stem::ImageNet => (
-                conv(config.in_channels, config.stem_width, 7, 2, 1, 1, dev),
-                Some(stem_pool()),
-            ),
-            Stem::Cifar => (conv(config.in_channels, config.stem_width, 3, 1, 1, 1, dev), None),
+            Stem::ImageNet => (conv(config.stem_conv(), dev), Some(stem_pool())),
+            Stem::Cifar => (conv(config.stem_conv(), dev), None),
         };
         let layers = config
             .plan()
