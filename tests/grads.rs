@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use burn::module::{Param, RunningState};
 use burn::prelude::*;
 use common::max_abs;
+use resnet::engine::grad::{self, TrainConv};
+use resnet::engine::{AlignedVec, Kernel, Shape};
 use resnet::model::layers;
+use resnet::train::native::{self, ops};
 
 type Fixtures = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
@@ -194,5 +197,137 @@ fn pooled_head_backward_matches_pytorch() {
         case.check("dw", fc.weight.val().grad(&grads).expect("dw").transpose(), 1e-6);
         let db = fc.bias.as_ref().map(|b| b.val().grad(&grads).expect("db"));
         case.check("db", db.expect("fc has a bias"), 1e-6);
+    }
+}
+
+/// NHWC values of an NCHW fixture tensor, and its shape.
+fn nhwc(v: &[f32], shape: &[usize]) -> (Vec<f32>, Shape) {
+    let s = Shape {
+        n: shape[0],
+        c: shape[1],
+        h: shape[2],
+        w: shape[3],
+    };
+    (native::nchw_to_nhwc(v, s), s)
+}
+
+/// NCHW values of an NHWC activation.
+fn nchw(v: &[f32], s: Shape) -> Vec<f32> {
+    let (hw, c) = (s.h * s.w, s.c);
+    let mut out = vec![0f32; v.len()];
+    for n in 0..s.n {
+        for p in 0..hw {
+            for ch in 0..c {
+                out[(n * c + ch) * hw + p] = v[(n * hw + p) * c + ch];
+            }
+        }
+    }
+    out
+}
+
+impl Case<'_> {
+    /// [`Case::check`] for plain values.
+    fn check_values(&self, k: &str, got: &[f32], tol: f32) {
+        let (_, want) = self.values(k);
+        assert_eq!(got.len(), want.len(), "{}/{k}: length", self.name);
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = max_abs(got, want) / scale;
+        assert!(
+            err <= tol,
+            "{}/{k}: max abs error {err:e} (relative to {scale}) > {tol:e}",
+            self.name
+        );
+    }
+}
+
+fn pool() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap()
+}
+
+/// The CPU engine's training convs (`engine::grad`), on every packed kernel this CPU runs.
+#[test]
+fn native_convolutions_forward_and_backward_match_pytorch() {
+    let (t, m) = fixtures();
+    let isas: Vec<_> = Kernel::available().into_iter().filter(|i| i.packed()).collect();
+    assert!(!isas.is_empty() || cfg!(not(any(target_arch = "x86_64", target_arch = "aarch64"))));
+    let pool = pool();
+    for isa in isas {
+        for c in cases(&m, "conv2d") {
+            let case = setup(&t, &c);
+            let u = |k: &str| c[k].as_u64().unwrap() as usize;
+            let (wshape, w) = case.values("w");
+            let (xshape, x) = case.values("x");
+            let shape = resnet::model::ConvShape {
+                dilation: u("dilation"),
+                groups: u("groups"),
+                ..resnet::model::ConvShape::new(xshape[1], wshape[0], wshape[2], u("stride"))
+            };
+            let conv = TrainConv::new(w, shape, isa);
+            let (x, xs) = nhwc(x, xshape);
+            let ys = grad::out_shape(shape, xs);
+            let mut y = vec![0f32; ys.len()];
+            let mut scratch = AlignedVec::default();
+            conv.forward(&x, xs, &mut y, &pool, &mut scratch);
+            case.check_values("y", &nchw(&y, ys), 1e-5);
+            let (gshape, g) = case.values("g");
+            let (g, _) = nhwc(g, gshape);
+            let mut dx = vec![f32::NAN; xs.len()];
+            conv.input_grad(&g, xs, &mut dx, &pool, &mut scratch);
+            case.check_values("dx", &nchw(&dx, xs), 1e-5);
+            case.check_values("dw", &conv.weight_grad(&x, xs, &g, &pool), 1e-5);
+        }
+    }
+}
+
+/// BatchNorm (train mode), the max pool and option A's shortcut of `train::native::ops`.
+#[test]
+fn native_batch_norm_pool_and_shortcut_match_pytorch() {
+    let (t, m) = fixtures();
+    let pool = pool();
+    for c in cases(&m, "batch_norm_train") {
+        let case = setup(&t, &c);
+        let (xshape, x) = case.values("x");
+        let (mut z, xs) = nhwc(x, xshape);
+        let (gamma, beta) = (&case.values("gamma").1, &case.values("beta").1);
+        let (mut rm, mut rv) = (
+            case.values("running_mean0").1.clone(),
+            case.values("running_var0").1.clone(),
+        );
+        let mut y = vec![0f32; z.len()];
+        let saved = ops::bn_forward(&z, xs.c, gamma, beta, (&mut rm, &mut rv), None, false, &mut y, &pool);
+        case.check_values("y", &nchw(&y, xs), 1e-5);
+        case.check_values("running_mean", &rm, 1e-6);
+        case.check_values("running_var", &rv, 1e-6);
+        let (gshape, g) = case.values("g");
+        let (mut g, _) = nhwc(g, gshape);
+        let (dgamma, dbeta) = ops::bn_backward(&mut z, xs.c, &saved, gamma, &mut g, None, &pool);
+        case.check_values("dx", &nchw(&z, xs), 1e-5);
+        case.check_values("dgamma", &dgamma, 1e-5);
+        case.check_values("dbeta", &dbeta, 1e-5);
+    }
+    for c in cases(&m, "max_pool2d") {
+        let case = setup(&t, &c);
+        let (xshape, x) = case.values("x");
+        let (x, xs) = nhwc(x, xshape);
+        let (y, arg, ys) = ops::max_pool_forward(&x, xs, &pool);
+        case.check_values("y", &nchw(&y, ys), 0.0);
+        let (gshape, g) = case.values("g");
+        let (g, _) = nhwc(g, gshape);
+        case.check_values("dx", &nchw(&ops::max_pool_backward(&g, &arg, ys, xs, &pool), xs), 1e-6);
+    }
+    for c in cases(&m, "zero_pad_shortcut") {
+        let case = setup(&t, &c);
+        let u = |k: &str| c[k].as_u64().unwrap() as usize;
+        let (xshape, x) = case.values("x");
+        let (x, xs) = nhwc(x, xshape);
+        let (gshape, g) = case.values("g");
+        let (g, ys) = nhwc(g, gshape);
+        assert_eq!(ys.c, u("out_channels"));
+        let mut y = vec![0f32; ys.len()];
+        resnet::engine::zero_pad_shortcut(&x, xs, u("stride"), ys.c, &mut y);
+        case.check_values("y", &nchw(&y, ys), 0.0);
+        let mut dx = vec![0f32; xs.len()];
+        ops::zero_pad_backward(&g, ys, u("stride"), &mut dx, xs);
+        case.check_values("dx", &nchw(&dx, xs), 0.0);
     }
 }

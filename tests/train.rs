@@ -8,36 +8,61 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use common::{det_state_dict, max_abs, reference, rel_l2};
+use resnet::train::native::NativeNet;
 use resnet::train::{Optimizer, OptimizerConfig, OptimizerKind};
 use resnet::{weights, ModelName, ResNet};
 
-fn one_training_run(kind: OptimizerKind, lr: f64, wd: f64) {
+/// Which implementation of the training step a test runs.
+#[derive(Clone, Copy, Debug)]
+enum StepPath {
+    /// burn's autodiff on the default device.
+    Burn,
+    /// The CPU engine's kernels (`resnet::train::native`).
+    Native,
+}
+
+fn one_training_run(kind: OptimizerKind, lr: f64, wd: f64, path: StepPath) {
     let reference = reference();
     let dev = resnet::default_device().autodiff();
     let mut model = ResNet::new(&ModelName::Resnet20.config(), &dev).unwrap();
     let sd = det_state_dict(&mut model);
-    weights::load_into(&mut model, sd, true, "resnet20").unwrap();
+    weights::load_into(&mut model, sd.clone(), true, "resnet20").unwrap();
     let (_, x0) = &reference["pre/chelsea.png/stretch32"];
     let x0 = Tensor::<3>::from_data(TensorData::new(x0.clone(), [3, 32, 32]), &dev);
     let x = Tensor::stack(
         vec![x0.clone(), x0.clone().flip([2]), x0.clone().flip([1]), x0.neg()],
         0,
     );
-    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![3i64, 5, 0, 9], [4]), &dev);
+    let labels = [3usize, 5, 0, 9];
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels.map(|l| l as i64).to_vec(), [4]), &dev);
     let mut opt = Optimizer::new(OptimizerConfig {
         kind,
         nesterov: true,
         weight_decay: wd,
         ..OptimizerConfig::default()
     });
-    let ce = burn::nn::loss::CrossEntropyLossConfig::new().init(&dev);
     let mut losses = vec![];
-    for _ in 0..2 {
-        let loss = ce.forward(model.forward(x.clone()).unwrap(), y.clone());
-        losses.push(loss.clone().into_scalar::<f32>());
-        let grads = loss.backward();
-        opt.step(&mut model, &grads, lr);
-    }
+    let got = match path {
+        StepPath::Burn => {
+            let ce = burn::nn::loss::CrossEntropyLossConfig::new().init(&dev);
+            for _ in 0..2 {
+                let loss = ce.forward(model.forward(x.clone()).unwrap(), y.clone());
+                losses.push(loss.clone().into_scalar::<f32>());
+                let grads = loss.backward();
+                opt.step(&mut model, &grads, lr).unwrap();
+            }
+            weights::state_dict(&mut model).unwrap()
+        }
+        StepPath::Native => {
+            let xv: Vec<f32> = x.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            let mut net = NativeNet::new(&ModelName::Resnet20.config(), &sd, 2).unwrap();
+            for _ in 0..2 {
+                losses.push(net.step(&xv, 4, 32, 32, &labels).unwrap().loss);
+                opt.step_native(&mut net.params, lr);
+            }
+            net.state_dict()
+        }
+    };
     let name = match kind {
         OptimizerKind::Sgd => "sgd",
         OptimizerKind::AdamW => "adamw",
@@ -45,9 +70,8 @@ fn one_training_run(kind: OptimizerKind, lr: f64, wd: f64) {
     let want_loss = &reference[&format!("train/{name}/loss")].1;
     assert!(
         max_abs(&losses, want_loss) < 1e-4,
-        "{name}: losses {losses:?} vs {want_loss:?}"
+        "{name} {path:?}: losses {losses:?} vs {want_loss:?}"
     );
-    let got = weights::state_dict(&mut model).unwrap();
     for k in [
         "conv1.weight",
         "bn1.running_mean",
@@ -61,19 +85,37 @@ fn one_training_run(kind: OptimizerKind, lr: f64, wd: f64) {
             panic!()
         };
         let err = rel_l2(v, want);
-        println!("{name} {k}: rel L2 {err:.2e}");
-        assert!(err < 1e-4, "{name} {k}: relative error {err:e}");
+        println!("{name} {path:?} {k}: rel L2 {err:.2e}");
+        assert!(err < 1e-4, "{name} {path:?} {k}: relative error {err:e}");
     }
 }
 
 #[test]
 fn sgd_nesterov_steps_match_pytorch() {
-    one_training_run(OptimizerKind::Sgd, 0.1, 5e-4);
+    one_training_run(OptimizerKind::Sgd, 0.1, 5e-4, StepPath::Burn);
+}
+
+#[test]
+fn native_sgd_nesterov_steps_match_pytorch() {
+    if NativeNet::kernel().is_none() {
+        println!("no packed kernel on this CPU: the native path is not built here, burn trains");
+        return;
+    }
+    one_training_run(OptimizerKind::Sgd, 0.1, 5e-4, StepPath::Native);
+}
+
+#[test]
+fn native_adamw_steps_match_pytorch() {
+    if NativeNet::kernel().is_none() {
+        println!("no packed kernel on this CPU: the native path is not built here, burn trains");
+        return;
+    }
+    one_training_run(OptimizerKind::AdamW, 0.01, 0.05, StepPath::Native);
 }
 
 #[test]
 fn adamw_steps_match_pytorch() {
-    one_training_run(OptimizerKind::AdamW, 0.01, 0.05);
+    one_training_run(OptimizerKind::AdamW, 0.01, 0.05, StepPath::Burn);
 }
 
 /// The first `n` training and `m` test images of Debian's Fashion-MNIST, as IDX files; `None`
@@ -437,7 +479,7 @@ fn frozen_backbone_head_on_engine_features_matches_the_autodiff_path() {
     for _ in 0..3 {
         let loss = ce.forward(a.forward(xt.clone()).unwrap(), y.clone());
         losses_a.push(loss.clone().into_scalar::<f32>());
-        opt_a.step(&mut a, &loss.backward(), 0.001);
+        opt_a.step(&mut a, &loss.backward(), 0.001).unwrap();
     }
 
     let mut b = frozen_model();
@@ -447,7 +489,7 @@ fn frozen_backbone_head_on_engine_features_matches_the_autodiff_path() {
     for _ in 0..3 {
         let (loss, grads, _) = head_loss(&b, &ce, feats.clone(), &labels, &dev);
         losses_b.push(loss);
-        opt_b.step(&mut b, &grads, 0.001);
+        opt_b.step(&mut b, &grads, 0.001).unwrap();
     }
 
     assert!(

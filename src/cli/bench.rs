@@ -140,6 +140,10 @@ fn serve_stdin(a: &BenchArgs) -> Result<()> {
 struct TrainRow {
     model: String,
     mode: &'static str,
+    /// `native` (the CPU engine's kernels) or `burn`.
+    trainer: resnet::train::bench::Trainer,
+    /// The native trainer's matrix kernel.
+    kernel: Option<&'static str>,
     batch: usize,
     size: usize,
     in_channels: usize,
@@ -153,17 +157,39 @@ struct TrainRow {
 fn run_train(a: &BenchArgs, json: bool) -> Result<()> {
     if !json {
         println!(
-            "{:<16} {:>5} {:>5} {:>4} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>8}",
-            "model", "batch", "size", "in", "threads", "median ms", "forward", "backward", "update", "RSS MB"
+            "{:<16} {:>7} {:>5} {:>5} {:>4} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>8}",
+            "model",
+            "trainer",
+            "batch",
+            "size",
+            "in",
+            "threads",
+            "median ms",
+            "forward",
+            "backward",
+            "update",
+            "RSS MB"
         );
     }
     for m in &a.model {
         let config = m.parse::<ModelName>()?.config().with_in_channels(a.in_channels);
-        for &batch in &a.batch {
-            let times = resnet::train::bench::time_train_step(&config, batch, a.size, a.iters)?;
+        for (&batch, engine) in a.batch.iter().flat_map(|b| a.engine.iter().map(move |e| (b, e))) {
+            use resnet::train::bench::Trainer;
+            let trainer = match engine.as_str() {
+                "fast" => Trainer::auto(),
+                "burn" => Trainer::Burn,
+                other => anyhow::bail!("unknown --engine {other}: fast or burn"),
+            };
+            let times = resnet::train::bench::time_train_step(&config, batch, a.size, a.iters, trainer)?;
+            let kernel = (trainer == Trainer::Native)
+                .then(resnet::train::native::NativeNet::kernel)
+                .flatten()
+                .map(|i| i.name());
             let row = TrainRow {
                 model: m.clone(),
                 mode: "train",
+                trainer,
+                kernel,
                 batch,
                 size: a.size,
                 in_channels: a.in_channels,
@@ -177,8 +203,9 @@ fn run_train(a: &BenchArgs, json: bool) -> Result<()> {
             } else {
                 let t = &row.times;
                 println!(
-                    "{:<16} {:>5} {:>5} {:>4} {:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>8.0}",
+                    "{:<16} {:>7} {:>5} {:>5} {:>4} {:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>8.0}",
                     row.model,
+                    format!("{:?}", row.trainer).to_lowercase(),
                     batch,
                     a.size,
                     a.in_channels,

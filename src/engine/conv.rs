@@ -56,6 +56,18 @@ thread_local! {
 impl Conv {
     /// From torch's `[cout, cin/groups, k, k]` weight and the BN that follows it.
     pub fn fold(weight: &[f32], spec: ConvShape, bn: Option<BnStats<'_>>, conv_bias: Option<&[f32]>, isa: Isa) -> Self {
+        Self::fold_with(weight, spec, bn, conv_bias, isa, true)
+    }
+
+    /// [`Conv::fold`], with Winograd allowed or not.
+    pub fn fold_with(
+        weight: &[f32],
+        spec: ConvShape,
+        bn: Option<BnStats<'_>>,
+        conv_bias: Option<&[f32]>,
+        isa: Isa,
+        winograd: bool,
+    ) -> Self {
         let ConvShape {
             cin, cout, k, groups, ..
         } = spec;
@@ -90,7 +102,7 @@ impl Conv {
             b
         };
         let bias = bias.into_iter().map(|b| b as f32).collect();
-        let stride1_3x3 = k == 3 && spec.stride == 1 && spec.dilation == 1 && groups == 1;
+        let stride1_3x3 = winograd && k == 3 && spec.stride == 1 && spec.dilation == 1 && groups == 1;
         if stride1_3x3 && Winograd::applies(cin, cout, isa) {
             return Conv {
                 spec,

@@ -10,17 +10,19 @@
 
 mod aligned;
 mod conv;
+pub mod grad;
 mod kernel;
 mod types;
 mod winograd;
 
 use std::sync::Mutex;
 
-use aligned::AlignedVec;
+pub use aligned::AlignedVec;
 
 use rayon::prelude::*;
 
-use conv::{global_avg_pool, max_pool_3x3s2, zero_pad_shortcut, Conv, Residual};
+pub use conv::{global_avg_pool, zero_pad_shortcut};
+use conv::{max_pool_3x3s2, Conv, Residual};
 pub use kernel::{Avx2, Avx512, Isa, Kernel, Neon};
 pub use types::Shape;
 

@@ -10,6 +10,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use serde::Serialize;
 
+use super::native::NativeNet;
 use super::{Optimizer, OptimizerConfig};
 use crate::error::Result;
 use crate::model::{ResNet, ResNetConfig};
@@ -30,18 +31,98 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Times `steps` training steps of `config` at `batch × in_channels × size × size`, after two
-/// warm-up steps. Each phase is synchronised by reading a value back, so lazy backends
-/// (burn's GPU ones) are timed fairly too.
-pub fn time_train_step(config: &ResNetConfig, batch: usize, size: usize, steps: usize) -> Result<StepTimes> {
-    let dev = crate::default_device().autodiff();
-    dev.seed(0);
-    let mut model = ResNet::new(config, &dev)?;
-    let mut opt = Optimizer::new(OptimizerConfig {
+/// Which implementation runs the training step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trainer {
+    /// The CPU engine's kernels ([`super::native`]).
+    Native,
+    /// burn's autodiff on the default device.
+    Burn,
+}
+
+impl Trainer {
+    /// Native where this CPU has a packed kernel and burn's device is the CPU, else burn.
+    pub fn auto() -> Self {
+        if cfg!(feature = "flex") && NativeNet::kernel().is_some() {
+            Trainer::Native
+        } else {
+            Trainer::Burn
+        }
+    }
+}
+
+/// Times `steps` training steps of `config` at `batch × in_channels × size × size` on
+/// `trainer`, after two warm-up steps.
+pub fn time_train_step(
+    config: &ResNetConfig,
+    batch: usize,
+    size: usize,
+    steps: usize,
+    trainer: Trainer,
+) -> Result<StepTimes> {
+    match trainer {
+        Trainer::Native => time_native_step(config, batch, size, steps),
+        Trainer::Burn => time_burn_step(config, batch, size, steps),
+    }
+}
+
+fn recipe() -> Optimizer {
+    Optimizer::new(OptimizerConfig {
         nesterov: true,
         weight_decay: 5e-4,
         ..Default::default()
-    });
+    })
+}
+
+fn times(total: Vec<f64>, fwd: Vec<f64>, bwd: Vec<f64>, upd: Vec<f64>) -> StepTimes {
+    let mut steps_ms = total.clone();
+    steps_ms.sort_by(|a, b| a.total_cmp(b));
+    StepTimes {
+        median_ms: median(total),
+        forward_ms: median(fwd),
+        backward_ms: median(bwd),
+        update_ms: median(upd),
+        steps_ms,
+    }
+}
+
+fn time_native_step(config: &ResNetConfig, batch: usize, size: usize, steps: usize) -> Result<StepTimes> {
+    let dev = crate::default_device();
+    dev.seed(0);
+    let mut model = ResNet::new(config, &dev)?;
+    let mut net = NativeNet::new(config, &crate::weights::state_dict(&mut model)?, 0)?;
+    let mut opt = recipe();
+    let mut rng = crate::data::rng::Rng::new(0);
+    let x: Vec<f32> = (0..batch * config.in_channels * size * size)
+        .map(|_| rng.range(-1.7, 1.7) as f32)
+        .collect();
+    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes.max(1)).collect();
+    let (mut total, mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![], vec![]);
+    for i in 0..steps.max(1) + 2 {
+        let t0 = Instant::now();
+        net.step(&x, batch, size, size, &labels)?;
+        let t1 = Instant::now();
+        opt.step_native(&mut net.params, 0.1);
+        let t2 = Instant::now();
+        if i >= 2 {
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+            total.push(ms(t0, t2));
+            fwd.push(net.phases_ms.0);
+            bwd.push(net.phases_ms.1);
+            upd.push(ms(t1, t2));
+        }
+    }
+    Ok(times(total, fwd, bwd, upd))
+}
+
+/// Each phase is synchronised by reading a value back, so lazy backends (burn's GPU ones) are
+/// timed fairly too.
+fn time_burn_step(config: &ResNetConfig, batch: usize, size: usize, steps: usize) -> Result<StepTimes> {
+    let dev = crate::default_device().autodiff();
+    dev.seed(0);
+    let mut model = ResNet::new(config, &dev)?;
+    let mut opt = recipe();
     let ce = CrossEntropyLossConfig::new().init(&dev);
     let x = Tensor::<4>::random(
         [batch, config.in_channels, size, size],
@@ -58,7 +139,7 @@ pub fn time_train_step(config: &ResNetConfig, batch: usize, size: usize, steps: 
         let t1 = Instant::now();
         let grads = loss.backward();
         let t2 = Instant::now();
-        opt.step(&mut model, &grads, 0.1);
+        opt.step(&mut model, &grads, 0.1)?;
         let _: f32 = model.fc.weight.val().slice([0..1, 0..1]).into_scalar();
         let t3 = Instant::now();
         if i >= 2 {
@@ -69,15 +150,7 @@ pub fn time_train_step(config: &ResNetConfig, batch: usize, size: usize, steps: 
             upd.push(ms(t2, t3));
         }
     }
-    let mut steps_ms = total.clone();
-    steps_ms.sort_by(|a, b| a.total_cmp(b));
-    Ok(StepTimes {
-        median_ms: median(total),
-        forward_ms: median(fwd),
-        backward_ms: median(bwd),
-        update_ms: median(upd),
-        steps_ms,
-    })
+    Ok(times(total, fwd, bwd, upd))
 }
 
 #[cfg(test)]
@@ -88,7 +161,15 @@ mod tests {
     #[test]
     fn a_step_is_timed_in_phases_that_add_up() {
         let c = ModelName::Resnet20.config().with_in_channels(1);
-        let t = time_train_step(&c, 4, 16, 3).unwrap();
+        for trainer in [Trainer::Native, Trainer::Burn] {
+            if trainer == Trainer::Native && NativeNet::kernel().is_none() {
+                continue;
+            }
+            phases_add_up(time_train_step(&c, 4, 16, 3, trainer).unwrap());
+        }
+    }
+
+    fn phases_add_up(t: StepTimes) {
         assert_eq!(t.steps_ms.len(), 3);
         assert!(t.forward_ms > 0.0 && t.backward_ms > 0.0 && t.update_ms >= 0.0);
         // Medians of parts need not add up exactly, but cannot exceed the slowest step.

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod eval;
 pub mod frozen;
+pub mod native;
 mod optim;
 pub mod plots;
 mod schedule;
@@ -404,7 +405,7 @@ impl Trainer {
             None => (run_dir.join("last.safetensors"), run_dir.join("optimizer.safetensors")),
         };
         weights::load_file(&mut t.model, &weights_file, true, &name)?;
-        t.optimizer.load(&optimizer_file, &t.device)?;
+        t.optimizer.load(&optimizer_file)?;
         if let Some(f) = &t.state.files {
             // Finish what a kill after the commit may have left undone.
             checkpoint::link(run_dir, &f.weights, "last.safetensors")?;
@@ -600,7 +601,7 @@ impl Trainer {
             let lv: f32 = loss.clone().into_scalar();
             self.check_loss(lv, epoch, i)?;
             let grads = loss.backward();
-            self.optimizer.step(&mut self.model, &grads, lr);
+            self.optimizer.step(&mut self.model, &grads, lr)?;
             let pred = eval::argmax_rows(&logits);
             Ok(running.add(epoch, i, lv, &pred, &batch.labels, t0, lr))
         })?;
@@ -678,7 +679,7 @@ impl Trainer {
             lr = t.config.lr.at(epoch, i, per_epoch);
             let (lv, grads, pred) = frozen::head_loss(&t.model, &ce, feats, labels, &t.device);
             t.check_loss(lv, epoch, i)?;
-            t.optimizer.step(&mut t.model, &grads, lr);
+            t.optimizer.step(&mut t.model, &grads, lr)?;
             Ok(running.add(epoch, i, lv, &pred, labels, t0, lr))
         };
         if let Some(f) = &fz.train {

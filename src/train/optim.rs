@@ -52,10 +52,13 @@ impl Default for OptimizerConfig {
 }
 
 /// Per-parameter state, by torchvision key: SGD's momentum buffer or Adam's two moments.
+///
+/// The state lives in host memory and the rule runs on slices, so burn's autodiff path and
+/// the CPU engine's training path ([`super::native`]) share one update rule.
 pub struct Optimizer {
     pub config: OptimizerConfig,
     pub step: u64,
-    state: BTreeMap<String, Vec<Tensor<1>>>,
+    state: BTreeMap<String, Vec<Vec<f32>>>,
 }
 
 impl Optimizer {
@@ -68,24 +71,94 @@ impl Optimizer {
     }
 
     /// Applies one update to every parameter that has a gradient.
-    pub fn step(&mut self, model: &mut ResNet, grads: &Gradients, lr: f64) {
+    pub fn step(&mut self, model: &mut ResNet, grads: &Gradients, lr: f64) -> Result<()> {
         self.step += 1;
-        let mut v = Stepper { opt: self, grads, lr };
+        let mut v = Stepper {
+            opt: self,
+            grads,
+            lr,
+            error: None,
+        };
         model.visit_params(&mut v);
+        v.error.map_or(Ok(()), Err)
+    }
+
+    /// Applies one update to every trainable parameter of a native net from its gradient.
+    pub fn step_native(&mut self, params: &mut [super::native::Param], lr: f64) {
+        self.step += 1;
+        for p in params.iter_mut().filter(|p| p.trainable() && !p.grad.is_empty()) {
+            // BN weights/biases and the fc bias are exactly the 1-D parameters.
+            let decay = !(self.config.no_wd_on_bn_bias && p.shape.len() == 1);
+            self.update(&p.key, &mut p.value, &p.grad, decay, lr);
+        }
+    }
+
+    /// PyTorch's rule for one parameter `w` with gradient `g`, in f32 as torch computes it.
+    fn update(&mut self, key: &str, w: &mut [f32], g: &[f32], decay: bool, lr: f64) {
+        let c = &self.config;
+        let wd = if decay { c.weight_decay } else { 0.0 };
+        let state = self.state.entry(key.to_string()).or_default();
+        let (lr32, wd32) = (lr as f32, wd as f32);
+        match c.kind {
+            OptimizerKind::Sgd => {
+                let mom = c.momentum as f32;
+                if c.momentum != 0.0 && state.is_empty() {
+                    // PyTorch: the first buffer is the gradient itself (no dampening).
+                    state.push(
+                        w.iter()
+                            .zip(g)
+                            .map(|(&w, &g)| if wd != 0.0 { g + w * wd32 } else { g })
+                            .collect(),
+                    );
+                } else if c.momentum != 0.0 {
+                    let buf = &mut state[0];
+                    for ((b, &w), &g) in buf.iter_mut().zip(w.iter()).zip(g) {
+                        let g = if wd != 0.0 { g + w * wd32 } else { g };
+                        *b = *b * mom + g;
+                    }
+                }
+                for (i, w) in w.iter_mut().enumerate() {
+                    let mut d = if wd != 0.0 { g[i] + *w * wd32 } else { g[i] };
+                    if c.momentum != 0.0 {
+                        let b = state[0][i];
+                        d = if c.nesterov { d + b * mom } else { b };
+                    }
+                    *w -= d * lr32;
+                }
+            }
+            OptimizerKind::AdamW => {
+                let t = self.step as i32;
+                let (b1, b2) = c.betas;
+                if state.len() < 2 {
+                    *state = vec![vec![0f32; w.len()], vec![0f32; w.len()]];
+                }
+                let keep = (1.0 - lr * wd) as f32;
+                let bc1 = 1.0 - b1.powi(t);
+                let bc2 = 1.0 - b2.powi(t);
+                let (sq2, eps, step) = (bc2.sqrt() as f32, c.eps as f32, (lr / bc1) as f32);
+                let (b1, b2) = (b1 as f32, b2 as f32);
+                let (m, v) = state.split_at_mut(1);
+                for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m[0].iter_mut()).zip(v[0].iter_mut()) {
+                    *w *= keep;
+                    *m = *m * b1 + g * (1.0 - b1);
+                    *v = *v * b2 + g * g * (1.0 - b2);
+                    let denom = v.sqrt() / sq2 + eps;
+                    *w -= (*m / denom) * step;
+                }
+            }
+        }
     }
 
     /// Saves the state (safetensors, flattened tensors) next to a JSON step count.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut sd = StateDict::new();
         for (k, ts) in &self.state {
-            for (i, t) in ts.iter().enumerate() {
-                let v = t.clone().into_data().convert::<f32>().try_into_vec::<f32>();
-                let v = v.map_err(|e| Error::Backend(format!("{e:?}")))?;
+            for (i, v) in ts.iter().enumerate() {
                 sd.insert(
                     format!("{k}.state{i}"),
                     TorchTensor {
                         shape: vec![v.len()],
-                        values: Values::F32(v),
+                        values: Values::F32(v.clone()),
                     },
                 );
             }
@@ -101,7 +174,7 @@ impl Optimizer {
     }
 
     /// Restores what [`Optimizer::save`] wrote.
-    pub fn load(&mut self, path: &Path, device: &Device) -> Result<()> {
+    pub fn load(&mut self, path: &Path) -> Result<()> {
         let sd = weights::read_state_dict(path)?;
         self.state.clear();
         for (k, t) in sd {
@@ -116,9 +189,9 @@ impl Optimizer {
                     let n = v.len();
                     let entry = self.state.entry(name.to_string()).or_default();
                     while entry.len() <= idx {
-                        entry.push(Tensor::zeros([n], device));
+                        entry.push(vec![0f32; n]);
                     }
-                    entry[idx] = Tensor::from_data(TensorData::new(v, [n]), device);
+                    entry[idx] = v;
                 }
                 _ => {}
             }
@@ -131,6 +204,8 @@ struct Stepper<'a> {
     opt: &'a mut Optimizer,
     grads: &'a Gradients,
     lr: f64,
+    /// The first parameter that could not be read back from the backend.
+    error: Option<Error>,
 }
 
 impl Stepper<'_> {
@@ -139,51 +214,22 @@ impl Stepper<'_> {
             return; // frozen or unused
         };
         let (id, value, mapper) = p.clone().consume();
-        let shape = value.dims();
-        let n: usize = shape.iter().product();
-        let dev = grad.device();
-        let w = value.inner().reshape([n]);
-        let g = grad.reshape([n]);
-        let c = &self.opt.config;
-        let wd = if decay { c.weight_decay } else { 0.0 };
-        let state = self.opt.state.entry(key.to_string()).or_default();
-        let new = match c.kind {
-            OptimizerKind::Sgd => {
-                let mut g = if wd != 0.0 { g + w.clone().mul_scalar(wd) } else { g };
-                if c.momentum != 0.0 {
-                    let buf = match state.pop() {
-                        // PyTorch: the first buffer is the gradient itself (no dampening).
-                        None => g.clone(),
-                        Some(b) => b.mul_scalar(c.momentum) + g.clone(),
-                    };
-                    g = if c.nesterov {
-                        g + buf.clone().mul_scalar(c.momentum)
-                    } else {
-                        buf.clone()
-                    };
-                    state.push(buf);
-                }
-                w - g.mul_scalar(self.lr)
-            }
-            OptimizerKind::AdamW => {
-                let t = self.opt.step as i32;
-                let (b1, b2) = c.betas;
-                let (m, v) = match (state.first(), state.get(1)) {
-                    (Some(m), Some(v)) => (m.clone(), v.clone()),
-                    _ => (Tensor::zeros([n], &dev), Tensor::zeros([n], &dev)),
-                };
-                let w = w.mul_scalar(1.0 - self.lr * wd);
-                let m = m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
-                let v = v.mul_scalar(b2) + g.clone().powi_scalar(2).mul_scalar(1.0 - b2);
-                let bc1 = 1.0 - b1.powi(t);
-                let bc2 = 1.0 - b2.powi(t);
-                let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(c.eps);
-                let out = w - m.clone().div(denom).mul_scalar(self.lr / bc1);
-                *state = vec![m, v];
-                out
+        let inner = value.inner();
+        let (shape, dev) = (inner.dims(), inner.device());
+        let host = |t: Tensor<D>| t.into_data().convert::<f32>().try_into_vec::<f32>();
+        let (mut w, g) = match (host(inner), host(grad)) {
+            (Ok(w), Ok(g)) if w.len() == g.len() => (w, g),
+            other => {
+                let e = format!(
+                    "{key}: cannot read the weight and its gradient back: {:?}",
+                    other.0.err()
+                );
+                self.error.get_or_insert(Error::Backend(e));
+                return;
             }
         };
-        let new = Tensor::from_inner(new.reshape(shape)).require_grad();
+        self.opt.update(key, &mut w, &g, decay, self.lr);
+        let new = Tensor::from_inner(Tensor::<D>::from_data(TensorData::new(w, shape), &dev)).require_grad();
         *p = Param::from_mapped_value(id, new, mapper);
     }
 }

@@ -84,6 +84,13 @@ impl PackedB {
     /// Packs a row-major `k × n` matrix for `isa`.
     pub fn new(b: &[f32], k: usize, n: usize, isa: Isa) -> Self {
         assert_eq!(b.len(), k * n);
+        Self::from_rows(b, k, n, n, isa)
+    }
+
+    /// Packs `k` rows of `n` floats that lie `ld` apart in `b` (a column block of a wider
+    /// matrix, e.g. one group's channels of an NHWC gradient).
+    pub fn from_rows(b: &[f32], k: usize, n: usize, ld: usize, isa: Isa) -> Self {
+        assert!(n <= ld && (k == 0 || b.len() >= (k - 1) * ld + n));
         let nr = isa.nr();
         let np = n.div_ceil(nr);
         let (panels, rows) = if isa.packed() {
@@ -92,12 +99,15 @@ impl PackedB {
                 let cols = (n - j * nr).min(nr);
                 for r in 0..k {
                     let dst = &mut p[(j * k + r) * nr..][..cols];
-                    dst.copy_from_slice(&b[r * n + j * nr..][..cols]);
+                    dst.copy_from_slice(&b[r * ld + j * nr..][..cols]);
                 }
             }
             (p, Vec::new())
         } else {
-            (Default::default(), b.to_vec())
+            (
+                Default::default(),
+                (0..k).flat_map(|r| &b[r * ld..r * ld + n]).copied().collect(),
+            )
         };
         PackedB {
             k,
@@ -106,6 +116,27 @@ impl PackedB {
             panels,
             rows,
         }
+    }
+
+    /// A zero `k × n` matrix in panels, for a packed kernel, to be filled by
+    /// [`PackedB::row_mut`].
+    pub fn zeroed(k: usize, n: usize, isa: Isa) -> Self {
+        debug_assert!(isa.packed());
+        PackedB {
+            k,
+            n,
+            isa,
+            panels: super::aligned::AlignedVec::zeros(n.div_ceil(isa.nr()) * k * isa.nr()),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Row `r`'s columns `col..col + len`, which lie in one panel.
+    pub fn row_mut(&mut self, r: usize, col: usize, len: usize) -> &mut [f32] {
+        let nr = self.nr();
+        debug_assert!(r < self.k && col % nr + len <= nr && col + len <= self.n);
+        let at = ((col / nr) * self.k + r) * nr + col % nr;
+        &mut self.panels[at..at + len]
     }
 
     /// Columns per panel: the kernel's.

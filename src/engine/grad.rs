@@ -1,0 +1,342 @@
+//! A training step's convolution passes on the engine's packed kernels, on NHWC activations:
+//! - **forward**: the inference conv (implicit im2col, the stem path), nothing fused, no Winograd;
+//! - **input gradient**: at stride 1, a convolution of the output gradient with the flipped,
+//!   transposed weights, so it runs on the same kernels; strided, one GEMM per image from the
+//!   output gradient to patch gradients, then a col2im scatter;
+//! - **weight gradient**: `dW[(ky, kx, cin), cout] = Σ_pixels patch · dy`, GEMMs over blocks of
+//!   [`KC`] pixels: the patches are packed transposed straight from the NHWC input (no im2col
+//!   buffer), each block's output gradient is the packed B, and every thread accumulates its
+//!   blocks in place before the threads' sums are added.
+//!
+//! Why ours and not burn-flex's: its convolutions run im2col, a scalar col2im scatter for the
+//! input gradient and a generic fallback for the weight gradient, and spend ~40 % of a step
+//! moving data (docs/results/training-speed.md).
+
+use rayon::prelude::*;
+
+use super::aligned::AlignedVec;
+use super::conv::Conv;
+use super::kernel::{self, Epilogue, Isa, PackedB, KC};
+use super::types::{Ptr, Residual, Shape};
+use crate::model::ConvShape;
+
+/// One convolution of a training step, its weights packed for the three passes.
+pub struct TrainConv {
+    pub spec: ConvShape,
+    isa: Isa,
+    forward: Conv,
+    /// Stride 1: the conv whose output is the input gradient.
+    transposed: Option<Conv>,
+    /// Strided: per group, `W_g` as `[cout_g, k·k·cin_g]`, from output to patch gradients.
+    to_patches: Vec<PackedB>,
+}
+
+/// The output size of `spec` on `xs`, with torchvision's padding.
+pub fn out_shape(spec: ConvShape, xs: Shape) -> Shape {
+    let span = spec.dilation * (spec.k - 1) + 1;
+    Shape {
+        n: xs.n,
+        h: (xs.h + 2 * spec.pad() - span) / spec.stride + 1,
+        w: (xs.w + 2 * spec.pad() - span) / spec.stride + 1,
+        c: spec.cout,
+    }
+}
+
+impl TrainConv {
+    /// Packs torch's `[cout, cin/groups, k, k]` weight for `isa`, which must be a packed
+    /// kernel's (the portable one trains through burn).
+    pub fn new(weight: &[f32], spec: ConvShape, isa: Isa) -> Self {
+        debug_assert!(isa.packed());
+        let ConvShape {
+            cin, cout, k, groups, ..
+        } = spec;
+        let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
+        assert_eq!(weight.len(), cout * cin_g * kk);
+        // No Winograd: its ~3e-6 relative error per conv is harmless in inference, but a
+        // training step amplifies it (BatchNorm over a channel with a small batch variance,
+        // AdamW's normalised first steps) and leaves PyTorch's numbers: with it, either pass
+        // put tests/train.rs's two-step runs past 1e-4.
+        let forward = Conv::fold_with(weight, spec, None, None, isa, false);
+        let (mut transposed, mut to_patches) = (None, Vec::new());
+        if spec.stride == 1 && k % 2 == 1 {
+            // dx = conv(dy, W') with W'[g·cin_g + i, o, ky, kx] = W[g·cout_g + o, i, k-1-ky, k-1-kx].
+            let mut wt = vec![0f32; weight.len()];
+            for g in 0..groups {
+                for o in 0..cout_g {
+                    for i in 0..cin_g {
+                        let src = &weight[((g * cout_g + o) * cin_g + i) * kk..][..kk];
+                        let dst = &mut wt[((g * cin_g + i) * cout_g + o) * kk..][..kk];
+                        dst.iter_mut().zip(src.iter().rev()).for_each(|(d, &s)| *d = s);
+                    }
+                }
+            }
+            let t = ConvShape {
+                cin: cout,
+                cout: cin,
+                ..spec
+            };
+            transposed = Some(Conv::fold_with(&wt, t, None, None, isa, false));
+        } else {
+            for g in 0..groups {
+                // Row o: output channel g·cout_g + o's taps as (ky, kx, cin_g).
+                let mut m = vec![0f32; cout_g * kk * cin_g];
+                for o in 0..cout_g {
+                    for i in 0..cin_g {
+                        for t in 0..kk {
+                            m[(o * kk + t) * cin_g + i] = weight[((g * cout_g + o) * cin_g + i) * kk + t];
+                        }
+                    }
+                }
+                to_patches.push(PackedB::new(&m, cout_g, kk * cin_g, isa));
+            }
+        }
+        TrainConv {
+            spec,
+            isa,
+            forward,
+            transposed,
+            to_patches,
+        }
+    }
+
+    /// `out = conv(x)`.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        xs: Shape,
+        out: &mut [f32],
+        pool: &rayon::ThreadPool,
+        scratch: &mut AlignedVec,
+    ) -> Shape {
+        self.forward.run(x, xs, out, Residual::None, false, pool, scratch)
+    }
+
+    /// `dx` (input `xs`'s shape, overwritten) from the output gradient `dy`.
+    pub fn input_grad(
+        &self,
+        dy: &[f32],
+        xs: Shape,
+        dx: &mut [f32],
+        pool: &rayon::ThreadPool,
+        scratch: &mut AlignedVec,
+    ) {
+        let ys = out_shape(self.spec, xs);
+        if let Some(t) = &self.transposed {
+            t.run(dy, ys, dx, Residual::None, false, pool, scratch);
+            return;
+        }
+        let ConvShape {
+            cin,
+            cout,
+            k,
+            stride,
+            dilation,
+            groups,
+        } = self.spec;
+        let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
+        let pad = self.spec.pad() as isize;
+        let (pixels, isa) = (ys.h * ys.w, self.isa);
+        let dyp = Ptr(dy.as_ptr());
+        pool.install(|| {
+            dx[..xs.len()]
+                .par_chunks_mut(xs.h * xs.w * cin)
+                .enumerate()
+                .for_each_init(
+                    || (Vec::new(), Vec::new()),
+                    |(packed, cols): &mut (Vec<f32>, Vec<f32>), (n, dxn)| {
+                        dxn.fill(0.0);
+                        packed.resize(kernel::packed_len(pixels, cout_g, isa.mr()), 0.0);
+                        cols.resize(pixels * kk * cin_g, 0.0);
+                        let zeros = vec![0f32; kk * cin_g];
+                        for (g, w) in self.to_patches.iter().enumerate() {
+                            // SAFETY: image n's rows of dy, columns g·cout_g.., are inside dy;
+                            // `packed` and `cols` have the sizes the calls need.
+                            unsafe {
+                                let a = dyp.get().add(n * pixels * cout + g * cout_g);
+                                kernel::pack_a_rows(isa, pixels, a, cout, cout_g, packed);
+                                let ep = Epilogue {
+                                    bias: &zeros,
+                                    residual: None,
+                                    relu: false,
+                                };
+                                kernel::gemm_packed(
+                                    pixels,
+                                    packed,
+                                    w,
+                                    cols.as_mut_ptr(),
+                                    kk * cin_g,
+                                    ep,
+                                    0..w.panels(),
+                                );
+                            }
+                            // col2im: each patch gradient back onto the input pixels it read.
+                            for oy in 0..ys.h {
+                                for ox in 0..ys.w {
+                                    let src = &cols[(oy * ys.w + ox) * kk * cin_g..][..kk * cin_g];
+                                    for ky in 0..k {
+                                        let iy = (oy * stride + ky * dilation) as isize - pad;
+                                        if iy < 0 || iy >= xs.h as isize {
+                                            continue;
+                                        }
+                                        for kx in 0..k {
+                                            let ix = (ox * stride + kx * dilation) as isize - pad;
+                                            if ix < 0 || ix >= xs.w as isize {
+                                                continue;
+                                            }
+                                            let d = &mut dxn[(iy as usize * xs.w + ix as usize) * cin + g * cin_g..]
+                                                [..cin_g];
+                                            let s = &src[(ky * k + kx) * cin_g..][..cin_g];
+                                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    },
+                )
+        });
+    }
+
+    /// The weight gradient in torch's `[cout, cin/groups, k, k]` layout, from the conv's input
+    /// `x` and its output gradient `dy`.
+    pub fn weight_grad(&self, x: &[f32], xs: Shape, dy: &[f32], pool: &rayon::ThreadPool) -> Vec<f32> {
+        let ConvShape {
+            cin, cout, k, groups, ..
+        } = self.spec;
+        let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
+        let ys = out_shape(self.spec, xs);
+        let n = kk * cin_g;
+        let pixels = ys.pixels();
+        let blocks = pixels.div_ceil(KC);
+        let threads = pool.current_num_threads().max(1).min(blocks.max(1));
+        let sums: Vec<Vec<f32>> = pool.install(|| {
+            (0..threads)
+                .into_par_iter()
+                .map(|t| {
+                    let mut sum = vec![0f32; groups * cout_g * n];
+                    let mut bufs = (Vec::new(), None);
+                    for b in (t * blocks / threads)..((t + 1) * blocks / threads) {
+                        let p = b * KC..((b + 1) * KC).min(pixels);
+                        for g in 0..groups {
+                            let c = &mut sum[g * cout_g * n..(g + 1) * cout_g * n];
+                            self.weight_grad_block(x, xs, dy, ys, p.clone(), g, c, &mut bufs);
+                        }
+                    }
+                    sum
+                })
+                .collect()
+        });
+        let total = sums.into_iter().reduce(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        });
+        let total = total.unwrap_or_else(|| vec![0f32; groups * cout_g * n]);
+        // [g][o][(tap, i)] → torch's [g·cout_g + o][i][tap].
+        let mut w = vec![0f32; cout * cin_g * kk];
+        for (go, row) in total.chunks_exact(n).enumerate() {
+            for t in 0..kk {
+                for i in 0..cin_g {
+                    w[(go * cin_g + i) * kk + t] = row[t * cin_g + i];
+                }
+            }
+        }
+        w
+    }
+
+    /// Adds pixels `p`'s share of group `g`'s weight gradient to `c` (`[cout_g, (ky, kx, cin_g)]`):
+    /// `dyᵀ · patches`, A packed from `dy`'s rows, B from the input's taps (implicit im2col).
+    /// `bufs` keeps the packed A and B between calls.
+    #[allow(clippy::too_many_arguments)]
+    fn weight_grad_block(
+        &self,
+        x: &[f32],
+        xs: Shape,
+        dy: &[f32],
+        ys: Shape,
+        p: std::ops::Range<usize>,
+        g: usize,
+        c: &mut [f32],
+        bufs: &mut (Vec<f32>, Option<PackedB>),
+    ) {
+        let ConvShape {
+            cin,
+            cout,
+            k,
+            stride,
+            dilation,
+            groups,
+        } = self.spec;
+        let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
+        let (n, kb, mr, isa) = (kk * cin_g, p.len(), self.isa.mr(), self.isa);
+        let (packed, b) = bufs;
+        // A: dyᵀ in tiles of mr output channels, [pixel][mr] each.
+        let tiles = cout_g.div_ceil(mr);
+        packed.resize(tiles * mr * kb, 0.0);
+        for t in 0..tiles {
+            let rows = (cout_g - t * mr).min(mr);
+            let tile = &mut packed[t * mr * kb..(t + 1) * mr * kb];
+            for (q, dst) in tile.chunks_exact_mut(mr).enumerate() {
+                let s = (p.start + q) * cout + g * cout_g + t * mr;
+                dst[..rows].copy_from_slice(&dy[s..s + rows]);
+                dst[rows..].fill(0.0);
+            }
+        }
+        // B: each pixel's patch as one row, written into its panels tap by tap. A packing of
+        // the same shape is reused, so only the taps are written (padding ones as zeros).
+        let b = match b {
+            Some(b) if b.k == kb && b.n == n => b,
+            _ => b.insert(PackedB::zeroed(kb, n, isa)),
+        };
+        let nr = isa.nr();
+        // Taps in 16-float pieces when the channels and panels allow (one vector move each).
+        let by16 = cin_g % 16 == 0 && nr % 16 == 0;
+        let pad = self.spec.pad() as isize;
+        for (r, q) in p.clone().enumerate() {
+            let (img, rest) = (q / (ys.h * ys.w), q % (ys.h * ys.w));
+            let (oy, ox) = (rest / ys.w, rest % ys.w);
+            for tap in 0..kk {
+                let iy = (oy * stride + (tap / k) * dilation) as isize - pad;
+                let ix = (ox * stride + (tap % k) * dilation) as isize - pad;
+                let inside = iy >= 0 && ix >= 0 && iy < xs.h as isize && ix < xs.w as isize;
+                let src = if inside {
+                    let s = ((img * xs.h + iy as usize) * xs.w + ix as usize) * cin + g * cin_g;
+                    Some(&x[s..s + cin_g])
+                } else {
+                    None
+                };
+                let mut col = tap * cin_g;
+                if by16 {
+                    for piece in 0..cin_g / 16 {
+                        let d: &mut [f32; 16] = b.row_mut(r, col, 16).try_into().expect("16 floats");
+                        match src {
+                            Some(s) => *d = s[piece * 16..piece * 16 + 16].try_into().expect("16 floats"),
+                            None => *d = [0.0; 16],
+                        }
+                        col += 16;
+                    }
+                } else {
+                    let mut i = 0;
+                    while i < cin_g {
+                        let len = (nr - col % nr).min(cin_g - i);
+                        let d = b.row_mut(r, col, len);
+                        match src {
+                            Some(s) => d.copy_from_slice(&s[i..i + len]),
+                            None => d.fill(0.0),
+                        }
+                        (i, col) = (i + len, col + len);
+                    }
+                }
+            }
+        }
+        let zeros = vec![0f32; n];
+        let cp = c.as_mut_ptr();
+        let ep = Epilogue {
+            bias: &zeros,
+            // Accumulates in place: one k-pass (kb ≤ KC) reads each value before writing it.
+            residual: Some((cp.cast_const(), n)),
+            relu: false,
+        };
+        // SAFETY: `packed` holds cout_g rows' tiles for depth kb ≤ KC; c has cout_g rows of n.
+        unsafe { kernel::gemm_packed(cout_g, packed, b, cp, n, ep, 0..b.panels()) };
+    }
+}

@@ -1,0 +1,349 @@
+//! The non-convolution ops of a training step on NHWC activations, forward and backward:
+//! BatchNorm in train mode fused with the residual add and ReLU, the stem's max pool, option
+//! A's shortcut, global average pooling, `fc` and the cross-entropy loss. PyTorch's formulas
+//! throughout; `tests/grads.rs` holds each against its numbers.
+
+use rayon::prelude::*;
+
+use crate::engine::Shape;
+
+/// BatchNorm's epsilon and running-statistics momentum (torch's defaults).
+pub const BN_EPS: f64 = 1e-5;
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// Rows of `c` floats per parallel chunk of a pass.
+const CHUNK_ROWS: usize = 256;
+
+/// Adds per-chunk pairs of per-channel sums (f32 within a chunk of [`CHUNK_ROWS`] rows) in f64.
+fn add_sums(chunks: impl ParallelIterator<Item = (Vec<f32>, Vec<f32>)>, c: usize) -> (Vec<f64>, Vec<f64>) {
+    chunks
+        .map(|(a, b)| {
+            let wide = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+            (wide(a), wide(b))
+        })
+        .reduce(
+            || (vec![0f64; c], vec![0f64; c]),
+            |mut a, b| {
+                a.0.iter_mut().zip(&b.0).for_each(|(a, b)| *a += b);
+                a.1.iter_mut().zip(&b.1).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+/// What a train-mode BatchNorm keeps for its backward pass.
+pub struct BnSaved {
+    pub mean: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+/// `y = act(γ·(z − mean)/√(var + ε) + β [+ residual])` over batch statistics, which also
+/// update the running ones (unbiased variance, momentum 0.1).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_forward(
+    z: &[f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    running: (&mut [f32], &mut [f32]),
+    residual: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+    pool: &rayon::ThreadPool,
+) -> BnSaved {
+    let rows = z.len() / c;
+    let chunk = CHUNK_ROWS * c;
+    let (sum, sq) = pool.install(|| {
+        let chunks = z.par_chunks(chunk).map(|z| {
+            let (mut s, mut q) = (vec![0f32; c], vec![0f32; c]);
+            for row in z.chunks_exact(c) {
+                for ((s, q), &v) in s.iter_mut().zip(q.iter_mut()).zip(row) {
+                    *s += v;
+                    *q += v * v;
+                }
+            }
+            (s, q)
+        });
+        add_sums(chunks, c)
+    });
+    let m = rows as f64;
+    let (mut mean, mut inv_std) = (vec![0f32; c], vec![0f32; c]);
+    let (rm, rv) = running;
+    for ch in 0..c {
+        let mu = sum[ch] / m;
+        let var = (sq[ch] / m - mu * mu).max(0.0);
+        mean[ch] = mu as f32;
+        inv_std[ch] = (1.0 / (var + BN_EPS).sqrt()) as f32;
+        let unbiased = if rows > 1 { var * m / (m - 1.0) } else { var };
+        rm[ch] = ((1.0 - BN_MOMENTUM) * rm[ch] as f64 + BN_MOMENTUM * mu) as f32;
+        rv[ch] = ((1.0 - BN_MOMENTUM) * rv[ch] as f64 + BN_MOMENTUM * unbiased) as f32;
+    }
+    // y = z·scale + shift.
+    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * inv_std[ch]).collect();
+    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    let (scale, shift) = (&scale[..], &shift[..]);
+    pool.install(|| {
+        let ys = y[..z.len()].par_chunks_mut(chunk).zip(z.par_chunks(chunk));
+        match residual {
+            Some(r) => ys.zip(r.par_chunks(chunk)).for_each(|((y, z), r)| {
+                for ((y, z), r) in y.chunks_exact_mut(c).zip(z.chunks_exact(c)).zip(r.chunks_exact(c)) {
+                    for ((((y, &z), &r), &a), &b) in y.iter_mut().zip(z).zip(r).zip(scale).zip(shift) {
+                        *y = (z * a + b + r).max(floor);
+                    }
+                }
+            }),
+            None => ys.for_each(|(y, z)| {
+                for (y, z) in y.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
+                    for (((y, &z), &a), &b) in y.iter_mut().zip(z).zip(scale).zip(shift) {
+                        *y = (z * a + b).max(floor);
+                    }
+                }
+            }),
+        }
+    });
+    BnSaved { mean, inv_std }
+}
+
+/// BatchNorm's backward pass, with the ReLU after it: `g = dy · [y > 0]` (written over `dy`,
+/// the gradient a residual branch receives), then `dz` over `z` (which it no longer needs):
+/// `dz = γ·inv_std·(g − mean(g) − ẑ·mean(g·ẑ))`. Returns `(dγ, dβ)`.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_backward(
+    z: &mut [f32],
+    c: usize,
+    saved: &BnSaved,
+    gamma: &[f32],
+    dy: &mut [f32],
+    y: Option<&[f32]>,
+    pool: &rayon::ThreadPool,
+) -> (Vec<f32>, Vec<f32>) {
+    let rows = z.len() / c;
+    let chunk = CHUNK_ROWS * c;
+    let (mean, inv) = (&saved.mean[..], &saved.inv_std[..]);
+    // Pass 1: the ReLU mask, and Σ g and Σ g·(z − mean) per channel.
+    let (sg, sgz) = pool.install(|| {
+        let chunks = dy
+            .par_chunks_mut(chunk)
+            .zip(z.par_chunks(chunk))
+            .enumerate()
+            .map(|(i, (g, z))| {
+                if let Some(y) = y {
+                    g.iter_mut().zip(&y[i * chunk..]).for_each(|(g, &y)| {
+                        if y <= 0.0 {
+                            *g = 0.0
+                        }
+                    });
+                }
+                let (mut s0, mut s1) = (vec![0f32; c], vec![0f32; c]);
+                for (g, z) in g.chunks_exact(c).zip(z.chunks_exact(c)) {
+                    for ((((s0, s1), &g), &z), &mu) in s0.iter_mut().zip(s1.iter_mut()).zip(g).zip(z).zip(mean) {
+                        *s0 += g;
+                        *s1 += g * (z - mu);
+                    }
+                }
+                (s0, s1)
+            });
+        add_sums(chunks, c)
+    });
+    let m = rows as f64;
+    let dbeta: Vec<f32> = sg.iter().map(|&s| s as f32).collect();
+    // Σ g·ẑ = inv_std · Σ g·(z − mean).
+    let dgamma: Vec<f32> = (0..c).map(|ch| (sgz[ch] * inv[ch] as f64) as f32).collect();
+    // Pass 2: dz = a·g − k·z + d per channel.
+    let a: Vec<f32> = (0..c).map(|ch| gamma[ch] * inv[ch]).collect();
+    let k: Vec<f32> = (0..c)
+        .map(|ch| (a[ch] as f64 * inv[ch] as f64 * sgz[ch] * inv[ch] as f64 / m) as f32)
+        .collect();
+    let d: Vec<f32> = (0..c)
+        .map(|ch| (-(a[ch] as f64) * sg[ch] / m + k[ch] as f64 * mean[ch] as f64) as f32)
+        .collect();
+    let (a, k, d) = (&a[..], &k[..], &d[..]);
+    let dyr: &[f32] = dy;
+    pool.install(|| {
+        z.par_chunks_mut(chunk).zip(dyr.par_chunks(chunk)).for_each(|(z, g)| {
+            for (z, g) in z.chunks_exact_mut(c).zip(g.chunks_exact(c)) {
+                for ((((z, &g), &a), &k), &d) in z.iter_mut().zip(g).zip(a).zip(k).zip(d) {
+                    *z = a * g - k * *z + d;
+                }
+            }
+        })
+    });
+    (dgamma, dbeta)
+}
+
+/// The stem's 3×3 stride-2 max pool (padding 1) on NHWC `x`, with the tap each output took
+/// (PyTorch's: the first maximum in row-major window order).
+pub fn max_pool_forward(x: &[f32], xs: Shape, pool: &rayon::ThreadPool) -> (Vec<f32>, Vec<u8>, Shape) {
+    let os = Shape {
+        n: xs.n,
+        h: (xs.h + 2 - 3) / 2 + 1,
+        w: (xs.w + 2 - 3) / 2 + 1,
+        c: xs.c,
+    };
+    let c = xs.c;
+    let (mut out, mut arg) = (vec![0f32; os.len()], vec![0u8; os.len()]);
+    pool.install(|| {
+        out.par_chunks_mut(os.w * c)
+            .zip(arg.par_chunks_mut(os.w * c))
+            .enumerate()
+            .for_each(|(row, (o, a))| {
+                let (n, oy) = (row / os.h, row % os.h);
+                let ys = (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(xs.h);
+                for ox in 0..os.w {
+                    let (o, a) = (&mut o[ox * c..(ox + 1) * c], &mut a[ox * c..(ox + 1) * c]);
+                    let xr = (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(xs.w);
+                    // The window's first pixel inside the image starts the search.
+                    let mut first = true;
+                    for iy in ys.clone() {
+                        for ix in xr.clone() {
+                            let px = &x[((n * xs.h + iy) * xs.w + ix) * c..][..c];
+                            let tap = ((iy + 1 - oy * 2) * 3 + (ix + 1 - ox * 2)) as u8;
+                            if first {
+                                o.copy_from_slice(px);
+                                a.fill(tap);
+                                first = false;
+                                continue;
+                            }
+                            for ch in 0..c {
+                                // torch: strictly greater (the first maximum keeps the
+                                // gradient), or NaN.
+                                if px[ch] > o[ch] || px[ch].is_nan() {
+                                    o[ch] = px[ch];
+                                    a[ch] = tap;
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+    });
+    (out, arg, os)
+}
+
+/// The max pool's backward pass: each output gradient goes to the input its maximum came from.
+pub fn max_pool_backward(dy: &[f32], arg: &[u8], os: Shape, xs: Shape, pool: &rayon::ThreadPool) -> Vec<f32> {
+    let c = xs.c;
+    let mut dx = vec![0f32; xs.len()];
+    pool.install(|| {
+        dx.par_chunks_mut(xs.h * xs.w * c).enumerate().for_each(|(n, dxn)| {
+            for oy in 0..os.h {
+                for ox in 0..os.w {
+                    let at = ((n * os.h + oy) * os.w + ox) * c;
+                    for ch in 0..c {
+                        let tap = arg[at + ch] as usize;
+                        let iy = oy * 2 + tap / 3 - 1;
+                        let ix = ox * 2 + tap % 3 - 1;
+                        dxn[(iy * xs.w + ix) * c + ch] += dy[at + ch];
+                    }
+                }
+            }
+        })
+    });
+    dx
+}
+
+/// Option A's backward pass: adds `dy`'s channels `before..before + dx's` at the subsampled
+/// pixels to `dx`.
+pub fn zero_pad_backward(dy: &[f32], ys: Shape, stride: usize, dx: &mut [f32], xs: Shape) {
+    let before = (ys.c - xs.c) / 2;
+    for n in 0..ys.n {
+        for oy in 0..ys.h {
+            for ox in 0..ys.w {
+                let s = &dy[((n * ys.h + oy) * ys.w + ox) * ys.c + before..][..xs.c];
+                let d = &mut dx[((n * xs.h + oy * stride) * xs.w + ox * stride) * xs.c..][..xs.c];
+                d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+            }
+        }
+    }
+}
+
+/// The head: mean-pooled features → logits → mean cross-entropy with label smoothing
+/// (torch's: `(1 − ε)·onehot + ε/K`), and its gradients.
+pub struct Head {
+    pub loss: f32,
+    pub logits: Vec<f32>,
+    /// `dL/dx` of the last stage's output (`xs`'s shape).
+    pub dx: Vec<f32>,
+    pub dweight: Vec<f32>,
+    pub dbias: Vec<f32>,
+}
+
+/// Runs the head on the last stage's NHWC output `x`; `weight` is torch's `[classes, features]`.
+pub fn head(x: &[f32], xs: Shape, weight: &[f32], bias: &[f32], labels: &[usize], smoothing: f32) -> Head {
+    let (n, f, hw) = (xs.n, xs.c, xs.h * xs.w);
+    let k = bias.len();
+    let mut feats = vec![0f32; n * f];
+    crate::engine::global_avg_pool(x, xs, &mut feats);
+    let mut logits = vec![0f32; n * k];
+    for i in 0..n {
+        let fi = &feats[i * f..(i + 1) * f];
+        for j in 0..k {
+            logits[i * k + j] = bias[j] + dot(fi, &weight[j * f..(j + 1) * f]);
+        }
+    }
+    // dlogits = (softmax − target) / n.
+    let mut dlogits = vec![0f32; n * k];
+    let mut loss = 0f64;
+    for i in 0..n {
+        let l = &logits[i * k..(i + 1) * k];
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = l.iter().map(|&v| (v as f64 - max).exp()).sum();
+        let lse = max + sum.ln();
+        let eps = smoothing as f64;
+        let mean_nll: f64 = l.iter().map(|&v| lse - v as f64).sum::<f64>() / k as f64;
+        loss += (1.0 - eps) * (lse - l[labels[i]] as f64) + eps * mean_nll;
+        for j in 0..k {
+            let target = eps / k as f64 + if j == labels[i] { 1.0 - eps } else { 0.0 };
+            dlogits[i * k + j] = (((l[j] as f64 - lse).exp() - target) / n as f64) as f32;
+        }
+    }
+    let mut dweight = vec![0f32; k * f];
+    let mut dbias = vec![0f32; k];
+    let mut dfeats = vec![0f32; n * f];
+    for i in 0..n {
+        let fi = &feats[i * f..(i + 1) * f];
+        for j in 0..k {
+            let g = dlogits[i * k + j];
+            dbias[j] += g;
+            dweight[j * f..(j + 1) * f]
+                .iter_mut()
+                .zip(fi)
+                .for_each(|(d, &x)| *d += g * x);
+            dfeats[i * f..(i + 1) * f]
+                .iter_mut()
+                .zip(&weight[j * f..(j + 1) * f])
+                .for_each(|(d, &w)| *d += g * w);
+        }
+    }
+    let mut dx = vec![0f32; xs.len()];
+    let inv = 1.0 / hw as f32;
+    for i in 0..n {
+        for p in 0..hw {
+            dx[(i * hw + p) * f..(i * hw + p + 1) * f]
+                .iter_mut()
+                .zip(&dfeats[i * f..(i + 1) * f])
+                .for_each(|(d, &g)| *d = g * inv);
+        }
+    }
+    Head {
+        loss: (loss / n as f64) as f32,
+        logits,
+        dx,
+        dweight,
+        dbias,
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight lanes of partial sums, so the loop vectorises.
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
