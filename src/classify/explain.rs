@@ -19,7 +19,7 @@ use super::annotate::label_band;
 use super::{top_k, Classifier, Layer, Prediction, Runner};
 use crate::base::text;
 use crate::error::{Error, Result};
-use crate::model::ResNet;
+use crate::model::{first_max, ResNet};
 use crate::weights;
 
 /// A class activation map: which parts of the image raised the class's logit.
@@ -75,14 +75,6 @@ struct Stage {
 
 /// `fc`'s weight and bias, borrowed where the runner holds them as they are.
 type FcParams<'a> = (Cow<'a, [f32]>, Cow<'a, [f32]>);
-
-/// The index of the first largest value (the top-1 class).
-fn first_max(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-        .0
-}
 
 /// The burn model on the autodiff device, frozen (BatchNorm on running statistics), for
 /// the gradients of an earlier stage.

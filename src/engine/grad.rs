@@ -288,45 +288,68 @@ impl TrainConv {
             _ => b.insert(PackedB::zeroed(kb, n, isa)),
         };
         let nr = isa.nr();
-        // Taps in 16-float pieces when the channels and panels allow (one vector move each).
-        let by16 = cin_g % 16 == 0 && nr % 16 == 0;
+        // Runs of a tap's channels that stay inside one panel, with where row 0 of each goes:
+        // the same for every pixel, so the offsets are worked out once.
+        let mut pieces = Vec::new();
+        for tap in 0..kk {
+            let mut i = 0;
+            while i < cin_g {
+                let col = tap * cin_g + i;
+                let len = (nr - col % nr).min(cin_g - i);
+                pieces.push((tap, i, len, b.offset(col)));
+                i += len;
+            }
+        }
         let pad = self.spec.pad() as isize;
-        for (r, q) in p.clone().enumerate() {
+        let panels = b.panels_mut();
+        // Along an output row, one tap reads input pixels `stride` apart: walk the block's
+        // pixels row by row, and per tap copy the in-image run, padding with zeros.
+        let mut q = p.start;
+        while q < p.end {
             let (img, rest) = (q / (ys.h * ys.w), q % (ys.h * ys.w));
-            let (oy, ox) = (rest / ys.w, rest % ys.w);
-            for tap in 0..kk {
-                let iy = (oy * stride + (tap / k) * dilation) as isize - pad;
-                let ix = (ox * stride + (tap % k) * dilation) as isize - pad;
-                let inside = iy >= 0 && ix >= 0 && iy < xs.h as isize && ix < xs.w as isize;
-                let src = if inside {
-                    let s = ((img * xs.h + iy as usize) * xs.w + ix as usize) * cin + g * cin_g;
-                    Some(&x[s..s + cin_g])
+            let (oy, ox0) = (rest / ys.w, rest % ys.w);
+            let ox1 = (ox0 + p.end - q).min(ys.w);
+            let r0 = q - p.start;
+            for &(tap, i, len, off) in &pieces {
+                let (ky, kx) = (tap / k, tap % k);
+                let iy = (oy * stride + ky * dilation) as isize - pad;
+                // ix = ox·stride + kx·dilation − pad is inside for ox in lo..hi.
+                let shift = (kx * dilation) as isize - pad;
+                let lo = if shift >= 0 {
+                    0
                 } else {
-                    None
+                    ((-shift) as usize).div_ceil(stride)
                 };
-                let mut col = tap * cin_g;
-                if by16 {
-                    for piece in 0..cin_g / 16 {
-                        let d: &mut [f32; 16] = b.row_mut(r, col, 16).try_into().expect("16 floats");
-                        match src {
-                            Some(s) => *d = s[piece * 16..piece * 16 + 16].try_into().expect("16 floats"),
-                            None => *d = [0.0; 16],
-                        }
-                        col += 16;
-                    }
+                let hi = if (xs.w as isize) > shift {
+                    ((xs.w as isize - shift) as usize).div_ceil(stride)
                 } else {
-                    let mut i = 0;
-                    while i < cin_g {
-                        let len = (nr - col % nr).min(cin_g - i);
-                        let d = b.row_mut(r, col, len);
-                        match src {
-                            Some(s) => d.copy_from_slice(&s[i..i + len]),
-                            None => d.fill(0.0),
+                    0
+                };
+                let (mut lo, mut hi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1).max(lo.clamp(ox0, ox1)));
+                if iy < 0 || iy >= xs.h as isize {
+                    (lo, hi) = (ox1, ox1);
+                }
+                let row = |ox: usize| off + (r0 + ox - ox0) * nr;
+                for ox in (ox0..lo).chain(hi..ox1) {
+                    panels[row(ox)..row(ox) + len].fill(0.0);
+                }
+                if lo < hi {
+                    let base = ((img * xs.h + iy as usize) * xs.w) as isize;
+                    let src = |ox: usize| (((base + (ox * stride) as isize + shift) as usize) * cin) + g * cin_g + i;
+                    if len == 16 {
+                        for ox in lo..hi {
+                            // One vector move rather than a call to memcpy.
+                            let v: [f32; 16] = x[src(ox)..src(ox) + 16].try_into().expect("16 floats");
+                            panels[row(ox)..row(ox) + 16].copy_from_slice(&v);
                         }
-                        (i, col) = (i + len, col + len);
+                    } else {
+                        for ox in lo..hi {
+                            panels[row(ox)..row(ox) + len].copy_from_slice(&x[src(ox)..src(ox) + len]);
+                        }
                     }
                 }
             }
+            q += ox1 - ox0;
         }
         let zeros = vec![0f32; n];
         let cp = c.as_mut_ptr();

@@ -31,6 +31,14 @@ pub fn rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {
 }
 
 /// Flat values as rows of `k`.
+/// The index of the first largest value (the top-1 class).
+pub fn first_max(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .0
+}
+
 pub fn split_rows(v: Vec<f32>, k: usize) -> Vec<Vec<f32>> {
     v.chunks(k.max(1)).map(<[f32]>::to_vec).collect()
 }

@@ -15,7 +15,7 @@ mod resnet;
 
 pub use config::{BlockKind, BlockPlan, ConvShape, ModelName, ResNetConfig, Shortcut, ShortcutPlan, Stem};
 pub use flops::Complexity;
-pub use logits::{rows, split_rows, Logits};
+pub use logits::{first_max, rows, split_rows, Logits};
 pub use params::{ParamKeys, ParamSpec, ParamVisitor, Role, Slot};
 pub use resnet::{Block, Downsample, ResNet};
 /// The layers the model is built from, for per-op tests.

@@ -285,6 +285,9 @@ pub struct Trainer {
     device: Device,
     /// With `--freeze-backbone`: the engine and the cached features, built on first use.
     frozen: Option<Frozen>,
+    /// The CPU engine's training path, when it runs here ([`bench::Trainer::auto`]); built
+    /// from `model` at the first epoch, written back to it after each.
+    native: Option<native::NativeNet>,
 }
 
 struct Frozen {
@@ -455,6 +458,7 @@ impl Trainer {
             std,
             device,
             frozen: None,
+            native: None,
         })
     }
 
@@ -584,8 +588,52 @@ impl Trainer {
         )))
     }
 
-    /// One epoch of the whole network through burn's autodiff.
+    /// One epoch of the whole network: on the CPU engine's kernels where they run, else
+    /// through burn's autodiff.
     fn full_epoch(&mut self, epoch: usize, on_event: &mut dyn FnMut(Event)) -> Result<(Running, f64)> {
+        if bench::Trainer::auto() == bench::Trainer::Native {
+            return self.native_epoch(epoch, on_event);
+        }
+        self.burn_epoch(epoch, on_event)
+    }
+
+    /// [`Trainer::full_epoch`] on [`native::NativeNet`]; the weights go back into `model`
+    /// at the end, for evaluation and the checkpoint.
+    fn native_epoch(&mut self, epoch: usize, on_event: &mut dyn FnMut(Event)) -> Result<(Running, f64)> {
+        let mut net = match self.native.take() {
+            Some(n) => n,
+            None => native::NativeNet::new(&self.model.config.clone(), &weights::state_dict(&mut self.model)?, 0)?,
+        };
+        net.smoothing = self.config.label_smoothing as f32;
+        let per_epoch = self.train.len().div_ceil(self.config.batch_size.max(1));
+        let mut running = Running::default();
+        let mut lr = self.config.lr.lr;
+        let loader = self.train_loader(epoch);
+        let c = self.config.in_channels;
+        each_batch(loader, epoch, on_event, |i, batch, t0| {
+            lr = self.config.lr.at(epoch, i, per_epoch);
+            let n = batch.labels.len();
+            let side = ((batch.sample_len / c.max(1)) as f64).sqrt() as usize;
+            if side * side * c != batch.sample_len {
+                return Err(Error::Config(format!(
+                    "training batches must hold square {c}-channel images; got {} floats per sample",
+                    batch.sample_len
+                )));
+            }
+            let out = net.step(&batch.images, n, side, side, &batch.labels)?;
+            self.check_loss(out.loss, epoch, i)?;
+            self.optimizer.step_native(&mut net.params, lr);
+            let k = self.model.config.num_classes.max(1);
+            let pred: Vec<usize> = out.logits.chunks(k).map(crate::model::first_max).collect();
+            Ok(running.add(epoch, i, out.loss, &pred, &batch.labels, t0, lr))
+        })?;
+        weights::load_into(&mut self.model, net.state_dict(), true, &self.config.model)?;
+        self.native = Some(net);
+        Ok((running, lr))
+    }
+
+    /// One epoch of the whole network through burn's autodiff.
+    fn burn_epoch(&mut self, epoch: usize, on_event: &mut dyn FnMut(Event)) -> Result<(Running, f64)> {
         let per_epoch = self.train.len().div_ceil(self.config.batch_size.max(1));
         let ce = self.loss_fn();
         let mut running = Running::default();

@@ -76,6 +76,26 @@ macro_rules! fma_rows {
     )*};
 }
 
+/// [`fma_rows`] for panels with at most 16 real columns (16-channel layers): one FMA per row,
+/// so a narrow conv does not spend half its FMAs on the panel's zero padding.
+macro_rules! fma_rows_half {
+    ($acc:ident, $R:ident, $ap:expr, $b0:expr, $step:expr) => {
+        fma_rows_half!(@ $acc, $R, $ap, $b0, $step; 0 1 2 3 4 5 6 7 8 9 10 11 12 13)
+    };
+    (@ $acc:ident, $R:ident, $ap:expr, $b0:expr, $step:expr; $($r:literal)*) => {$(
+        if $r < $R {
+            std::arch::asm!(
+                "vfmadd231ps {x}, {b0}, dword ptr [{a} + {o}]{{1to16}}",
+                x = inout(zmm_reg) $acc[$r][0],
+                b0 = in(zmm_reg) $b0,
+                a = in(reg) $ap,
+                o = const $r * $step,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+    )*};
+}
+
 /// Asks for the cache lines of `n` floats at `p` (at most 32: two lines, or three unaligned).
 #[inline(always)]
 unsafe fn prefetch(p: *const f32, n: usize) {
@@ -178,8 +198,9 @@ unsafe fn pack(p: Pack<'_>) {
 unsafe fn tile(t: Tile<'_>) {
     macro_rules! go {
         ($($r:literal)*) => {
-            match t.rows {
-                $($r => kernel::<$r>(t),)*
+            match (t.rows, t.ncols <= 16) {
+                $(($r, false) => kernel::<$r, false>(t),)*
+                $(($r, true) => kernel::<$r, true>(t),)*
                 _ => unreachable!(),
             }
         };
@@ -190,8 +211,10 @@ unsafe fn tile(t: Tile<'_>) {
 /// `C (+)= A·B` for one tile: A packed `[k][MR]`, B a `[k][NR]` panel slice. Along the way
 /// it asks for `pf.1` cache lines from `pf.0` on (up to two per step) and for `next`'s rows,
 /// spread out so the requests never pile up in the fill buffers.
+/// `HALF`: the panel's second vector is all padding (at most 16 real columns), so its FMAs
+/// are skipped.
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize>(t: Tile<'_>) {
+unsafe fn kernel<const R: usize, const HALF: bool>(t: Tile<'_>) {
     let Tile {
         k,
         a,
@@ -242,8 +265,12 @@ unsafe fn kernel<const R: usize>(t: Tile<'_>) {
             _mm_prefetch::<_MM_HINT_T1>(pf.add((kk + k) * 16) as *const i8);
         }
         let b0 = _mm512_loadu_ps(bp);
-        let b1 = _mm512_loadu_ps(bp.add(16));
-        fma_rows!(acc, R, ap, b0, b1, 4);
+        if HALF {
+            fma_rows_half!(acc, R, ap, b0, 4);
+        } else {
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            fma_rows!(acc, R, ap, b0, b1, 4);
+        }
         ap = ap.add(MR);
         bp = bp.add(NR);
     }

@@ -131,12 +131,15 @@ impl PackedB {
         }
     }
 
-    /// Row `r`'s columns `col..col + len`, which lie in one panel.
-    pub fn row_mut(&mut self, r: usize, col: usize, len: usize) -> &mut [f32] {
+    /// Where row 0's column `col` lies in [`PackedB::panels_mut`]; row `r` is `r · nr` further.
+    pub fn offset(&self, col: usize) -> usize {
         let nr = self.nr();
-        debug_assert!(r < self.k && col % nr + len <= nr && col + len <= self.n);
-        let at = ((col / nr) * self.k + r) * nr + col % nr;
-        &mut self.panels[at..at + len]
+        (col / nr) * self.k * nr + col % nr
+    }
+
+    /// The panels, to fill through [`PackedB::offset`] (columns `n..` of the last panel stay zero).
+    pub fn panels_mut(&mut self) -> &mut [f32] {
+        &mut self.panels
     }
 
     /// Columns per panel: the kernel's.

@@ -14,21 +14,17 @@ pub const BN_MOMENTUM: f64 = 0.1;
 /// Rows of `c` floats per parallel chunk of a pass.
 const CHUNK_ROWS: usize = 256;
 
-/// Adds per-chunk pairs of per-channel sums (f32 within a chunk of [`CHUNK_ROWS`] rows) in f64.
-fn add_sums(chunks: impl ParallelIterator<Item = (Vec<f32>, Vec<f32>)>, c: usize) -> (Vec<f64>, Vec<f64>) {
-    chunks
-        .map(|(a, b)| {
-            let wide = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
-            (wide(a), wide(b))
-        })
-        .reduce(
-            || (vec![0f64; c], vec![0f64; c]),
-            |mut a, b| {
-                a.0.iter_mut().zip(&b.0).for_each(|(a, b)| *a += b);
-                a.1.iter_mut().zip(&b.1).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+/// Adds per-chunk pairs of per-channel sums (f32 within a chunk of [`CHUNK_ROWS`] rows) in f64,
+/// in chunk order, so a step's result does not depend on how the threads split the work
+/// (resume relies on identical steps).
+fn add_sums(chunks: impl IndexedParallelIterator<Item = (Vec<f32>, Vec<f32>)>, c: usize) -> (Vec<f64>, Vec<f64>) {
+    let parts: Vec<_> = chunks.collect();
+    let mut sums = (vec![0f64; c], vec![0f64; c]);
+    for (a, b) in parts {
+        sums.0.iter_mut().zip(&a).for_each(|(s, &v)| *s += v as f64);
+        sums.1.iter_mut().zip(&b).for_each(|(s, &v)| *s += v as f64);
+    }
+    sums
 }
 
 /// What a train-mode BatchNorm keeps for its backward pass.
@@ -128,18 +124,29 @@ pub fn bn_backward(
             .zip(z.par_chunks(chunk))
             .enumerate()
             .map(|(i, (g, z))| {
-                if let Some(y) = y {
-                    g.iter_mut().zip(&y[i * chunk..]).for_each(|(g, &y)| {
-                        if y <= 0.0 {
-                            *g = 0.0
-                        }
-                    });
-                }
                 let (mut s0, mut s1) = (vec![0f32; c], vec![0f32; c]);
-                for (g, z) in g.chunks_exact(c).zip(z.chunks_exact(c)) {
-                    for ((((s0, s1), &g), &z), &mu) in s0.iter_mut().zip(s1.iter_mut()).zip(g).zip(z).zip(mean) {
-                        *s0 += g;
-                        *s1 += g * (z - mu);
+                match y {
+                    Some(y) => {
+                        let y = &y[i * chunk..i * chunk + g.len()];
+                        for ((g, z), y) in g.chunks_exact_mut(c).zip(z.chunks_exact(c)).zip(y.chunks_exact(c)) {
+                            for (((((s0, s1), g), &z), &y), &mu) in
+                                s0.iter_mut().zip(s1.iter_mut()).zip(g).zip(z).zip(y).zip(mean)
+                            {
+                                let v = if y > 0.0 { *g } else { 0.0 };
+                                *g = v;
+                                *s0 += v;
+                                *s1 += v * (z - mu);
+                            }
+                        }
+                    }
+                    None => {
+                        for (g, z) in g.chunks_exact(c).zip(z.chunks_exact(c)) {
+                            for ((((s0, s1), &g), &z), &mu) in s0.iter_mut().zip(s1.iter_mut()).zip(g).zip(z).zip(mean)
+                            {
+                                *s0 += g;
+                                *s1 += g * (z - mu);
+                            }
+                        }
                     }
                 }
                 (s0, s1)
