@@ -56,18 +56,6 @@ thread_local! {
 impl Conv {
     /// From torch's `[cout, cin/groups, k, k]` weight and the BN that follows it.
     pub fn fold(weight: &[f32], spec: ConvShape, bn: Option<BnStats<'_>>, conv_bias: Option<&[f32]>, isa: Isa) -> Self {
-        Self::fold_with(weight, spec, bn, conv_bias, isa, true)
-    }
-
-    /// [`Conv::fold`], with Winograd allowed or not.
-    pub fn fold_with(
-        weight: &[f32],
-        spec: ConvShape,
-        bn: Option<BnStats<'_>>,
-        conv_bias: Option<&[f32]>,
-        isa: Isa,
-        winograd: bool,
-    ) -> Self {
         let ConvShape {
             cin, cout, k, groups, ..
         } = spec;
@@ -102,7 +90,7 @@ impl Conv {
             b
         };
         let bias = bias.into_iter().map(|b| b as f32).collect();
-        let stride1_3x3 = winograd && k == 3 && spec.stride == 1 && spec.dilation == 1 && groups == 1;
+        let stride1_3x3 = k == 3 && spec.stride == 1 && spec.dilation == 1 && groups == 1;
         if stride1_3x3 && Winograd::applies(cin, cout, isa) {
             return Conv {
                 spec,
@@ -122,6 +110,20 @@ impl Conv {
             isa,
             winograd: None,
             wide_winograd: (stride1_3x3 && Winograd::possible(cin, cout, isa)).then(std::sync::OnceLock::new),
+        }
+    }
+
+    /// A conv with no bias from weights already packed per group (`[k·k·cin_g, cout_g]`
+    /// each), never through Winograd: the training passes ([`super::grad`]).
+    pub fn packed(spec: ConvShape, weights: Vec<PackedB>, isa: Isa) -> Self {
+        Conv {
+            spec,
+            padded: false,
+            weights,
+            bias: vec![0.0; spec.cout],
+            isa,
+            winograd: None,
+            wide_winograd: None,
         }
     }
 

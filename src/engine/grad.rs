@@ -51,43 +51,51 @@ impl TrainConv {
             cin, cout, k, groups, ..
         } = spec;
         let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
-        assert_eq!(weight.len(), cout * cin_g * kk);
+        debug_assert_eq!(weight.len(), cout * cin_g * kk);
         // No Winograd: its ~3e-6 relative error per conv is harmless in inference, but a
         // training step amplifies it (BatchNorm over a channel with a small batch variance,
         // AdamW's normalised first steps) and leaves PyTorch's numbers: with it, either pass
         // put tests/train.rs's two-step runs past 1e-4.
-        let forward = Conv::fold_with(weight, spec, None, None, isa, false);
+        // Forward: per group, B[(tap, i), o] = W[g·cout_g + o, i, tap].
+        let w = |o: usize, i: usize, tap: usize| weight[(o * cin_g + i) * kk + tap];
+        let at = |r: usize| (r / cin_g, r % cin_g);
+        let forward = Conv::packed(
+            spec,
+            (0..groups)
+                .map(|g| {
+                    PackedB::from_fn(kk * cin_g, cout_g, isa, |r, o| {
+                        let (tap, i) = at(r);
+                        w(g * cout_g + o, i, tap)
+                    })
+                })
+                .collect(),
+            isa,
+        );
         let (mut transposed, mut to_patches) = (None, Vec::new());
         if spec.stride == 1 && k % 2 == 1 {
-            // dx = conv(dy, W') with W'[g·cin_g + i, o, ky, kx] = W[g·cout_g + o, i, k-1-ky, k-1-kx].
-            let mut wt = vec![0f32; weight.len()];
-            for g in 0..groups {
-                for o in 0..cout_g {
-                    for i in 0..cin_g {
-                        let src = &weight[((g * cout_g + o) * cin_g + i) * kk..][..kk];
-                        let dst = &mut wt[((g * cin_g + i) * cout_g + o) * kk..][..kk];
-                        dst.iter_mut().zip(src.iter().rev()).for_each(|(d, &s)| *d = s);
-                    }
-                }
-            }
+            // dx = conv(dy, W') with W'[g·cin_g + i, o, tap] = W[g·cout_g + o, i, kk−1−tap]:
+            // per group, B'[(tap, o), i] = W[g·cout_g + o, i, kk−1−tap].
             let t = ConvShape {
                 cin: cout,
                 cout: cin,
                 ..spec
             };
-            transposed = Some(Conv::fold_with(&wt, t, None, None, isa, false));
+            let weights = (0..groups)
+                .map(|g| {
+                    PackedB::from_fn(kk * cout_g, cin_g, isa, |r, i| {
+                        let (tap, o) = (r / cout_g, r % cout_g);
+                        w(g * cout_g + o, i, kk - 1 - tap)
+                    })
+                })
+                .collect();
+            transposed = Some(Conv::packed(t, weights, isa));
         } else {
+            // Per group, row o: output channel g·cout_g + o's taps as (tap, i).
             for g in 0..groups {
-                // Row o: output channel g·cout_g + o's taps as (ky, kx, cin_g).
-                let mut m = vec![0f32; cout_g * kk * cin_g];
-                for o in 0..cout_g {
-                    for i in 0..cin_g {
-                        for t in 0..kk {
-                            m[(o * kk + t) * cin_g + i] = weight[((g * cout_g + o) * cin_g + i) * kk + t];
-                        }
-                    }
-                }
-                to_patches.push(PackedB::new(&m, cout_g, kk * cin_g, isa));
+                to_patches.push(PackedB::from_fn(cout_g, kk * cin_g, isa, |o, col| {
+                    let (tap, i) = at(col);
+                    w(g * cout_g + o, i, tap)
+                }));
             }
         }
         TrainConv {
@@ -208,29 +216,51 @@ impl TrainConv {
         let n = kk * cin_g;
         let pixels = ys.pixels();
         let blocks = pixels.div_ceil(KC);
-        let threads = pool.current_num_threads().max(1).min(blocks.max(1));
-        let sums: Vec<Vec<f32>> = pool.install(|| {
-            (0..threads)
+        let threads = pool.current_num_threads().max(1);
+        // Each thread takes a share of the pixel blocks (its sums are added after), or, when
+        // there are fewer blocks than threads (late stages, small batches), a share of the
+        // columns over all blocks.
+        let nr = self.isa.nr();
+        let panels = n.div_ceil(nr);
+        let split_cols = blocks < threads && panels > 1;
+        let tasks = if split_cols {
+            threads.min(panels)
+        } else {
+            threads.min(blocks.max(1))
+        };
+        let parts: Vec<(std::ops::Range<usize>, Vec<f32>)> = pool.install(|| {
+            (0..tasks)
                 .into_par_iter()
                 .map(|t| {
-                    let mut sum = vec![0f32; groups * cout_g * n];
+                    let (bs, cols) = if split_cols {
+                        (
+                            0..blocks,
+                            (t * panels / tasks) * nr..((t + 1) * panels / tasks * nr).min(n),
+                        )
+                    } else {
+                        ((t * blocks / tasks)..((t + 1) * blocks / tasks), 0..n)
+                    };
+                    let w = cols.len();
+                    let mut sum = vec![0f32; groups * cout_g * w];
                     let mut bufs = (Vec::new(), None);
-                    for b in (t * blocks / threads)..((t + 1) * blocks / threads) {
+                    for b in bs {
                         let p = b * KC..((b + 1) * KC).min(pixels);
                         for g in 0..groups {
-                            let c = &mut sum[g * cout_g * n..(g + 1) * cout_g * n];
-                            self.weight_grad_block(x, xs, dy, ys, p.clone(), g, c, &mut bufs);
+                            let c = &mut sum[g * cout_g * w..(g + 1) * cout_g * w];
+                            self.weight_grad_block(x, xs, dy, ys, p.clone(), g, cols.clone(), c, &mut bufs);
                         }
                     }
-                    sum
+                    (cols, sum)
                 })
                 .collect()
         });
-        let total = sums.into_iter().reduce(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
-        });
-        let total = total.unwrap_or_else(|| vec![0f32; groups * cout_g * n]);
+        let mut total = vec![0f32; groups * cout_g * n];
+        for (cols, part) in parts {
+            let w = cols.len();
+            for (dst, src) in total.chunks_exact_mut(n).zip(part.chunks_exact(w)) {
+                dst[cols.clone()].iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            }
+        }
         // [g][o][(tap, i)] → torch's [g·cout_g + o][i][tap].
         let mut w = vec![0f32; cout * cin_g * kk];
         for (go, row) in total.chunks_exact(n).enumerate() {
@@ -243,9 +273,10 @@ impl TrainConv {
         w
     }
 
-    /// Adds pixels `p`'s share of group `g`'s weight gradient to `c` (`[cout_g, (ky, kx, cin_g)]`):
-    /// `dyᵀ · patches`, A packed from `dy`'s rows, B from the input's taps (implicit im2col).
-    /// `bufs` keeps the packed A and B between calls.
+    /// Adds pixels `p`'s share of group `g`'s weight gradient, columns `cols` (panel-aligned)
+    /// of `[cout_g, (ky, kx, cin_g)]`, to `c` (`cout_g` rows of `cols.len()`): `dyᵀ · patches`,
+    /// A packed from `dy`'s rows, B from the input's taps (implicit im2col). `bufs` keeps the
+    /// packed A and B between calls.
     #[allow(clippy::too_many_arguments)]
     fn weight_grad_block(
         &self,
@@ -255,6 +286,7 @@ impl TrainConv {
         ys: Shape,
         p: std::ops::Range<usize>,
         g: usize,
+        cols: std::ops::Range<usize>,
         c: &mut [f32],
         bufs: &mut (Vec<f32>, Option<PackedB>),
     ) {
@@ -267,7 +299,7 @@ impl TrainConv {
             groups,
         } = self.spec;
         let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
-        let (n, kb, mr, isa) = (kk * cin_g, p.len(), self.isa.mr(), self.isa);
+        let (n, kb, mr, isa) = (cols.len(), p.len(), self.isa.mr(), self.isa);
         let (packed, b) = bufs;
         // A: dyᵀ in tiles of mr output channels, [pixel][mr] each.
         let tiles = cout_g.div_ceil(mr);
@@ -296,7 +328,9 @@ impl TrainConv {
             while i < cin_g {
                 let col = tap * cin_g + i;
                 let len = (nr - col % nr).min(cin_g - i);
-                pieces.push((tap, i, len, b.offset(col)));
+                if cols.contains(&col) {
+                    pieces.push((tap, i, len, b.offset(col - cols.start)));
+                }
                 i += len;
             }
         }

@@ -42,9 +42,11 @@ pub enum Trainer {
 }
 
 impl Trainer {
-    /// Native where this CPU has a packed kernel and burn's device is the CPU, else burn.
+    /// Native where this CPU has a packed kernel and burn's device is the CPU, else burn;
+    /// `RESNET_TRAINER=burn` forces burn (to compare, or to rule the native path out).
     pub fn auto() -> Self {
-        if cfg!(feature = "flex") && NativeNet::kernel().is_some() {
+        let forced_burn = std::env::var("RESNET_TRAINER").is_ok_and(|v| v == "burn");
+        if !forced_burn && cfg!(feature = "flex") && NativeNet::kernel().is_some() {
             Trainer::Native
         } else {
             Trainer::Burn

@@ -131,6 +131,22 @@ impl PackedB {
         }
     }
 
+    /// Packs the `k × n` matrix whose entry `(r, c)` is `f(r, c)`, panel by panel, each row's
+    /// columns in order: gathering straight from another layout (torch's conv weights) costs
+    /// one pass instead of a reorder and a copy.
+    pub fn from_fn(k: usize, n: usize, isa: Isa, f: impl Fn(usize, usize) -> f32) -> Self {
+        let mut b = Self::zeroed(k, n, isa);
+        let nr = isa.nr();
+        for j in 0..n.div_ceil(nr) {
+            let cols = (n - j * nr).min(nr);
+            for r in 0..k {
+                let row = &mut b.panels[(j * k + r) * nr..][..cols];
+                row.iter_mut().enumerate().for_each(|(c, v)| *v = f(r, j * nr + c));
+            }
+        }
+        b
+    }
+
     /// Where row 0's column `col` lies in [`PackedB::panels_mut`]; row `r` is `r · nr` further.
     pub fn offset(&self, col: usize) -> usize {
         let nr = self.nr();
