@@ -20,6 +20,11 @@ use super::kernel::{self, Epilogue, Isa, PackedB, KC};
 use super::types::{Ptr, Residual, Shape};
 use crate::model::ConvShape;
 
+thread_local! {
+    /// [`TrainConv::weight_grad_into`]'s sums, kept for the next call.
+    static TOTAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// One convolution of a training step, its weights packed for the three passes.
 pub struct TrainConv {
     pub spec: ConvShape,
@@ -51,59 +56,75 @@ impl TrainConv {
             cin, cout, k, groups, ..
         } = spec;
         let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
-        debug_assert_eq!(weight.len(), cout * cin_g * kk);
         // No Winograd: its ~3e-6 relative error per conv is harmless in inference, but a
         // training step amplifies it (BatchNorm over a channel with a small batch variance,
         // AdamW's normalised first steps) and leaves PyTorch's numbers: with it, either pass
         // put tests/train.rs's two-step runs past 1e-4.
-        // Forward: per group, B[(tap, i), o] = W[g·cout_g + o, i, tap].
-        let w = |o: usize, i: usize, tap: usize| weight[(o * cin_g + i) * kk + tap];
-        let at = |r: usize| (r / cin_g, r % cin_g);
-        let forward = Conv::packed(
-            spec,
-            (0..groups)
-                .map(|g| {
-                    PackedB::from_fn(kk * cin_g, cout_g, isa, |r, o| {
-                        let (tap, i) = at(r);
-                        w(g * cout_g + o, i, tap)
-                    })
-                })
-                .collect(),
-            isa,
-        );
+        let zeroed = |k, n| (0..groups).map(|_| PackedB::zeroed(k, n, isa)).collect::<Vec<_>>();
+        let forward = Conv::packed(spec, zeroed(kk * cin_g, cout_g), isa);
         let (mut transposed, mut to_patches) = (None, Vec::new());
         if spec.stride == 1 && k % 2 == 1 {
-            // dx = conv(dy, W') with W'[g·cin_g + i, o, tap] = W[g·cout_g + o, i, kk−1−tap]:
-            // per group, B'[(tap, o), i] = W[g·cout_g + o, i, kk−1−tap].
             let t = ConvShape {
                 cin: cout,
                 cout: cin,
                 ..spec
             };
-            let weights = (0..groups)
-                .map(|g| {
-                    PackedB::from_fn(kk * cout_g, cin_g, isa, |r, i| {
-                        let (tap, o) = (r / cout_g, r % cout_g);
-                        w(g * cout_g + o, i, kk - 1 - tap)
-                    })
-                })
-                .collect();
-            transposed = Some(Conv::packed(t, weights, isa));
+            transposed = Some(Conv::packed(t, zeroed(kk * cout_g, cin_g), isa));
         } else {
-            // Per group, row o: output channel g·cout_g + o's taps as (tap, i).
-            for g in 0..groups {
-                to_patches.push(PackedB::from_fn(cout_g, kk * cin_g, isa, |o, col| {
-                    let (tap, i) = at(col);
-                    w(g * cout_g + o, i, tap)
-                }));
-            }
+            to_patches = zeroed(cout_g, kk * cin_g);
         }
-        TrainConv {
+        let mut conv = TrainConv {
             spec,
             isa,
             forward,
             transposed,
             to_patches,
+        };
+        conv.repack(weight);
+        conv
+    }
+
+    /// Packs new values of the weight into the same buffers (a step's update), which saves
+    /// allocating and zeroing them again: a tenth of a resnet18 step.
+    pub fn repack(&mut self, weight: &[f32]) {
+        let ConvShape {
+            cin, cout, k, groups, ..
+        } = self.spec;
+        let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
+        debug_assert_eq!(weight.len(), cout * cin_g * kk);
+        // Forward: per group, B[(tap, i), o] = W[g·cout_g + o, i, tap], the rows visited in
+        // torch's (i, tap) order so that each column's source row is read front to back.
+        for (g, b) in self.forward.weights.iter_mut().enumerate() {
+            let rows = (0..cin_g).flat_map(|i| (0..kk).map(move |tap| tap * cin_g + i));
+            b.refill(rows, |r, o0, out| {
+                let (tap, i) = (r / cin_g, r % cin_g);
+                let src = weight[((g * cout_g + o0) * cin_g + i) * kk + tap..].iter();
+                out.iter_mut().zip(src.step_by(cin_g * kk)).for_each(|(v, &s)| *v = s);
+            });
+        }
+        // Stride 1: dx = conv(dy, W') with W'[g·cin_g + i, o, tap] = W[g·cout_g + o, i,
+        // kk−1−tap], per group B'[(tap, o), i].
+        for (g, b) in self
+            .transposed
+            .iter_mut()
+            .flat_map(|t| t.weights.iter_mut())
+            .enumerate()
+        {
+            let rows = (0..cout_g).flat_map(|o| (0..kk).map(move |tap| tap * cout_g + o));
+            b.refill(rows, |r, i0, out| {
+                let (tap, o) = (r / cout_g, r % cout_g);
+                let src = weight[((g * cout_g + o) * cin_g + i0) * kk + kk - 1 - tap..].iter();
+                out.iter_mut().zip(src.step_by(kk)).for_each(|(v, &s)| *v = s);
+            });
+        }
+        // Strided: per group, row o holds output channel g·cout_g + o's taps as (tap, i).
+        for (g, b) in self.to_patches.iter_mut().enumerate() {
+            b.refill(0..cout_g, |o, c0, out| {
+                for (c, v) in out.iter_mut().enumerate() {
+                    let (tap, i) = ((c0 + c) / cin_g, (c0 + c) % cin_g);
+                    *v = weight[((g * cout_g + o) * cin_g + i) * kk + tap];
+                }
+            });
         }
     }
 
@@ -208,6 +229,13 @@ impl TrainConv {
     /// The weight gradient in torch's `[cout, cin/groups, k, k]` layout, from the conv's input
     /// `x` and its output gradient `dy`.
     pub fn weight_grad(&self, x: &[f32], xs: Shape, dy: &[f32], pool: &rayon::ThreadPool) -> Vec<f32> {
+        let mut w = Vec::new();
+        self.weight_grad_into(x, xs, dy, pool, &mut w);
+        w
+    }
+
+    /// [`TrainConv::weight_grad`] into `w`, whose allocation (last step's gradient) it reuses.
+    pub fn weight_grad_into(&self, x: &[f32], xs: Shape, dy: &[f32], pool: &rayon::ThreadPool, w: &mut Vec<f32>) {
         let ConvShape {
             cin, cout, k, groups, ..
         } = self.spec;
@@ -228,7 +256,14 @@ impl TrainConv {
         } else {
             threads.min(blocks.max(1))
         };
-        let parts: Vec<(std::ops::Range<usize>, Vec<f32>)> = pool.install(|| {
+        // Task 0, and every task when they split the columns, writes into `total` itself.
+        // The sums, in a buffer kept from call to call (zeroing it is cheaper than faulting in
+        // fresh pages: layer4 of resnet18 sums 9 MB).
+        let mut total = TOTAL.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        total.clear();
+        total.resize(groups * cout_g * n, 0.0);
+        let out = Ptr(total.as_mut_ptr());
+        let parts: Vec<Vec<f32>> = pool.install(|| {
             (0..tasks)
                 .into_par_iter()
                 .map(|t| {
@@ -240,29 +275,35 @@ impl TrainConv {
                     } else {
                         ((t * blocks / tasks)..((t + 1) * blocks / tasks), 0..n)
                     };
-                    let w = cols.len();
-                    let mut sum = vec![0f32; groups * cout_g * w];
+                    let mut own = Vec::new();
+                    let c = if split_cols || t == 0 {
+                        // SAFETY: `total` outlives the pool's scope; a column split gives each
+                        // task its own columns, and otherwise only task 0 writes here.
+                        unsafe { out.get().add(cols.start) }
+                    } else {
+                        own.resize(groups * cout_g * n, 0f32);
+                        own.as_mut_ptr()
+                    };
                     let mut bufs = (Vec::new(), None);
                     for b in bs {
                         let p = b * KC..((b + 1) * KC).min(pixels);
                         for g in 0..groups {
-                            let c = &mut sum[g * cout_g * w..(g + 1) * cout_g * w];
-                            self.weight_grad_block(x, xs, dy, ys, p.clone(), g, cols.clone(), c, &mut bufs);
+                            // SAFETY: as above; group g's rows start cout_g·n floats further on.
+                            unsafe {
+                                let c = c.add(g * cout_g * n);
+                                self.weight_grad_block(x, xs, dy, ys, p.clone(), g, cols.clone(), c, n, &mut bufs);
+                            }
                         }
                     }
-                    (cols, sum)
+                    own
                 })
                 .collect()
         });
-        let mut total = vec![0f32; groups * cout_g * n];
-        for (cols, part) in parts {
-            let w = cols.len();
-            for (dst, src) in total.chunks_exact_mut(n).zip(part.chunks_exact(w)) {
-                dst[cols.clone()].iter_mut().zip(src).for_each(|(d, s)| *d += s);
-            }
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
         }
         // [g][o][(tap, i)] → torch's [g·cout_g + o][i][tap].
-        let mut w = vec![0f32; cout * cin_g * kk];
+        w.resize(cout * cin_g * kk, 0.0);
         for (go, row) in total.chunks_exact(n).enumerate() {
             for t in 0..kk {
                 for i in 0..cin_g {
@@ -270,15 +311,19 @@ impl TrainConv {
                 }
             }
         }
-        w
+        TOTAL.with(|t| *t.borrow_mut() = total);
     }
 
     /// Adds pixels `p`'s share of group `g`'s weight gradient, columns `cols` (panel-aligned)
-    /// of `[cout_g, (ky, kx, cin_g)]`, to `c` (`cout_g` rows of `cols.len()`): `dyᵀ · patches`,
-    /// A packed from `dy`'s rows, B from the input's taps (implicit im2col). `bufs` keeps the
-    /// packed A and B between calls.
+    /// of `[cout_g, (ky, kx, cin_g)]`, to `c` (`cout_g` rows `ldc` apart, from column
+    /// `cols.start`): `dyᵀ · patches`, A packed from `dy`'s rows, B from the input's taps
+    /// (implicit im2col). `bufs` keeps the packed A and B between calls.
+    ///
+    /// # Safety
+    /// `c` is valid for `cout_g` rows of `cols.len()` floats at stride `ldc`, written by no
+    /// one else meanwhile.
     #[allow(clippy::too_many_arguments)]
-    fn weight_grad_block(
+    unsafe fn weight_grad_block(
         &self,
         x: &[f32],
         xs: Shape,
@@ -287,7 +332,8 @@ impl TrainConv {
         p: std::ops::Range<usize>,
         g: usize,
         cols: std::ops::Range<usize>,
-        c: &mut [f32],
+        c: *mut f32,
+        ldc: usize,
         bufs: &mut (Vec<f32>, Option<PackedB>),
     ) {
         let ConvShape {
@@ -386,14 +432,13 @@ impl TrainConv {
             q += ox1 - ox0;
         }
         let zeros = vec![0f32; n];
-        let cp = c.as_mut_ptr();
         let ep = Epilogue {
             bias: &zeros,
             // Accumulates in place: one k-pass (kb ≤ KC) reads each value before writing it.
-            residual: Some((cp.cast_const(), n)),
+            residual: Some((c.cast_const(), ldc)),
             relu: false,
         };
-        // SAFETY: `packed` holds cout_g rows' tiles for depth kb ≤ KC; c has cout_g rows of n.
-        unsafe { kernel::gemm_packed(cout_g, packed, b, cp, n, ep, 0..b.panels()) };
+        // SAFETY: `packed` holds cout_g rows' tiles for depth kb ≤ KC; the caller vouches for c.
+        unsafe { kernel::gemm_packed(cout_g, packed, b, c, ldc, ep, 0..b.panels()) };
     }
 }

@@ -93,44 +93,50 @@ impl Optimizer {
         }
     }
 
-    /// PyTorch's rule for one parameter `w` with gradient `g`, in f32 as torch computes it.
+    /// PyTorch's rule for one parameter `w` with gradient `g`, in f32 as torch computes it,
+    /// in one pass over chunks that run in parallel (the update is memory-bound).
     fn update(&mut self, key: &str, w: &mut [f32], g: &[f32], decay: bool, lr: f64) {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 15;
         let c = &self.config;
         let wd = if decay { c.weight_decay } else { 0.0 };
         let state = self.state.entry(key.to_string()).or_default();
         let (lr32, wd32) = (lr as f32, wd as f32);
+        let n = w.len();
         match c.kind {
+            OptimizerKind::Sgd if c.momentum == 0.0 => {
+                w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(w, g)| {
+                    for (w, &g) in w.iter_mut().zip(g) {
+                        let d = if wd != 0.0 { g + *w * wd32 } else { g };
+                        *w -= d * lr32;
+                    }
+                })
+            }
             OptimizerKind::Sgd => {
-                let mom = c.momentum as f32;
-                if c.momentum != 0.0 && state.is_empty() {
-                    // PyTorch: the first buffer is the gradient itself (no dampening).
-                    state.push(
-                        w.iter()
-                            .zip(g)
-                            .map(|(&w, &g)| if wd != 0.0 { g + w * wd32 } else { g })
-                            .collect(),
-                    );
-                } else if c.momentum != 0.0 {
-                    let buf = &mut state[0];
-                    for ((b, &w), &g) in buf.iter_mut().zip(w.iter()).zip(g) {
-                        let g = if wd != 0.0 { g + w * wd32 } else { g };
-                        *b = *b * mom + g;
-                    }
+                let (mom, nesterov) = (c.momentum as f32, c.nesterov);
+                // PyTorch: the first buffer is the gradient itself (no dampening).
+                let first = state.is_empty();
+                if first {
+                    state.push(vec![0f32; n]);
                 }
-                for (i, w) in w.iter_mut().enumerate() {
-                    let mut d = if wd != 0.0 { g[i] + *w * wd32 } else { g[i] };
-                    if c.momentum != 0.0 {
-                        let b = state[0][i];
-                        d = if c.nesterov { d + b * mom } else { b };
-                    }
-                    *w -= d * lr32;
-                }
+                let buf = &mut state[0];
+                w.par_chunks_mut(CHUNK)
+                    .zip(g.par_chunks(CHUNK))
+                    .zip(buf.par_chunks_mut(CHUNK))
+                    .for_each(|((w, g), buf)| {
+                        for ((w, &g), b) in w.iter_mut().zip(g).zip(buf) {
+                            let d = if wd != 0.0 { g + *w * wd32 } else { g };
+                            *b = if first { d } else { *b * mom + d };
+                            let step = if nesterov { d + *b * mom } else { *b };
+                            *w -= step * lr32;
+                        }
+                    })
             }
             OptimizerKind::AdamW => {
                 let t = self.step as i32;
                 let (b1, b2) = c.betas;
                 if state.len() < 2 {
-                    *state = vec![vec![0f32; w.len()], vec![0f32; w.len()]];
+                    *state = vec![vec![0f32; n], vec![0f32; n]];
                 }
                 let keep = (1.0 - lr * wd) as f32;
                 let bc1 = 1.0 - b1.powi(t);
@@ -138,13 +144,18 @@ impl Optimizer {
                 let (sq2, eps, step) = (bc2.sqrt() as f32, c.eps as f32, (lr / bc1) as f32);
                 let (b1, b2) = (b1 as f32, b2 as f32);
                 let (m, v) = state.split_at_mut(1);
-                for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m[0].iter_mut()).zip(v[0].iter_mut()) {
-                    *w *= keep;
-                    *m = *m * b1 + g * (1.0 - b1);
-                    *v = *v * b2 + g * g * (1.0 - b2);
-                    let denom = v.sqrt() / sq2 + eps;
-                    *w -= (*m / denom) * step;
-                }
+                w.par_chunks_mut(CHUNK)
+                    .zip(g.par_chunks(CHUNK))
+                    .zip(m[0].par_chunks_mut(CHUNK).zip(v[0].par_chunks_mut(CHUNK)))
+                    .for_each(|((w, g), (m, v))| {
+                        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
+                            *w *= keep;
+                            *m = *m * b1 + g * (1.0 - b1);
+                            *v = *v * b2 + g * g * (1.0 - b2);
+                            let denom = v.sqrt() / sq2 + eps;
+                            *w -= (*m / denom) * step;
+                        }
+                    })
             }
         }
     }

@@ -131,20 +131,19 @@ impl PackedB {
         }
     }
 
-    /// Packs the `k × n` matrix whose entry `(r, c)` is `f(r, c)`, panel by panel, each row's
-    /// columns in order: gathering straight from another layout (torch's conv weights) costs
-    /// one pass instead of a reorder and a copy.
-    pub fn from_fn(k: usize, n: usize, isa: Isa, f: impl Fn(usize, usize) -> f32) -> Self {
-        let mut b = Self::zeroed(k, n, isa);
-        let nr = isa.nr();
+    /// Overwrites the matrix panel by panel: `fill(r, c0, out)` writes row `r`'s columns
+    /// `c0..c0 + out.len()`, the rows coming in the order `rows` gives (every row once).
+    /// Gathering straight from another layout (torch's conv weights) costs one pass instead
+    /// of a reorder and a copy, and the order lets that pass read its source sequentially.
+    /// Packed kernels only.
+    pub fn refill(&mut self, rows: impl Iterator<Item = usize> + Clone, fill: impl Fn(usize, usize, &mut [f32])) {
+        let (k, n, nr) = (self.k, self.n, self.nr());
         for j in 0..n.div_ceil(nr) {
             let cols = (n - j * nr).min(nr);
-            for r in 0..k {
-                let row = &mut b.panels[(j * k + r) * nr..][..cols];
-                row.iter_mut().enumerate().for_each(|(c, v)| *v = f(r, j * nr + c));
+            for r in rows.clone() {
+                fill(r, j * nr, &mut self.panels[(j * k + r) * nr..][..cols]);
             }
         }
-        b
     }
 
     /// Where row 0's column `col` lies in [`PackedB::panels_mut`]; row `r` is `r · nr` further.

@@ -97,6 +97,8 @@ pub struct NativeNet {
     spare: Vec<Vec<f32>>,
     /// The sizes [`NativeNet::buffer`] was asked for in this step.
     asked: Vec<usize>,
+    /// The last step's packed convs, whose buffers the next step refills.
+    packed: Vec<TrainConv>,
 }
 
 /// A block's shortcut, as the last BN of its main path adds it.
@@ -261,6 +263,7 @@ impl NativeNet {
             profile: std::env::var_os("RESNET_PROFILE").map(|_| [0.0; PASSES.len()]),
             spare: Vec::new(),
             asked: Vec::new(),
+            packed: Vec::new(),
         })
     }
 
@@ -358,6 +361,7 @@ impl NativeNet {
             self.recycle(b);
         }
         self.keep_spares();
+        self.packed = convs;
         let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
         self.phases_ms = (ms(t0, t1), ms(t1, std::time::Instant::now()));
         if let Some(p) = &mut self.profile {
@@ -379,17 +383,27 @@ impl NativeNet {
 
     /// Every conv of the network, packed from the current weights for the three passes, in
     /// the order the step uses them: stem, then per block its main convs and projection.
-    fn pack(&self) -> Vec<TrainConv> {
+    /// The last step's convs are repacked in place (see [`TrainConv::repack`]).
+    fn pack(&mut self) -> Vec<TrainConv> {
         let mut list = vec![self.stem];
         for b in &self.blocks {
             list.extend(b.main.iter().copied());
             list.extend(b.projection);
         }
         let (params, isa) = (&self.params, self.isa);
+        let mut convs = std::mem::take(&mut self.packed);
         self.pool.install(|| {
-            list.par_iter()
-                .map(|cb| TrainConv::new(&params[cb.weight].value, cb.spec, isa))
-                .collect()
+            if convs.len() == list.len() {
+                convs
+                    .par_iter_mut()
+                    .zip(&list)
+                    .for_each(|(c, cb)| c.repack(&params[cb.weight].value));
+                convs
+            } else {
+                list.par_iter()
+                    .map(|cb| TrainConv::new(&params[cb.weight].value, cb.spec, isa))
+                    .collect()
+            }
         })
     }
 
@@ -550,7 +564,9 @@ impl NativeNet {
         self.params[cb.beta].grad = dbeta;
         self.lap(3, &mut clock);
         // t.z now holds the conv output's gradient.
-        self.params[cb.weight].grad = conv.weight_grad(&acts[t.input].0, t.xs, &t.z, &self.pool);
+        let mut grad = std::mem::take(&mut self.params[cb.weight].grad);
+        conv.weight_grad_into(&acts[t.input].0, t.xs, &t.z, &self.pool, &mut grad);
+        self.params[cb.weight].grad = grad;
         self.lap(4, &mut clock);
         let dx = input_grad.then(|| {
             let mut dx = self.buffer(t.xs.len());

@@ -282,13 +282,9 @@ pub fn head(x: &[f32], xs: Shape, weight: &[f32], bias: &[f32], labels: &[usize]
     let k = bias.len();
     let mut feats = vec![0f32; n * f];
     crate::engine::global_avg_pool(x, xs, &mut feats);
-    let mut logits = vec![0f32; n * k];
-    for i in 0..n {
-        let fi = &feats[i * f..(i + 1) * f];
-        for j in 0..k {
-            logits[i * k + j] = bias[j] + dot(fi, &weight[j * f..(j + 1) * f]);
-        }
-    }
+    // logits = feats · Wᵀ + b.
+    let mut logits: Vec<f32> = (0..n).flat_map(|_| bias.iter().copied()).collect();
+    matmul((n, k, f), &mut logits, (k, 1), &feats, (f, 1), weight, (1, f), true);
     // dlogits = (softmax − target) / n.
     let mut dlogits = vec![0f32; n * k];
     let mut loss = 0f64;
@@ -305,24 +301,12 @@ pub fn head(x: &[f32], xs: Shape, weight: &[f32], bias: &[f32], labels: &[usize]
             dlogits[i * k + j] = (((l[j] as f64 - lse).exp() - target) / n as f64) as f32;
         }
     }
+    let dbias: Vec<f32> = (0..k).map(|j| (0..n).map(|i| dlogits[i * k + j]).sum()).collect();
+    // dW = dlogitsᵀ · feats, dfeats = dlogits · W.
     let mut dweight = vec![0f32; k * f];
-    let mut dbias = vec![0f32; k];
+    matmul((k, f, n), &mut dweight, (f, 1), &dlogits, (1, k), &feats, (f, 1), false);
     let mut dfeats = vec![0f32; n * f];
-    for i in 0..n {
-        let fi = &feats[i * f..(i + 1) * f];
-        for j in 0..k {
-            let g = dlogits[i * k + j];
-            dbias[j] += g;
-            dweight[j * f..(j + 1) * f]
-                .iter_mut()
-                .zip(fi)
-                .for_each(|(d, &x)| *d += g * x);
-            dfeats[i * f..(i + 1) * f]
-                .iter_mut()
-                .zip(&weight[j * f..(j + 1) * f])
-                .for_each(|(d, &w)| *d += g * w);
-        }
-    }
+    matmul((n, f, k), &mut dfeats, (f, 1), &dlogits, (k, 1), weight, (f, 1), false);
     let mut dx = vec![0f32; xs.len()];
     let inv = 1.0 / hw as f32;
     for i in 0..n {
@@ -342,15 +326,49 @@ pub fn head(x: &[f32], xs: Shape, weight: &[f32], bias: &[f32], labels: &[usize]
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight lanes of partial sums, so the loop vectorises.
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
+/// `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, each given with its (row, column) strides,
+/// through the `gemm` crate (the head's matrices are too small and odd-shaped for the
+/// engine's packed kernels to pay off). `add` keeps what `dst` holds.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (drs, dcs): (usize, usize),
+    lhs: &[f32],
+    (lrs, lcs): (usize, usize),
+    rhs: &[f32],
+    (rrs, rcs): (usize, usize),
+    add: bool,
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs;
+    assert!(
+        m * n == 0
+            || (last(m, n, drs, dcs) < dst.len()
+                && last(m, k, lrs, lcs) < lhs.len().max(usize::from(k == 0))
+                && last(k, n, rrs, rcs) < rhs.len().max(usize::from(k == 0)))
+    );
+    // SAFETY: the assertion keeps every element the strides reach inside its slice.
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dcs as isize,
+            drs as isize,
+            add,
+            lhs.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            rhs.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            ::gemm::Parallelism::None,
+        )
     }
-    acc.iter().sum::<f32>() + tail
 }
