@@ -3,10 +3,11 @@
 //! - **input gradient**: at stride 1, a convolution of the output gradient with the flipped,
 //!   transposed weights, so it runs on the same kernels; strided, one GEMM per image from the
 //!   output gradient to patch gradients, then a col2im scatter;
-//! - **weight gradient**: `dW[(ky, kx, cin), cout] = Σ_pixels patch · dy`, GEMMs over blocks of
-//!   [`KC`] pixels: the patches are packed transposed straight from the NHWC input (no im2col
-//!   buffer), each block's output gradient is the packed B, and every thread accumulates its
-//!   blocks in place before the threads' sums are added.
+//! - **weight gradient**: `dW[cout, (ky, kx, cin)] = Σ_pixels dyᵀ · patch`, GEMMs over blocks
+//!   of [`KC`] pixels: A is the block's output gradient, B its patches packed into panels
+//!   straight from the NHWC input (no im2col buffer), and the sums accumulate in place. Threads
+//!   split the blocks (their sums are added after) or, when blocks are fewer than threads, the
+//!   columns.
 //!
 //! Why ours and not burn-flex's: its convolutions run im2col, a scalar col2im scatter for the
 //! input gradient and a generic fallback for the weight gradient, and spend ~40 % of a step

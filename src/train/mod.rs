@@ -612,15 +612,8 @@ impl Trainer {
         let c = self.config.in_channels;
         each_batch(loader, epoch, on_event, |i, batch, t0| {
             lr = self.config.lr.at(epoch, i, per_epoch);
-            let n = batch.labels.len();
-            let side = ((batch.sample_len / c.max(1)) as f64).sqrt() as usize;
-            if side * side * c != batch.sample_len {
-                return Err(Error::Config(format!(
-                    "training batches must hold square {c}-channel images; got {} floats per sample",
-                    batch.sample_len
-                )));
-            }
-            let out = net.step(&batch.images, n, side, side, &batch.labels)?;
+            let [n, _, h, w] = eval::batch_dims(&batch, c);
+            let out = net.step(&batch.images, n, h, w, &batch.labels)?;
             self.check_loss(out.loss, epoch, i)?;
             self.optimizer.step_native(&mut net.params, lr);
             let k = self.model.config.num_classes.max(1);
