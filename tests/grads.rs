@@ -11,9 +11,9 @@ use burn::module::{Param, RunningState};
 use burn::prelude::*;
 use common::max_abs;
 use resnet::engine::grad::{self, TrainConv};
-use resnet::engine::{AlignedVec, Kernel, Shape};
+use resnet::engine::{nchw_to_nhwc, nhwc_to_nchw, AlignedVec, Kernel, Shape};
 use resnet::model::layers;
-use resnet::train::native::{self, ops};
+use resnet::train::native::ops;
 
 type Fixtures = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
@@ -67,11 +67,19 @@ impl Case<'_> {
 
     /// Asserts `got` is PyTorch's `k` within `tol` (max abs, relative to its largest value).
     fn check<const D: usize>(&self, k: &str, got: Tensor<D>, tol: f32) {
-        let (shape, want) = self.values(k);
+        let (shape, _) = self.values(k);
         assert_eq!(&got.dims().to_vec(), shape, "{}/{k}: shape", self.name);
         let got = got.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        self.check_values(k, &got, tol);
+    }
+
+    /// Asserts plain values are PyTorch's `k` within `tol` (max abs, relative to its largest
+    /// value).
+    fn check_values(&self, k: &str, got: &[f32], tol: f32) {
+        let (_, want) = self.values(k);
+        assert_eq!(got.len(), want.len(), "{}/{k}: length", self.name);
         let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let err = max_abs(&got, want) / scale;
+        let err = max_abs(got, want) / scale;
         assert!(
             err <= tol,
             "{}/{k}: max abs error {err:e} (relative to {scale}) > {tol:e}",
@@ -208,36 +216,9 @@ fn nhwc(v: &[f32], shape: &[usize]) -> (Vec<f32>, Shape) {
         h: shape[2],
         w: shape[3],
     };
-    (native::nchw_to_nhwc(v, s), s)
-}
-
-/// NCHW values of an NHWC activation.
-fn nchw(v: &[f32], s: Shape) -> Vec<f32> {
-    let (hw, c) = (s.h * s.w, s.c);
     let mut out = vec![0f32; v.len()];
-    for n in 0..s.n {
-        for p in 0..hw {
-            for ch in 0..c {
-                out[(n * c + ch) * hw + p] = v[(n * hw + p) * c + ch];
-            }
-        }
-    }
-    out
-}
-
-impl Case<'_> {
-    /// [`Case::check`] for plain values.
-    fn check_values(&self, k: &str, got: &[f32], tol: f32) {
-        let (_, want) = self.values(k);
-        assert_eq!(got.len(), want.len(), "{}/{k}: length", self.name);
-        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let err = max_abs(got, want) / scale;
-        assert!(
-            err <= tol,
-            "{}/{k}: max abs error {err:e} (relative to {scale}) > {tol:e}",
-            self.name
-        );
-    }
+    nchw_to_nhwc(v, s, &mut out);
+    (out, s)
 }
 
 fn pool() -> rayon::ThreadPool {
@@ -268,12 +249,12 @@ fn native_convolutions_forward_and_backward_match_pytorch() {
             let mut y = vec![0f32; ys.len()];
             let mut scratch = AlignedVec::default();
             conv.forward(&x, xs, &mut y, &pool, &mut scratch);
-            case.check_values("y", &nchw(&y, ys), 1e-5);
+            case.check_values("y", &nhwc_to_nchw(&y, ys), 1e-5);
             let (gshape, g) = case.values("g");
             let (g, _) = nhwc(g, gshape);
             let mut dx = vec![f32::NAN; xs.len()];
             conv.input_grad(&g, xs, &mut dx, &pool, &mut scratch);
-            case.check_values("dx", &nchw(&dx, xs), 1e-5);
+            case.check_values("dx", &nhwc_to_nchw(&dx, xs), 1e-5);
             case.check_values("dw", &conv.weight_grad(&x, xs, &g, &pool), 1e-5);
         }
     }
@@ -295,13 +276,13 @@ fn native_batch_norm_pool_and_shortcut_match_pytorch() {
         );
         let mut y = vec![0f32; z.len()];
         let saved = ops::bn_forward(&z, xs.c, gamma, beta, (&mut rm, &mut rv), None, false, &mut y, &pool);
-        case.check_values("y", &nchw(&y, xs), 1e-5);
+        case.check_values("y", &nhwc_to_nchw(&y, xs), 1e-5);
         case.check_values("running_mean", &rm, 1e-6);
         case.check_values("running_var", &rv, 1e-6);
         let (gshape, g) = case.values("g");
         let (mut g, _) = nhwc(g, gshape);
         let (dgamma, dbeta) = ops::bn_backward(&mut z, xs.c, &saved, gamma, &mut g, None, &pool);
-        case.check_values("dx", &nchw(&z, xs), 1e-5);
+        case.check_values("dx", &nhwc_to_nchw(&z, xs), 1e-5);
         case.check_values("dgamma", &dgamma, 1e-5);
         case.check_values("dbeta", &dbeta, 1e-5);
     }
@@ -310,10 +291,14 @@ fn native_batch_norm_pool_and_shortcut_match_pytorch() {
         let (xshape, x) = case.values("x");
         let (x, xs) = nhwc(x, xshape);
         let (y, arg, ys) = ops::max_pool_forward(&x, xs, &pool);
-        case.check_values("y", &nchw(&y, ys), 0.0);
+        case.check_values("y", &nhwc_to_nchw(&y, ys), 0.0);
         let (gshape, g) = case.values("g");
         let (g, _) = nhwc(g, gshape);
-        case.check_values("dx", &nchw(&ops::max_pool_backward(&g, &arg, ys, xs, &pool), xs), 1e-6);
+        case.check_values(
+            "dx",
+            &nhwc_to_nchw(&ops::max_pool_backward(&g, &arg, ys, xs, &pool), xs),
+            1e-6,
+        );
     }
     for c in cases(&m, "zero_pad_shortcut") {
         let case = setup(&t, &c);
@@ -325,9 +310,9 @@ fn native_batch_norm_pool_and_shortcut_match_pytorch() {
         assert_eq!(ys.c, u("out_channels"));
         let mut y = vec![0f32; ys.len()];
         resnet::engine::zero_pad_shortcut(&x, xs, u("stride"), ys.c, &mut y);
-        case.check_values("y", &nchw(&y, ys), 0.0);
+        case.check_values("y", &nhwc_to_nchw(&y, ys), 0.0);
         let mut dx = vec![0f32; xs.len()];
         ops::zero_pad_backward(&g, ys, u("stride"), &mut dx, xs);
-        case.check_values("dx", &nchw(&dx, xs), 0.0);
+        case.check_values("dx", &nhwc_to_nchw(&dx, xs), 0.0);
     }
 }

@@ -134,21 +134,7 @@ impl Conv {
     }
 
     pub fn out_shape(&self, s: Shape) -> Shape {
-        let ConvShape {
-            cout,
-            k,
-            stride,
-            dilation,
-            ..
-        } = self.spec;
-        let pad = self.pad_in();
-        let span = dilation * (k - 1) + 1;
-        Shape {
-            n: s.n,
-            h: (s.h + 2 * pad - span) / stride + 1,
-            w: (s.w + 2 * pad - span) / stride + 1,
-            c: cout,
-        }
+        s.conv_out(self.spec, self.pad_in())
     }
 
     /// Whether this conv can take its residual from its output buffer ([`Residual::InOut`])
@@ -735,12 +721,7 @@ pub(super) fn partition(
 
 /// `nn.MaxPool2d(3, 2, 1)` on NHWC (padding never wins, as in PyTorch).
 pub fn max_pool_3x3s2(x: &[f32], xs: Shape, out: &mut [f32], pool: &rayon::ThreadPool) -> Shape {
-    let os = Shape {
-        n: xs.n,
-        h: (xs.h + 2 - 3) / 2 + 1,
-        w: (xs.w + 2 - 3) / 2 + 1,
-        c: xs.c,
-    };
+    let os = xs.max_pooled();
     let c = xs.c;
     pool.install(|| {
         out[..os.len()]
@@ -788,12 +769,7 @@ pub fn global_avg_pool(x: &[f32], xs: Shape, out: &mut [f32]) {
 
 /// Option A's shortcut: `x[:, ::s, ::s, :]` with `pad` zero channels before and the rest after.
 pub fn zero_pad_shortcut(x: &[f32], xs: Shape, stride: usize, cout: usize, out: &mut [f32]) -> Shape {
-    let os = Shape {
-        n: xs.n,
-        h: xs.h.div_ceil(stride),
-        w: xs.w.div_ceil(stride),
-        c: cout,
-    };
+    let os = xs.subsampled(stride, cout);
     let before = (cout - xs.c) / 2;
     for n in 0..os.n {
         for oy in 0..os.h {

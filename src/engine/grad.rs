@@ -37,15 +37,14 @@ pub struct TrainConv {
     to_patches: Vec<PackedB>,
 }
 
+/// Input and output channels per group, and taps per kernel.
+fn per_group(spec: ConvShape) -> (usize, usize, usize) {
+    (spec.cin / spec.groups, spec.cout / spec.groups, spec.k * spec.k)
+}
+
 /// The output size of `spec` on `xs`, with torchvision's padding.
 pub fn out_shape(spec: ConvShape, xs: Shape) -> Shape {
-    let span = spec.dilation * (spec.k - 1) + 1;
-    Shape {
-        n: xs.n,
-        h: (xs.h + 2 * spec.pad() - span) / spec.stride + 1,
-        w: (xs.w + 2 * spec.pad() - span) / spec.stride + 1,
-        c: spec.cout,
-    }
+    xs.conv_out(spec, spec.pad())
 }
 
 impl TrainConv {
@@ -56,7 +55,7 @@ impl TrainConv {
         let ConvShape {
             cin, cout, k, groups, ..
         } = spec;
-        let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
+        let (cin_g, cout_g, kk) = per_group(spec);
         // No Winograd: its ~3e-6 relative error per conv is harmless in inference, but a
         // training step amplifies it (BatchNorm over a channel with a small batch variance,
         // AdamW's normalised first steps) and leaves PyTorch's numbers: with it, either pass
@@ -88,11 +87,8 @@ impl TrainConv {
     /// Packs new values of the weight into the same buffers (a step's update), which saves
     /// allocating and zeroing them again: a tenth of a resnet18 step.
     pub fn repack(&mut self, weight: &[f32]) {
-        let ConvShape {
-            cin, cout, k, groups, ..
-        } = self.spec;
-        let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
-        debug_assert_eq!(weight.len(), cout * cin_g * kk);
+        let (cin_g, cout_g, kk) = per_group(self.spec);
+        debug_assert_eq!(weight.len(), self.spec.cout * cin_g * kk);
         // Forward: per group, B[(tap, i), o] = W[g·cout_g + o, i, tap], the rows visited in
         // torch's (i, tap) order so that each column's source row is read front to back.
         for (g, b) in self.forward.weights.iter_mut().enumerate() {
@@ -161,9 +157,9 @@ impl TrainConv {
             k,
             stride,
             dilation,
-            groups,
+            ..
         } = self.spec;
-        let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
+        let (cin_g, cout_g, kk) = per_group(self.spec);
         let pad = self.spec.pad() as isize;
         let (pixels, isa) = (ys.h * ys.w, self.isa);
         let dyp = Ptr(dy.as_ptr());
@@ -237,10 +233,8 @@ impl TrainConv {
 
     /// [`TrainConv::weight_grad`] into `w`, whose allocation (last step's gradient) it reuses.
     pub fn weight_grad_into(&self, x: &[f32], xs: Shape, dy: &[f32], pool: &rayon::ThreadPool, w: &mut Vec<f32>) {
-        let ConvShape {
-            cin, cout, k, groups, ..
-        } = self.spec;
-        let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
+        let (cout, groups) = (self.spec.cout, self.spec.groups);
+        let (cin_g, cout_g, kk) = per_group(self.spec);
         let ys = out_shape(self.spec, xs);
         let n = kk * cin_g;
         let pixels = ys.pixels();
@@ -343,9 +337,9 @@ impl TrainConv {
             k,
             stride,
             dilation,
-            groups,
+            ..
         } = self.spec;
-        let (cin_g, cout_g, kk) = (cin / groups, cout / groups, k * k);
+        let (cin_g, cout_g, kk) = per_group(self.spec);
         let (n, kb, mr, isa) = (cols.len(), p.len(), self.isa.mr(), self.isa);
         let (packed, b) = bufs;
         // A: dyᵀ in tiles of mr output channels, [pixel][mr] each.

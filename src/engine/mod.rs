@@ -24,7 +24,7 @@ use rayon::prelude::*;
 pub use conv::{global_avg_pool, zero_pad_shortcut};
 use conv::{max_pool_3x3s2, Conv, Residual};
 pub use kernel::{Avx2, Avx512, Isa, Kernel, Neon};
-pub use types::Shape;
+pub use types::{nchw_to_nhwc, nhwc_to_nchw, Shape};
 
 use crate::error::{Error, Result};
 use crate::model::{split_rows, ConvShape, Logits, ParamKeys, ResNetConfig, Role, ShortcutPlan, Stem};
@@ -454,19 +454,4 @@ impl Logits for Engine {
     fn logits_nchw(&self, x: Vec<f32>, dims: [usize; 4]) -> Result<Vec<Vec<f32>>> {
         Ok(split_rows(self.forward(&x, dims)?, self.config().num_classes))
     }
-}
-
-/// An NHWC map as NCHW.
-fn nhwc_to_nchw(x: &[f32], s: Shape) -> Vec<f32> {
-    let (hw, c) = (s.h * s.w, s.c);
-    let mut out = vec![0f32; x.len()];
-    for n in 0..s.n {
-        let (src, dst) = (&x[n * hw * c..(n + 1) * hw * c], &mut out[n * hw * c..(n + 1) * hw * c]);
-        for (p, px) in src.chunks_exact(c).enumerate() {
-            for (ch, &v) in px.iter().enumerate() {
-                dst[ch * hw + p] = v;
-            }
-        }
-    }
-    out
 }

@@ -1,5 +1,6 @@
-//! The types a conv and its Winograd variant share: the activation shape, what a conv adds
-//! to its output, and the pointer wrapper that crosses threads. Both import this file; neither
+//! The types a conv and its Winograd variant share: the activation shape (with the output
+//! shapes of the layers around convs, and the NCHW ↔ NHWC layouts), what a conv adds to its
+//! output, and the pointer wrapper that crosses threads. Both import this file; neither
 //! imports the other for these.
 
 /// An NHWC activation's shape.
@@ -21,6 +22,64 @@ impl Shape {
     pub fn pixels(&self) -> usize {
         self.n * self.h * self.w
     }
+
+    /// The output of `spec` on this input, which has `pad` zeros still to imagine on each side.
+    pub fn conv_out(self, spec: crate::model::ConvShape, pad: usize) -> Shape {
+        let span = spec.dilation * (spec.k - 1) + 1;
+        Shape {
+            n: self.n,
+            h: (self.h + 2 * pad - span) / spec.stride + 1,
+            w: (self.w + 2 * pad - span) / spec.stride + 1,
+            c: spec.cout,
+        }
+    }
+
+    /// The output of the stem's 3×3 stride-2 max pool (padding 1).
+    pub fn max_pooled(self) -> Shape {
+        Shape {
+            h: (self.h + 2 - 3) / 2 + 1,
+            w: (self.w + 2 - 3) / 2 + 1,
+            ..self
+        }
+    }
+
+    /// Option A's shortcut output: every `stride`-th pixel, `c` channels.
+    pub fn subsampled(self, stride: usize, c: usize) -> Shape {
+        Shape {
+            n: self.n,
+            h: self.h.div_ceil(stride),
+            w: self.w.div_ceil(stride),
+            c,
+        }
+    }
+}
+
+/// NCHW values as NHWC, into `out`.
+pub fn nchw_to_nhwc(x: &[f32], s: Shape, out: &mut [f32]) {
+    let (hw, c) = (s.h * s.w, s.c);
+    for n in 0..s.n {
+        for ch in 0..c {
+            let src = &x[(n * c + ch) * hw..][..hw];
+            for (p, &v) in src.iter().enumerate() {
+                out[(n * hw + p) * c + ch] = v;
+            }
+        }
+    }
+}
+
+/// An NHWC map as NCHW.
+pub fn nhwc_to_nchw(x: &[f32], s: Shape) -> Vec<f32> {
+    let (hw, c) = (s.h * s.w, s.c);
+    let mut out = vec![0f32; x.len()];
+    for n in 0..s.n {
+        let (src, dst) = (&x[n * hw * c..(n + 1) * hw * c], &mut out[n * hw * c..(n + 1) * hw * c]);
+        for (p, px) in src.chunks_exact(c).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                dst[ch * hw + p] = v;
+            }
+        }
+    }
+    out
 }
 
 /// What a conv adds to its output before the ReLU.

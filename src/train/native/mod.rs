@@ -316,7 +316,7 @@ impl NativeNet {
         self.lap(0, &mut clock);
         let xs = Shape { n, h, w, c };
         let mut input = self.buffer(x.len());
-        nchw_to_nhwc_into(x, xs, &mut input);
+        crate::engine::nchw_to_nhwc(x, xs, &mut input);
         let mut acts = vec![(input, xs)];
         let mut tape = Vec::new();
         // Forward: the stem, its pool, the blocks, the head.
@@ -422,7 +422,7 @@ impl NativeNet {
             ShortcutPlan::Identity => ShortcutValue::Act(input),
             ShortcutPlan::ZeroPad => {
                 let xs = acts[input].1;
-                let ys = zero_pad_shape(xs, stride, &main);
+                let ys = xs.subsampled(stride, block_out(&main, xs));
                 let mut out = self.buffer(ys.len());
                 crate::engine::zero_pad_shortcut(&acts[input].0, xs, stride, ys.c, &mut out);
                 ShortcutValue::Owned(out)
@@ -476,7 +476,7 @@ impl NativeNet {
             ShortcutPlan::Identity => d.iter_mut().zip(&g).for_each(|(d, g)| *d += g),
             ShortcutPlan::ZeroPad => {
                 let xs = acts[input].1;
-                ops::zero_pad_backward(&g, zero_pad_shape(xs, stride, &main), stride, &mut d, xs);
+                ops::zero_pad_backward(&g, xs.subsampled(stride, block_out(&main, xs)), stride, &mut d, xs);
             }
             ShortcutPlan::Projection => {
                 let p = proj.ok_or_else(missing_record)?;
@@ -583,31 +583,7 @@ fn missing_record() -> Error {
     Error::Config("the forward pass left fewer records than the network has convs".into())
 }
 
-/// Option A's output shape for a block with convs `main` on input `xs`.
-fn zero_pad_shape(xs: Shape, stride: usize, main: &[ConvBn]) -> Shape {
-    Shape {
-        n: xs.n,
-        h: xs.h.div_ceil(stride),
-        w: xs.w.div_ceil(stride),
-        c: main.last().map_or(xs.c, |m| m.spec.cout),
-    }
-}
-
-/// NCHW → NHWC.
-pub fn nchw_to_nhwc(x: &[f32], s: Shape) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    nchw_to_nhwc_into(x, s, &mut out);
-    out
-}
-
-fn nchw_to_nhwc_into(x: &[f32], s: Shape, out: &mut [f32]) {
-    let (hw, c) = (s.h * s.w, s.c);
-    for n in 0..s.n {
-        for ch in 0..c {
-            let src = &x[(n * c + ch) * hw..][..hw];
-            for (p, &v) in src.iter().enumerate() {
-                out[(n * hw + p) * c + ch] = v;
-            }
-        }
-    }
+/// The channels a block with convs `main` puts out on input `xs`.
+fn block_out(main: &[ConvBn], xs: Shape) -> usize {
+    main.last().map_or(xs.c, |m| m.spec.cout)
 }

@@ -182,12 +182,7 @@ pub fn bn_backward(
 /// The stem's 3×3 stride-2 max pool (padding 1) on NHWC `x`, with the tap each output took
 /// (PyTorch's: the first maximum in row-major window order).
 pub fn max_pool_forward(x: &[f32], xs: Shape, pool: &rayon::ThreadPool) -> (Vec<f32>, Vec<u8>, Shape) {
-    let os = Shape {
-        n: xs.n,
-        h: (xs.h + 2 - 3) / 2 + 1,
-        w: (xs.w + 2 - 3) / 2 + 1,
-        c: xs.c,
-    };
+    let os = xs.max_pooled();
     let c = xs.c;
     let (mut out, mut arg) = (vec![0f32; os.len()], vec![0u8; os.len()]);
     pool.install(|| {
