@@ -51,6 +51,8 @@ thread_local! {
     static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Each thread's packed A for one pixel block (when its tasks do not share one).
     static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's copy of one image with its zero border ([`Conv::run_rows`]).
+    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Conv {
@@ -229,10 +231,11 @@ impl Conv {
                         // SAFETY: pixel ox0 + r reads k·cin floats from seg + r·stride·cin,
                         // inside the padded input; this task owns output row `line`.
                         unsafe {
-                            kernel::stem_tile(
+                            kernel::row_tile(
                                 (os.w - ox0).min(mr),
                                 &segs[..k],
                                 k * cin,
+                                kernel::STEM_STEP,
                                 w,
                                 j,
                                 op.get().add((line * os.w + ox0) * cout + col0),
@@ -248,6 +251,105 @@ impl Conv {
         });
         self.report(xs, os, t0, "stem");
         os
+    }
+
+    /// `out = act(conv(x))` for a stride-1 conv (one group, no dilation, odd k, `cin` one of
+    /// [`kernel::ROW_STEPS`]) on an unpadded input, with no packed A: each image is copied with
+    /// its zero border into a thread's buffer, and its output rows read their kernel rows from
+    /// there in place ([`kernel::row_tile`]). The training step's convs take this path: packing
+    /// A (nine copies of the input for a 3×3) cost as much as the products on 16- to 64-channel
+    /// layers. `None` when the conv, or an input of fewer images than threads, does not fit.
+    pub fn run_rows(
+        &self,
+        x: &[f32],
+        xs: Shape,
+        out: &mut [f32],
+        relu: bool,
+        pool: &rayon::ThreadPool,
+    ) -> Option<Shape> {
+        let ConvShape {
+            cin,
+            cout,
+            k,
+            stride,
+            dilation,
+            groups,
+        } = self.spec;
+        let fits = stride == 1
+            && dilation == 1
+            && groups == 1
+            && k % 2 == 1
+            && k <= 16
+            && !self.padded
+            && kernel::ROW_STEPS.contains(&cin)
+            && self.weights[0].is_packed()
+            && xs.n >= pool.current_num_threads().max(1);
+        if !fits {
+            return None;
+        }
+        let t0 = std::time::Instant::now();
+        let os = self.out_shape(xs);
+        debug_assert!(x.len() >= xs.len() && out.len() >= os.len() && os.w == xs.w);
+        let p = self.spec.pad();
+        let (ph, pw) = (xs.h + 2 * p, xs.w + 2 * p);
+        let w = &self.weights[0];
+        let (mr, nr) = (self.isa.mr(), self.isa.nr());
+        // Tiles of near-equal width: a short last one would run latency-bound.
+        let tiles = os.w.div_ceil(mr);
+        let op = Ptr(out.as_mut_ptr());
+        pool.install(|| {
+            (0..xs.n).into_par_iter().for_each(|n| {
+                PADDED.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    buf.resize(ph * pw * cin, 0.0);
+                    let image = &x[n * xs.h * xs.w * cin..][..xs.h * xs.w * cin];
+                    for (y, row) in buf.chunks_exact_mut(pw * cin).enumerate() {
+                        match y.checked_sub(p).filter(|&iy| iy < xs.h) {
+                            Some(iy) => {
+                                let (left, rest) = row.split_at_mut(p * cin);
+                                let (mid, right) = rest.split_at_mut(xs.w * cin);
+                                left.fill(0.0);
+                                mid.copy_from_slice(&image[iy * xs.w * cin..][..xs.w * cin]);
+                                right.fill(0.0);
+                            }
+                            None => row.fill(0.0),
+                        }
+                    }
+                    let mut segs = [std::ptr::null(); 16];
+                    for oy in 0..os.h {
+                        for j in 0..w.panels() {
+                            let col0 = j * nr;
+                            let ncols = (cout - col0).min(nr);
+                            for t in 0..tiles {
+                                let (ox0, ox1) = (t * os.w / tiles, (t + 1) * os.w / tiles);
+                                for (ky, seg) in segs.iter_mut().enumerate().take(k) {
+                                    *seg = buf[((oy + ky) * pw + ox0) * cin..].as_ptr();
+                                }
+                                // SAFETY: pixel ox0 + r reads k·cin floats from seg + r·cin,
+                                // inside the padded image; this task owns image n's output.
+                                unsafe {
+                                    kernel::row_tile(
+                                        ox1 - ox0,
+                                        &segs[..k],
+                                        k * cin,
+                                        cin,
+                                        w,
+                                        j,
+                                        op.get().add(((n * os.h + oy) * os.w + ox0) * cout + col0),
+                                        cout,
+                                        ncols,
+                                        &self.bias[col0..col0 + ncols],
+                                        relu,
+                                    )
+                                };
+                            }
+                        }
+                    }
+                })
+            })
+        });
+        self.report(xs, os, t0, "rows");
+        Some(os)
     }
 
     /// With `RESNET_PROFILE` set: this conv's time and its rate in direct-conv GFLOP/s.

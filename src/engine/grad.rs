@@ -134,7 +134,10 @@ impl TrainConv {
         pool: &rayon::ThreadPool,
         scratch: &mut AlignedVec,
     ) -> Shape {
-        self.forward.run(x, xs, out, Residual::None, false, pool, scratch)
+        match self.forward.run_rows(x, xs, out, false, pool) {
+            Some(os) => os,
+            None => self.forward.run(x, xs, out, Residual::None, false, pool, scratch),
+        }
     }
 
     /// `dx` (input `xs`'s shape, overwritten) from the output gradient `dy`.
@@ -148,7 +151,9 @@ impl TrainConv {
     ) {
         let ys = out_shape(self.spec, xs);
         if let Some(t) = &self.transposed {
-            t.run(dy, ys, dx, Residual::None, false, pool, scratch);
+            if t.run_rows(dy, ys, dx, false, pool).is_none() {
+                t.run(dy, ys, dx, Residual::None, false, pool, scratch);
+            }
             return;
         }
         let ConvShape {

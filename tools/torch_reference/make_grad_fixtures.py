@@ -35,6 +35,11 @@ def main():
         ("grouped3x3_g4", (2, 16, 8, 8), 16, 3, 1, 1, 1, 4),
         ("grouped3x3_g4_s2", (2, 16, 9, 9), 16, 3, 2, 1, 1, 4),
         ("dilated3x3_d2", (2, 8, 10, 10), 8, 3, 1, 2, 2, 1),
+        # Channel counts the in-place row path takes (engine::Conv::run_rows), forward and
+        # transposed: 16 → 64 (two panels; the input gradient at a step of 64), rows of 17
+        # pixels (two tiles), and a 3-channel stem-like 3×3.
+        ("conv3x3_rows_c16", (2, 16, 6, 17), 64, 3, 1, 1, 1, 1),
+        ("conv3x3_rows_c3", (2, 3, 5, 15), 16, 3, 1, 1, 1, 1),
     ]
     for name, xs, cout, k, s, p, d, grp in convs:
         x = rand(*xs).requires_grad_()

@@ -15,6 +15,7 @@ use std::arch::x86_64::*;
 use super::generic::{Finish, Pack, Stem, Tile};
 use super::isa::Avx512;
 use super::simd::{Simd, Vectorized};
+use super::ROW_STEPS;
 use super::{KC, STEM_STEP};
 
 /// Rows per micro-kernel call and columns per panel (two 16-lane vectors).
@@ -277,9 +278,10 @@ unsafe fn kernel<const R: usize, const HALF: bool>(t: Tile<'_>) {
     store!(acc, R, c, ldc, (m0, m1), finish);
 }
 
-/// [`super::stem_tile`] on AVX-512 for `R` pixels.
+/// [`super::row_tile`] on AVX-512 for `R` pixels `STEP` floats apart (a constant, so each
+/// row's broadcast stays an immediate offset inside its FMA); `HALF` as in [`kernel`].
 #[target_feature(enable = "avx512f")]
-unsafe fn stem<const R: usize>(s: Stem<'_>) {
+unsafe fn stem<const R: usize, const STEP: usize, const HALF: bool>(s: Stem<'_>) {
     let Stem {
         segs,
         run,
@@ -298,13 +300,45 @@ unsafe fn stem<const R: usize>(s: Stem<'_>) {
         let mut ap = seg;
         for _ in 0..run {
             let b0 = _mm512_loadu_ps(bp);
-            let b1 = _mm512_loadu_ps(bp.add(16));
-            fma_rows!(acc, R, ap, b0, b1, 4 * STEM_STEP);
+            if HALF {
+                fma_rows_half!(acc, R, ap, b0, 4 * STEP);
+            } else {
+                let b1 = _mm512_loadu_ps(bp.add(16));
+                fma_rows!(acc, R, ap, b0, b1, 4 * STEP);
+            }
             ap = ap.add(1);
             bp = bp.add(NR);
         }
     }
     store!(acc, R, c, ldc, (m0, m1), Some((bias, None, relu)));
+}
+
+/// [`stem`] for `s`'s row count, step and panel width.
+unsafe fn stem_for(s: Stem<'_>) {
+    macro_rules! go {
+        ($($r:literal)*) => {
+            match (s.rows, s.ncols <= 16) {
+                $(($r, false) => steps::<$r, false>(s),)*
+                $(($r, true) => steps::<$r, true>(s),)*
+                _ => unreachable!(),
+            }
+        };
+    }
+    unsafe fn steps<const R: usize, const HALF: bool>(s: Stem<'_>) {
+        const _: () = assert!(ROW_STEPS.len() == 8);
+        match s.step {
+            STEM_STEP => stem::<R, STEM_STEP, HALF>(s),
+            3 => stem::<R, 3, HALF>(s),
+            16 => stem::<R, 16, HALF>(s),
+            32 => stem::<R, 32, HALF>(s),
+            64 => stem::<R, 64, HALF>(s),
+            128 => stem::<R, 128, HALF>(s),
+            256 => stem::<R, 256, HALF>(s),
+            512 => stem::<R, 512, HALF>(s),
+            other => unreachable!("no row kernel for a step of {other} floats"),
+        }
+    }
+    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
 }
 
 /// The masks of a panel's two vectors for `ncols ≤ NR` real columns.
@@ -357,14 +391,6 @@ unsafe impl Simd for Avx512 {
     }
 
     unsafe fn stem(self, s: Stem<'_>) {
-        macro_rules! go {
-            ($($r:literal)*) => {
-                match s.rows {
-                    $($r => stem::<$r>(s),)*
-                    _ => unreachable!(),
-                }
-            };
-        }
-        go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+        stem_for(s)
     }
 }

@@ -6,7 +6,7 @@
 //! ([`gemm_packed`]) serves every packed kernel; AVX-512 brings its own [`Simd::tile`].
 
 use super::simd::{Simd, Vectorized};
-use super::{Epilogue, PackedB, RowSource, KC, STEM_STEP};
+use super::{Epilogue, PackedB, RowSource, KC};
 
 /// Calls `$f::<S, R>(...)` for the tile's row count `R = $rows ≤ S::MR`, so each count has
 /// its own code with every accumulator in a register.
@@ -63,11 +63,12 @@ impl Vectorized for Pack<'_> {
     }
 }
 
-/// [`super::stem_tile`]'s arguments.
+/// [`super::row_tile`]'s arguments.
 pub(crate) struct Stem<'a> {
     pub rows: usize,
     pub segs: &'a [*const f32],
     pub run: usize,
+    pub step: usize,
     pub b: *const f32,
     pub c: *mut f32,
     pub ldc: usize,
@@ -380,13 +381,13 @@ pub(super) unsafe fn pack<S: Simd>(p: Pack<'_>) {
     }
 }
 
-/// [`super::stem_tile`] for `S`, `R` pixels.
+/// [`super::row_tile`] for `S`, `R` pixels.
 #[inline(always)]
 unsafe fn stem_rows<S: Simd, const R: usize>(s: Stem<'_>) {
     let mut acc: Acc<S> = [[S::zero(); MAX_NV]; MAX_R];
     for (ky, &seg) in s.segs.iter().enumerate() {
         let b = s.b.add(ky * s.run * S::NR);
-        accumulate::<S, R>(&mut acc, s.run, seg, STEM_STEP, 1, b, NextRows::NONE);
+        accumulate::<S, R>(&mut acc, s.run, seg, s.step, 1, b, NextRows::NONE);
     }
     store::<S, R>(&mut acc, s.c, s.ldc, s.ncols, Some((s.bias, None, s.relu)));
 }

@@ -25,8 +25,11 @@ use simd::Simd;
 pub const MAX_MR: usize = 14;
 /// Depth per pass: a `KC × NR` slice of B stays in L1 while every row tile uses it.
 pub const KC: usize = 256;
-/// Output pixels apart, in floats, of a [`stem_tile`]'s input rows: stride 2 × 3 channels.
+/// Output pixels apart, in floats, of the 7×7 stem's input rows: stride 2 × 3 channels.
 pub const STEM_STEP: usize = 6;
+/// The pixel steps that [`row_tile`] takes on every packed kernel (AVX-512 compiles one
+/// kernel per step): the stem's, then stride-1 convs' channel counts.
+pub const ROW_STEPS: [usize; 8] = [STEM_STEP, 3, 16, 32, 64, 128, 256, 512];
 
 /// Runs `$body` with `$s` bound to the ISA's token, as a [`Simd`] type; `$portable` for the
 /// portable kernel, which has none.
@@ -308,21 +311,23 @@ pub unsafe fn gemm_packed(
     with_simd!(b.isa, s => s.gemm_packed(g), portable => unreachable!("portable weights run through gemm"))
 }
 
-/// `C = A · B + bias` (ReLU'd if asked) for up to `mr` consecutive output pixels of the 7×7
-/// stride-2 stem on its padded 3-channel NHWC input, one panel `j` of `b`, reading A in place:
-/// pixel `r`'s kernel row `ky` is the `run` floats at `segs[ky] + r · STEM_STEP`. The
-/// pixels' windows overlap inside a few cache lines, so this skips the packing, which cost
-/// the stem as much as its products.
+/// `C = A · B + bias` (ReLU'd if asked) for up to `mr` consecutive output pixels of a conv on
+/// its padded NHWC input, one panel `j` of `b`, reading A in place: pixel `r`'s kernel row
+/// `ky` is the `run` floats at `segs[ky] + r · step`. The 7×7 stride-2 stem takes this path
+/// (step [`STEM_STEP`]), and so do a training step's stride-1 convs (step `cin`, a kernel row
+/// being `k · cin` contiguous floats): neighbouring pixels' windows overlap, so reading them
+/// in place skips a packing that cost as much as the products.
 ///
 /// # Safety
-/// Each `segs[ky]` is readable for `(rows - 1) · STEM_STEP + run` floats; `b` has
-/// `segs.len() · run` rows; `c` holds `rows` rows of `ncols ≤ nr` floats at stride `ldc`;
-/// `bias` has `ncols` floats. Packed kernels only.
+/// `step` is one of [`ROW_STEPS`]; each `segs[ky]` is readable for `(rows - 1) · step + run`
+/// floats; `b` has `segs.len() · run` rows; `c` holds `rows` rows of `ncols ≤ nr` floats at
+/// stride `ldc`; `bias` has `ncols` floats. Packed kernels only.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn stem_tile(
+pub unsafe fn row_tile(
     rows: usize,
     segs: &[*const f32],
     run: usize,
+    step: usize,
     b: &PackedB,
     j: usize,
     c: *mut f32,
@@ -331,10 +336,12 @@ pub unsafe fn stem_tile(
     bias: &[f32],
     relu: bool,
 ) {
+    debug_assert!(ROW_STEPS.contains(&step));
     let st = generic::Stem {
         rows,
         segs,
         run,
+        step,
         b: b.panel(j),
         c,
         ldc,
@@ -342,7 +349,7 @@ pub unsafe fn stem_tile(
         bias,
         relu,
     };
-    with_simd!(b.isa, s => s.stem(st), portable => unreachable!("the portable kernel has no stem path"))
+    with_simd!(b.isa, s => s.stem(st), portable => unreachable!("the portable kernel has no row path"))
 }
 
 /// `C[rows, cols of panels p0..p1] = A · B + epilogue` for `m` rows, on the portable kernel

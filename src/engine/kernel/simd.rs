@@ -96,7 +96,7 @@ pub(crate) unsafe trait Simd: Copy + Send + Sync + 'static {
         self.vectorize(p)
     }
 
-    /// [`super::stem_tile`] on this ISA.
+    /// [`super::row_tile`] on this ISA.
     #[inline(always)]
     unsafe fn stem(self, s: Stem<'_>) {
         self.vectorize(s)
