@@ -253,12 +253,14 @@ impl Conv {
         os
     }
 
-    /// `out = act(conv(x))` for a stride-1 conv (one group, no dilation, odd k, `cin` one of
-    /// [`kernel::ROW_STEPS`]) on an unpadded input, with no packed A: each image is copied with
-    /// its zero border into a thread's buffer, and its output rows read their kernel rows from
-    /// there in place ([`kernel::row_tile`]). The training step's convs take this path: packing
-    /// A (nine copies of the input for a 3×3) cost as much as the products on 16- to 64-channel
-    /// layers. `None` when the conv, or an input of fewer images than threads, does not fit.
+    /// `out = act(conv(x))` with no packed A, for a conv with one group, no dilation, odd k
+    /// and `stride · cin` one of [`kernel::ROW_STEPS`], on an unpadded input: each image is
+    /// copied with its zero border into a thread's buffer, and its output rows read their
+    /// kernel rows from there in place ([`kernel::row_tile`]). The training step's convs take
+    /// this path: packing A (nine copies of the input for a 3×3) cost as much as the products
+    /// on 16- to 64-channel layers. `None` when the conv does not fit, when its weight panels
+    /// outgrow L2 (more than 1152 rows) or its rows are short (under 8 pixels), where packing
+    /// serves better, and for inputs of fewer images than threads.
     pub fn run_rows(
         &self,
         x: &[f32],
@@ -275,21 +277,22 @@ impl Conv {
             dilation,
             groups,
         } = self.spec;
-        let fits = stride == 1
-            && dilation == 1
+        let os = self.out_shape(xs);
+        let fits = dilation == 1
             && groups == 1
             && k % 2 == 1
             && k <= 16
             && !self.padded
-            && kernel::ROW_STEPS.contains(&cin)
+            && kernel::ROW_STEPS.contains(&(stride * cin))
+            && k * k * cin <= 1152
+            && os.w >= 8
             && self.weights[0].is_packed()
             && xs.n >= pool.current_num_threads().max(1);
         if !fits {
             return None;
         }
         let t0 = std::time::Instant::now();
-        let os = self.out_shape(xs);
-        debug_assert!(x.len() >= xs.len() && out.len() >= os.len() && os.w == xs.w);
+        debug_assert!(x.len() >= xs.len() && out.len() >= os.len());
         let p = self.spec.pad();
         let (ph, pw) = (xs.h + 2 * p, xs.w + 2 * p);
         let w = &self.weights[0];
@@ -323,16 +326,17 @@ impl Conv {
                             for t in 0..tiles {
                                 let (ox0, ox1) = (t * os.w / tiles, (t + 1) * os.w / tiles);
                                 for (ky, seg) in segs.iter_mut().enumerate().take(k) {
-                                    *seg = buf[((oy + ky) * pw + ox0) * cin..].as_ptr();
+                                    *seg = buf[((oy * stride + ky) * pw + ox0 * stride) * cin..].as_ptr();
                                 }
-                                // SAFETY: pixel ox0 + r reads k·cin floats from seg + r·cin,
-                                // inside the padded image; this task owns image n's output.
+                                // SAFETY: pixel ox0 + r reads k·cin floats from
+                                // seg + r·stride·cin, inside the padded image; this task owns
+                                // image n's output.
                                 unsafe {
                                     kernel::row_tile(
                                         ox1 - ox0,
                                         &segs[..k],
                                         k * cin,
-                                        cin,
+                                        stride * cin,
                                         w,
                                         j,
                                         op.get().add(((n * os.h + oy) * os.w + ox0) * cout + col0),

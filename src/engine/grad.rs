@@ -13,6 +13,8 @@
 //! input gradient and a generic fallback for the weight gradient, and spend ~40 % of a step
 //! moving data (docs/results/training-speed.md).
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::aligned::AlignedVec;
@@ -22,8 +24,10 @@ use super::types::{Ptr, Residual, Shape};
 use crate::model::ConvShape;
 
 thread_local! {
-    /// [`TrainConv::weight_grad_into`]'s sums, kept for the next call.
-    static TOTAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// [`TrainConv::weight_grad_into`]'s sums, one per task, kept for the next call.
+    static SUMS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's padded image and packed `dyᵀ` ([`TrainConv::weight_grad_rows`]).
+    static ROWS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// One convolution of a training step, its weights packed for the three passes.
@@ -237,87 +241,214 @@ impl TrainConv {
     }
 
     /// [`TrainConv::weight_grad`] into `w`, whose allocation (last step's gradient) it reuses.
+    /// The tasks' sums, `[g][o][(tap, i)]`, are added up while they are turned into torch's
+    /// layout, in parallel.
     pub fn weight_grad_into(&self, x: &[f32], xs: Shape, dy: &[f32], pool: &rayon::ThreadPool, w: &mut Vec<f32>) {
-        let (cout, groups) = (self.spec.cout, self.spec.groups);
+        let t0 = std::time::Instant::now();
         let (cin_g, cout_g, kk) = per_group(self.spec);
-        let ys = out_shape(self.spec, xs);
         let n = kk * cin_g;
-        let pixels = ys.pixels();
-        let blocks = pixels.div_ceil(KC);
-        let threads = pool.current_num_threads().max(1);
-        // Each thread takes a share of the pixel blocks (its sums are added after), or, when
-        // there are fewer blocks than threads (late stages, small batches), a share of the
-        // columns over all blocks.
-        let nr = self.isa.nr();
-        let panels = n.div_ceil(nr);
-        let split_cols = blocks < threads && panels > 1;
-        let tasks = if split_cols {
-            threads.min(panels)
-        } else {
-            threads.min(blocks.max(1))
-        };
-        // Task 0, and every task when they split the columns, writes into `total` itself.
-        // The sums, in a buffer kept from call to call (zeroing it is cheaper than faulting in
-        // fresh pages: layer4 of resnet18 sums 9 MB).
-        let mut total = TOTAL.with(|t| std::mem::take(&mut *t.borrow_mut()));
-        total.clear();
-        total.resize(groups * cout_g * n, 0.0);
-        let out = Ptr(total.as_mut_ptr());
-        let parts: Vec<Vec<f32>> = pool.install(|| {
-            (0..tasks)
-                .into_par_iter()
-                .map(|t| {
-                    let (bs, cols) = if split_cols {
-                        (
-                            0..blocks,
-                            (t * panels / tasks) * nr..((t + 1) * panels / tasks * nr).min(n),
-                        )
-                    } else {
-                        ((t * blocks / tasks)..((t + 1) * blocks / tasks), 0..n)
-                    };
-                    let mut own = Vec::new();
-                    let c = if split_cols || t == 0 {
-                        // SAFETY: `total` outlives the pool's scope; a column split gives each
-                        // task its own columns, and otherwise only task 0 writes here.
-                        unsafe { out.get().add(cols.start) }
-                    } else {
-                        own.resize(groups * cout_g * n, 0f32);
-                        own.as_mut_ptr()
-                    };
-                    let mut bufs = (Vec::new(), None);
-                    for b in bs {
-                        let p = b * KC..((b + 1) * KC).min(pixels);
-                        for g in 0..groups {
-                            // SAFETY: as above; group g's rows start cout_g·n floats further on.
-                            unsafe {
-                                let c = c.add(g * cout_g * n);
-                                self.weight_grad_block(x, xs, dy, ys, p.clone(), g, cols.clone(), c, n, &mut bufs);
-                            }
-                        }
-                    }
-                    own
-                })
-                .collect()
-        });
-        for part in parts.iter().filter(|p| !p.is_empty()) {
-            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
-        }
-        // [g][o][(tap, i)] → torch's [g·cout_g + o][i][tap].
-        w.resize(cout * cin_g * kk, 0.0);
-        for (go, row) in total.chunks_exact(n).enumerate() {
-            for t in 0..kk {
-                for i in 0..cin_g {
-                    w[(go * cin_g + i) * kk + t] = row[t * cin_g + i];
-                }
+        let len = self.spec.groups * cout_g * n;
+        // Each task's sums, in buffers kept from call to call: their first product overwrites
+        // them, so they are neither zeroed nor faulted in again (layer4 of resnet18 sums 9 MB).
+        let mut sums = SUMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        sums.resize_with(pool.current_num_threads().max(1), Vec::new);
+        for s in &mut sums {
+            if s.len() != len {
+                s.clear();
+                s.resize(len, 0.0);
             }
         }
-        TOTAL.with(|t| *t.borrow_mut() = total);
+        let (used, how) = match self.rows_fit(xs) {
+            true => (self.weight_grad_rows(x, xs, dy, pool, &mut sums), "rows"),
+            false => (self.weight_grad_blocks(x, xs, dy, pool, &mut sums), "blocks"),
+        };
+        let parts = &sums[..used];
+        // [g][o][(tap, i)] → torch's [g·cout_g + o][i][tap].
+        w.resize(len, 0.0);
+        pool.install(|| {
+            w.par_chunks_mut(n).enumerate().for_each(|(go, row)| {
+                for t in 0..kk {
+                    for i in 0..cin_g {
+                        let at = go * n + t * cin_g + i;
+                        row[i * kk + t] = parts.iter().fold(0.0, |a, p| a + p[at]);
+                    }
+                }
+            })
+        });
+        SUMS.with(|s| *s.borrow_mut() = sums);
+        if super::conv::profiling() {
+            let (s, secs) = (self.spec, t0.elapsed().as_secs_f64());
+            let flops = 2.0 * (out_shape(s, xs).pixels() * len) as f64;
+            eprintln!(
+                "dw k{} s{} g{} {}x{}x{} -> {}  {:.3} ms  {:.1} GFLOP/s  {how}",
+                s.k,
+                s.stride,
+                s.groups,
+                xs.h,
+                xs.w,
+                xs.c,
+                s.cout,
+                secs * 1e3,
+                flops / secs / 1e9
+            );
+        }
+    }
+
+    /// Whether [`TrainConv::weight_grad_rows`] takes this conv on input `xs`: stride 1, one
+    /// group, no dilation, odd k; and sums that stay in L2, or images large enough that
+    /// storing the sums once per image costs less than packing patches per [`KC`] pixels.
+    fn rows_fit(&self, xs: Shape) -> bool {
+        let s = self.spec;
+        let pw = xs.w + 2 * s.pad();
+        s.stride == 1
+            && s.dilation == 1
+            && s.groups == 1
+            && s.k % 2 == 1
+            && (s.cout * s.k * s.k * s.cin <= 1 << 18 || xs.h * pw >= 2 * KC)
+    }
+
+    /// The weight gradient's sums without packing patches ([`TrainConv::rows_fit`] convs): per
+    /// image, `dyᵀ` is packed over rows of the padded width (zeros in the border columns), and
+    /// B is read in place from the image, copied with its zero border
+    /// ([`kernel::gemm_strided`]): for kernel row `ky`, pixel `q`'s B row is the `k · cin`
+    /// floats from padded pixel `q + ky · pw` on. Task `t` takes a share of the images and
+    /// writes `sums[t]`; returns how many tasks there were.
+    fn weight_grad_rows(
+        &self,
+        x: &[f32],
+        xs: Shape,
+        dy: &[f32],
+        pool: &rayon::ThreadPool,
+        sums: &mut [Vec<f32>],
+    ) -> usize {
+        let ConvShape { cin, cout, k, .. } = self.spec;
+        let p = self.spec.pad();
+        let (ph, pw) = (xs.h + 2 * p, xs.w + 2 * p);
+        let depth = xs.h * pw;
+        let (isa, mr, nr) = (self.isa, self.isa.mr(), self.isa.nr());
+        let tiles = cout.div_ceil(mr);
+        let tasks = sums.len().min(xs.n);
+        // The last kernel row's B rows run k − 1 pixels and part of a panel past the image.
+        let padded_len = ph * pw * cin + (k - 1) * cin + nr;
+        pool.install(|| {
+            sums[..tasks].par_iter_mut().enumerate().for_each(|(t, c)| {
+                ROWS.with(|bufs| {
+                    let (image, packed) = &mut *bufs.borrow_mut();
+                    // Zeros outside the image stay zeros: only its pixels are written below.
+                    image.clear();
+                    image.resize(padded_len, 0.0);
+                    packed.resize(kernel::packed_len(cout, depth, mr), 0.0);
+                    for (i, n) in (t * xs.n / tasks..(t + 1) * xs.n / tasks).enumerate() {
+                        for y in 0..xs.h {
+                            let src = &x[(n * xs.h + y) * xs.w * cin..][..xs.w * cin];
+                            image[((y + p) * pw + p) * cin..][..xs.w * cin].copy_from_slice(src);
+                        }
+                        // dyᵀ, [k][mr] per tile and KC chunk, as pack_a_tiles lays it out.
+                        let mut k0 = 0;
+                        while k0 < depth {
+                            let kc = KC.min(depth - k0);
+                            let chunk = &mut packed[tiles * mr * k0..][..tiles * mr * kc];
+                            for (ti, tile) in chunk.chunks_exact_mut(mr * kc).enumerate() {
+                                let rows = (cout - ti * mr).min(mr);
+                                for (q, dst) in (k0..k0 + kc).zip(tile.chunks_exact_mut(mr)) {
+                                    let (y, ox) = (q / pw, q % pw);
+                                    if ox < xs.w {
+                                        let s = ((n * xs.h + y) * xs.w + ox) * cout + ti * mr;
+                                        dst[..rows].copy_from_slice(&dy[s..s + rows]);
+                                        dst[rows..].fill(0.0);
+                                    } else {
+                                        dst.fill(0.0);
+                                    }
+                                }
+                            }
+                            k0 += kc;
+                        }
+                        for ky in 0..k {
+                            // SAFETY: B rows start inside `image` and run at most
+                            // (k − 1)·cin + nr floats past its pixels, inside `padded_len`;
+                            // columns ky·k·cin.. of c's `cout` rows are this task's.
+                            unsafe {
+                                kernel::gemm_strided(
+                                    isa,
+                                    cout,
+                                    packed,
+                                    depth,
+                                    image.as_ptr().add(ky * pw * cin),
+                                    cin,
+                                    k * cin,
+                                    c.as_mut_ptr().add(ky * k * cin),
+                                    k * k * cin,
+                                    i == 0,
+                                )
+                            };
+                        }
+                    }
+                })
+            })
+        });
+        tasks
+    }
+
+    /// The weight gradient's sums over blocks of [`KC`] pixels with their patches packed
+    /// ([`TrainConv::weight_grad_block`]). Each task takes a share of the blocks and writes
+    /// `sums[t]`, or, when there are fewer blocks than threads (late stages, small batches),
+    /// a share of the columns over all blocks, all into `sums[0]`. Returns how many of `sums`
+    /// hold a share.
+    fn weight_grad_blocks(
+        &self,
+        x: &[f32],
+        xs: Shape,
+        dy: &[f32],
+        pool: &rayon::ThreadPool,
+        sums: &mut [Vec<f32>],
+    ) -> usize {
+        let (cin_g, cout_g, kk) = per_group(self.spec);
+        let ys = out_shape(self.spec, xs);
+        let (n, pixels, nr) = (kk * cin_g, ys.pixels(), self.isa.nr());
+        let blocks = pixels.div_ceil(KC);
+        let panels = n.div_ceil(nr);
+        let split_cols = blocks < sums.len() && panels > 1;
+        let tasks = match split_cols {
+            true => sums.len().min(panels),
+            false => sums.len().min(blocks.max(1)),
+        };
+        let out: Vec<Ptr<*mut f32>> = sums.iter_mut().map(|s| Ptr(s.as_mut_ptr())).collect();
+        pool.install(|| {
+            (0..tasks).into_par_iter().for_each(|t| {
+                let (bs, cols, c) = match split_cols {
+                    true => {
+                        let cols = (t * panels / tasks) * nr..((t + 1) * panels / tasks * nr).min(n);
+                        (0..blocks, cols, out[0])
+                    }
+                    false => ((t * blocks / tasks)..((t + 1) * blocks / tasks), 0..n, out[t]),
+                };
+                let mut bufs = (Vec::new(), None);
+                for (i, b) in bs.enumerate() {
+                    let p = b * KC..((b + 1) * KC).min(pixels);
+                    for g in 0..self.spec.groups {
+                        // SAFETY: the sums outlive the pool's scope; a column split gives each
+                        // task its own columns of sums[0], otherwise task t owns sums[t]; group
+                        // g's rows start cout_g·n floats further on.
+                        unsafe {
+                            let c = c.get().add(g * cout_g * n + cols.start);
+                            self.weight_grad_block(x, xs, dy, ys, p.clone(), g, cols.clone(), c, n, i == 0, &mut bufs);
+                        }
+                    }
+                }
+            })
+        });
+        if split_cols {
+            1
+        } else {
+            tasks
+        }
     }
 
     /// Adds pixels `p`'s share of group `g`'s weight gradient, columns `cols` (panel-aligned)
     /// of `[cout_g, (ky, kx, cin_g)]`, to `c` (`cout_g` rows `ldc` apart, from column
     /// `cols.start`): `dyᵀ · patches`, A packed from `dy`'s rows, B from the input's taps
-    /// (implicit im2col). `bufs` keeps the packed A and B between calls.
+    /// (implicit im2col); the `first` block of a task overwrites `c`. `bufs` keeps the packed
+    /// A and B between calls.
     ///
     /// # Safety
     /// `c` is valid for `cout_g` rows of `cols.len()` floats at stride `ldc`, written by no
@@ -334,6 +465,7 @@ impl TrainConv {
         cols: std::ops::Range<usize>,
         c: *mut f32,
         ldc: usize,
+        first: bool,
         bufs: &mut (Vec<f32>, Option<PackedB>),
     ) {
         let ConvShape {
@@ -435,7 +567,7 @@ impl TrainConv {
         let ep = Epilogue {
             bias: &zeros,
             // Accumulates in place: one k-pass (kb ≤ KC) reads each value before writing it.
-            residual: Some((c.cast_const(), ldc)),
+            residual: (!first).then_some((c.cast_const(), ldc)),
             relu: false,
         };
         // SAFETY: `packed` holds cout_g rows' tiles for depth kb ≤ KC; the caller vouches for c.

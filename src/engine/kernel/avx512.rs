@@ -209,7 +209,8 @@ unsafe fn tile(t: Tile<'_>) {
     go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
 }
 
-/// `C (+)= A·B` for one tile: A packed `[k][MR]`, B a `[k][NR]` panel slice. Along the way
+/// `C (+)= A·B` for one tile: A packed `[k][MR]`, B rows `ldb` apart (a panel slice, or
+/// rows read in place by [`super::gemm_strided`]). Along the way
 /// it asks for `pf.1` cache lines from `pf.0` on (up to two per step) and for `next`'s rows,
 /// spread out so the requests never pile up in the fill buffers.
 /// `HALF`: the panel's second vector is all padding (at most 16 real columns), so its FMAs
@@ -220,6 +221,7 @@ unsafe fn kernel<const R: usize, const HALF: bool>(t: Tile<'_>) {
         k,
         a,
         b,
+        ldb,
         pf: (pf, lines),
         next,
         c,
@@ -273,7 +275,7 @@ unsafe fn kernel<const R: usize, const HALF: bool>(t: Tile<'_>) {
             fma_rows!(acc, R, ap, b0, b1, 4);
         }
         ap = ap.add(MR);
-        bp = bp.add(NR);
+        bp = bp.add(ldb);
     }
     store!(acc, R, c, ldc, (m0, m1), finish);
 }

@@ -85,8 +85,8 @@ impl Vectorized for Stem<'_> {
     }
 }
 
-/// One micro-kernel call: `C (+)= A·B` for `rows` rows, A packed `[k][MR]`, B a `[k][NR]`
-/// panel slice, `finish` on the last pass over k. Along the way it asks L2 for `pf.1` lines
+/// One micro-kernel call: `C (+)= A·B` for `rows` rows, A packed `[k][MR]`, B `k` rows of
+/// `NR` floats `ldb` apart (a packed panel slice: `ldb = NR`), `finish` on the last pass over k. Along the way it asks L2 for `pf.1` lines
 /// of the next weight slice from `pf.0` on, and for `next`'s rows.
 #[derive(Clone, Copy)]
 pub(crate) struct Tile<'a> {
@@ -94,6 +94,7 @@ pub(crate) struct Tile<'a> {
     pub k: usize,
     pub a: *const f32,
     pub b: *const f32,
+    pub ldb: usize,
     pub pf: (*const f32, usize),
     pub next: NextRows,
     pub c: *mut f32,
@@ -161,7 +162,7 @@ unsafe fn store_cols<S: Simd>(p: *mut f32, x: S::V, ncols: usize, v: usize) {
 }
 
 /// `acc[r] += Σ_k A[r, k] · B[k]` for rows `..R`: row `r`'s k-th value is at
-/// `a + r·a_row + k·a_k`, B is `k` rows of `NR` floats. Every `k / (next.rows + 1)` steps it
+/// `a + r·a_row + k·a_k`, B is `k` rows of `NR` floats `b_k` apart. Every `k / (next.rows + 1)` steps it
 /// asks for one of `next`'s rows, so the requests never pile up in the fill buffers.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -172,6 +173,7 @@ unsafe fn accumulate<S: Simd, const R: usize>(
     a_row: usize,
     a_k: usize,
     b: *const f32,
+    b_k: usize,
     next: NextRows,
 ) {
     // A local copy, so the accumulators live in registers through the loop (through the
@@ -210,7 +212,7 @@ unsafe fn accumulate<S: Simd, const R: usize>(
             }
         }
         ap = ap.add(a_k);
-        bp = bp.add(S::NR);
+        bp = bp.add(b_k);
     }
     *out = acc_local;
 }
@@ -258,7 +260,7 @@ unsafe fn tile<S: Simd, const R: usize>(t: Tile<'_>) {
     for l in 0..lines.min(2 * t.k) {
         S::prefetch_l2(pf.add(l * 16));
     }
-    accumulate::<S, R>(&mut acc, t.k, t.a, 1, S::MR, t.b, t.next);
+    accumulate::<S, R>(&mut acc, t.k, t.a, 1, S::MR, t.b, t.ldb, t.next);
     store::<S, R>(&mut acc, t.c, t.ldc, t.ncols, t.finish);
 }
 
@@ -327,6 +329,7 @@ pub(super) unsafe fn gemm_packed<S: Simd>(g: Gemm<'_>) {
                     k: kc,
                     a: chunk.as_ptr().add(t * mr * kc),
                     b: bp,
+                    ldb: nr,
                     pf,
                     next,
                     c,
@@ -334,6 +337,70 @@ pub(super) unsafe fn gemm_packed<S: Simd>(g: Gemm<'_>) {
                     ncols,
                     accumulate: k0 > 0,
                     finish: last.then_some((bias, res, ep.relu)),
+                });
+            }
+        }
+        k0 += kc;
+    }
+}
+
+/// [`super::gemm_strided`]'s arguments.
+pub(crate) struct Strided<'a> {
+    pub m: usize,
+    pub packed: &'a [f32],
+    pub k: usize,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub n: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub overwrite: bool,
+}
+
+impl Vectorized for Strided<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        gemm_strided::<S>(self)
+    }
+}
+
+/// [`super::gemm_strided`] for `S`: per `KC` chunk of k, panels outside, tiles inside, so a
+/// chunk's `KC × NR` slice of B stays in L1 while every tile reads it.
+#[inline(always)]
+pub(super) unsafe fn gemm_strided<S: Simd>(g: Strided<'_>) {
+    let Strided {
+        m,
+        packed,
+        k,
+        b,
+        ldb,
+        n,
+        c,
+        ldc,
+        overwrite,
+    } = g;
+    let (mr, nr) = (S::MR, S::NR);
+    let tiles = m.div_ceil(mr);
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
+        let chunk = &packed[tiles * mr * k0..];
+        for col0 in (0..n).step_by(nr) {
+            for t in 0..tiles {
+                S::tile(Tile {
+                    rows: (m - t * mr).min(mr),
+                    k: kc,
+                    a: chunk.as_ptr().add(t * mr * kc),
+                    b: b.add(k0 * ldb + col0),
+                    ldb,
+                    pf: (std::ptr::null(), 0),
+                    next: NextRows::NONE,
+                    c: c.add(t * mr * ldc + col0),
+                    ldc,
+                    ncols: (n - col0).min(nr),
+                    accumulate: k0 > 0 || !overwrite,
+                    finish: None,
                 });
             }
         }
@@ -387,7 +454,7 @@ unsafe fn stem_rows<S: Simd, const R: usize>(s: Stem<'_>) {
     let mut acc: Acc<S> = [[S::zero(); MAX_NV]; MAX_R];
     for (ky, &seg) in s.segs.iter().enumerate() {
         let b = s.b.add(ky * s.run * S::NR);
-        accumulate::<S, R>(&mut acc, s.run, seg, s.step, 1, b, NextRows::NONE);
+        accumulate::<S, R>(&mut acc, s.run, seg, s.step, 1, b, S::NR, NextRows::NONE);
     }
     store::<S, R>(&mut acc, s.c, s.ldc, s.ncols, Some((s.bias, None, s.relu)));
 }

@@ -311,6 +311,44 @@ pub unsafe fn gemm_packed(
     with_simd!(b.isa, s => s.gemm_packed(g), portable => unreachable!("portable weights run through gemm"))
 }
 
+/// `C += A · B` (`C = A · B` if `overwrite`) for `m` rows and `n` columns, A packed by
+/// [`pack_a_tiles`] for depth `k`, B
+/// read in place: `k` rows of `n` floats, `ldb` apart. A weight gradient's taps take this
+/// path (`dW[:, ky, (kx, cin)] += dyᵀ · rows of the padded input`, a row being `k · cin`
+/// contiguous floats from each pixel on), which saves packing nine copies of the input.
+///
+/// # Safety
+/// `packed` holds [`packed_len`]`(m, k, mr)` floats; every B row is readable for `n` floats
+/// rounded up to whole panels ([`Isa::nr`]), the extra floats finite; `c` holds `m` rows of
+/// `n` floats at stride `ldc`, written by no one else meanwhile. Packed kernels only.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_strided(
+    isa: Isa,
+    m: usize,
+    packed: &[f32],
+    k: usize,
+    b: *const f32,
+    ldb: usize,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    overwrite: bool,
+) {
+    debug_assert!(packed.len() >= packed_len(m, k, isa.mr()));
+    let g = generic::Strided {
+        m,
+        packed,
+        k,
+        b,
+        ldb,
+        n,
+        c,
+        ldc,
+        overwrite,
+    };
+    with_simd!(isa, s => s.gemm_strided(g), portable => unreachable!("the portable kernel reads B packed"))
+}
+
 /// `C = A · B + bias` (ReLU'd if asked) for up to `mr` consecutive output pixels of a conv on
 /// its padded NHWC input, one panel `j` of `b`, reading A in place: pixel `r`'s kernel row
 /// `ky` is the `run` floats at `segs[ky] + r · step`. The 7×7 stride-2 stem takes this path

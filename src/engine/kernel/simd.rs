@@ -90,6 +90,12 @@ pub(crate) unsafe trait Simd: Copy + Send + Sync + 'static {
         self.vectorize(g)
     }
 
+    /// [`super::gemm_strided`] on this ISA.
+    #[inline(always)]
+    unsafe fn gemm_strided(self, g: generic::Strided<'_>) {
+        self.vectorize(g)
+    }
+
     /// [`super::pack_a_tiles`] on this ISA.
     #[inline(always)]
     unsafe fn pack(self, p: Pack<'_>) {
