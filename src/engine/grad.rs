@@ -252,25 +252,24 @@ impl TrainConv {
         // them, so they are neither zeroed nor faulted in again (layer4 of resnet18 sums 9 MB).
         let mut sums = SUMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
         sums.resize_with(pool.current_num_threads().max(1), Vec::new);
-        for s in &mut sums {
-            if s.len() != len {
-                s.clear();
-                s.resize(len, 0.0);
-            }
-        }
+        sums.iter_mut().for_each(|s| s.resize(len, 0.0));
         let (used, how) = match self.rows_fit(xs) {
             true => (self.weight_grad_rows(x, xs, dy, pool, &mut sums), "rows"),
             false => (self.weight_grad_blocks(x, xs, dy, pool, &mut sums), "blocks"),
         };
+        let t_mid = std::time::Instant::now();
         let parts = &sums[..used];
         // [g][o][(tap, i)] → torch's [g·cout_g + o][i][tap].
         w.resize(len, 0.0);
         pool.install(|| {
             w.par_chunks_mut(n).enumerate().for_each(|(go, row)| {
-                for t in 0..kk {
-                    for i in 0..cin_g {
-                        let at = go * n + t * cin_g + i;
-                        row[i * kk + t] = parts.iter().fold(0.0, |a, p| a + p[at]);
+                for (j, part) in parts.iter().enumerate() {
+                    for (t, taps) in part[go * n..][..n].chunks_exact(cin_g).enumerate() {
+                        let dst = row.iter_mut().skip(t).step_by(kk).zip(taps);
+                        match j {
+                            0 => dst.for_each(|(d, &v)| *d = v),
+                            _ => dst.for_each(|(d, &v)| *d += v),
+                        }
                     }
                 }
             })
@@ -280,7 +279,7 @@ impl TrainConv {
             let (s, secs) = (self.spec, t0.elapsed().as_secs_f64());
             let flops = 2.0 * (out_shape(s, xs).pixels() * len) as f64;
             eprintln!(
-                "dw k{} s{} g{} {}x{}x{} -> {}  {:.3} ms  {:.1} GFLOP/s  {how}",
+                "dw k{} s{} g{} {}x{}x{} -> {}  {:.3} ms  {:.1} GFLOP/s  {how} {:.3}",
                 s.k,
                 s.stride,
                 s.groups,
@@ -289,30 +288,35 @@ impl TrainConv {
                 xs.c,
                 s.cout,
                 secs * 1e3,
-                flops / secs / 1e9
+                flops / secs / 1e9,
+                t_mid.elapsed().as_secs_f64() * 1e3
             );
         }
     }
 
-    /// Whether [`TrainConv::weight_grad_rows`] takes this conv on input `xs`: stride 1, one
-    /// group, no dilation, odd k; and sums that stay in L2, or images large enough that
-    /// storing the sums once per image costs less than packing patches per [`KC`] pixels.
+    /// Whether [`TrainConv::weight_grad_rows`] takes this conv on input `xs`: one group, no
+    /// dilation, odd k; at stride 1, sums that stay in L2, or images large enough that storing
+    /// the sums once per image costs less than packing patches per [`KC`] pixels; strided,
+    /// where each output row's product stores the sums, sums that stay in L1 and rows of at
+    /// least 16 pixels (the stem).
     fn rows_fit(&self, xs: Shape) -> bool {
         let s = self.spec;
-        let pw = xs.w + 2 * s.pad();
-        s.stride == 1
-            && s.dilation == 1
-            && s.groups == 1
-            && s.k % 2 == 1
-            && (s.cout * s.k * s.k * s.cin <= 1 << 18 || xs.h * pw >= 2 * KC)
+        let (sums, pw) = (s.cout * s.k * s.k * s.cin, xs.w + 2 * s.pad());
+        let fits = match s.stride {
+            1 => sums <= 1 << 18 || xs.h * pw >= 2 * KC,
+            _ => sums <= 1 << 14 && out_shape(s, xs).w >= 16,
+        };
+        s.dilation == 1 && s.groups == 1 && s.k % 2 == 1 && fits
     }
 
-    /// The weight gradient's sums without packing patches ([`TrainConv::rows_fit`] convs): per
-    /// image, `dyᵀ` is packed over rows of the padded width (zeros in the border columns), and
-    /// B is read in place from the image, copied with its zero border
-    /// ([`kernel::gemm_strided`]): for kernel row `ky`, pixel `q`'s B row is the `k · cin`
-    /// floats from padded pixel `q + ky · pw` on. Task `t` takes a share of the images and
-    /// writes `sums[t]`; returns how many tasks there were.
+    /// The weight gradient's sums without packing patches ([`TrainConv::rows_fit`] convs): B
+    /// is read in place ([`kernel::gemm_strided`]) from each image, copied with its zero
+    /// border, since output pixels `x` of a row read kernel rows of `k · cin` contiguous
+    /// floats `stride · cin` apart. At stride 1, one product per kernel row `ky` covers the
+    /// whole image: `dyᵀ` is packed over rows of the padded width (zeros in the border
+    /// columns), so pixel `q`'s B row starts at padded pixel `q + ky · pw`. Strided, each
+    /// output row is a product of its own. Task `t` takes a share of the images and writes
+    /// `sums[t]`; returns how many tasks there were.
     fn weight_grad_rows(
         &self,
         x: &[f32],
@@ -321,14 +325,23 @@ impl TrainConv {
         pool: &rayon::ThreadPool,
         sums: &mut [Vec<f32>],
     ) -> usize {
-        let ConvShape { cin, cout, k, .. } = self.spec;
+        let ConvShape {
+            cin, cout, k, stride, ..
+        } = self.spec;
         let p = self.spec.pad();
+        let ys = out_shape(self.spec, xs);
         let (ph, pw) = (xs.h + 2 * p, xs.w + 2 * p);
-        let depth = xs.h * pw;
+        // Output rows per product, and the pitch of their pixels in it.
+        let (rows_per, pitch) = match stride {
+            1 => (ys.h, pw),
+            _ => (1, ys.w),
+        };
+        let depth = rows_per * pitch;
         let (isa, mr, nr) = (self.isa, self.isa.mr(), self.isa.nr());
         let tiles = cout.div_ceil(mr);
         let tasks = sums.len().min(xs.n);
-        // The last kernel row's B rows run k − 1 pixels and part of a panel past the image.
+        // The last kernel row's B rows run up to k − 1 pixels and part of a panel past the
+        // image (stride 1, through the border columns).
         let padded_len = ph * pw * cin + (k - 1) * cin + nr;
         pool.install(|| {
             sums[..tasks].par_iter_mut().enumerate().for_each(|(t, c)| {
@@ -338,49 +351,55 @@ impl TrainConv {
                     image.clear();
                     image.resize(padded_len, 0.0);
                     packed.resize(kernel::packed_len(cout, depth, mr), 0.0);
-                    for (i, n) in (t * xs.n / tasks..(t + 1) * xs.n / tasks).enumerate() {
+                    let mut first = true;
+                    for n in t * xs.n / tasks..(t + 1) * xs.n / tasks {
                         for y in 0..xs.h {
                             let src = &x[(n * xs.h + y) * xs.w * cin..][..xs.w * cin];
                             image[((y + p) * pw + p) * cin..][..xs.w * cin].copy_from_slice(src);
                         }
-                        // dyᵀ, [k][mr] per tile and KC chunk, as pack_a_tiles lays it out.
-                        let mut k0 = 0;
-                        while k0 < depth {
-                            let kc = KC.min(depth - k0);
-                            let chunk = &mut packed[tiles * mr * k0..][..tiles * mr * kc];
-                            for (ti, tile) in chunk.chunks_exact_mut(mr * kc).enumerate() {
-                                let rows = (cout - ti * mr).min(mr);
-                                for (q, dst) in (k0..k0 + kc).zip(tile.chunks_exact_mut(mr)) {
-                                    let (y, ox) = (q / pw, q % pw);
-                                    if ox < xs.w {
-                                        let s = ((n * xs.h + y) * xs.w + ox) * cout + ti * mr;
-                                        dst[..rows].copy_from_slice(&dy[s..s + rows]);
-                                        dst[rows..].fill(0.0);
-                                    } else {
-                                        dst.fill(0.0);
+                        for y0 in (0..ys.h).step_by(rows_per) {
+                            // dyᵀ of rows y0.., [q][mr] per tile and KC chunk, as pack_a_tiles
+                            // lays it out.
+                            let mut k0 = 0;
+                            while k0 < depth {
+                                let kc = KC.min(depth - k0);
+                                let chunk = &mut packed[tiles * mr * k0..][..tiles * mr * kc];
+                                for (ti, tile) in chunk.chunks_exact_mut(mr * kc).enumerate() {
+                                    let rows = (cout - ti * mr).min(mr);
+                                    for (q, dst) in (k0..k0 + kc).zip(tile.chunks_exact_mut(mr)) {
+                                        let (y, ox) = (y0 + q / pitch, q % pitch);
+                                        if ox < ys.w {
+                                            let s = ((n * ys.h + y) * ys.w + ox) * cout + ti * mr;
+                                            dst[..rows].copy_from_slice(&dy[s..s + rows]);
+                                            dst[rows..].fill(0.0);
+                                        } else {
+                                            dst.fill(0.0);
+                                        }
                                     }
                                 }
+                                k0 += kc;
                             }
-                            k0 += kc;
-                        }
-                        for ky in 0..k {
-                            // SAFETY: B rows start inside `image` and run at most
-                            // (k − 1)·cin + nr floats past its pixels, inside `padded_len`;
-                            // columns ky·k·cin.. of c's `cout` rows are this task's.
-                            unsafe {
-                                kernel::gemm_strided(
-                                    isa,
-                                    cout,
-                                    packed,
-                                    depth,
-                                    image.as_ptr().add(ky * pw * cin),
-                                    cin,
-                                    k * cin,
-                                    c.as_mut_ptr().add(ky * k * cin),
-                                    k * k * cin,
-                                    i == 0,
-                                )
-                            };
+                            for ky in 0..k {
+                                // SAFETY: B rows start inside `image` and run at most
+                                // (k − 1)·cin + nr floats past its pixels, inside
+                                // `padded_len`; columns ky·k·cin.. of c's `cout` rows are
+                                // this task's.
+                                unsafe {
+                                    kernel::gemm_strided(
+                                        isa,
+                                        cout,
+                                        packed,
+                                        depth,
+                                        image.as_ptr().add((y0 * stride + ky) * pw * cin),
+                                        stride * cin,
+                                        k * cin,
+                                        c.as_mut_ptr().add(ky * k * cin),
+                                        k * k * cin,
+                                        first,
+                                    )
+                                };
+                            }
+                            first = false;
                         }
                     }
                 })
