@@ -99,6 +99,8 @@ pub struct NativeNet {
     asked: Vec<usize>,
     /// The last step's packed convs, whose buffers the next step refills.
     packed: Vec<TrainConv>,
+    /// The max pool's chosen taps, kept for the next step.
+    pool_arg: Vec<u8>,
 }
 
 /// A block's shortcut, as the last BN of its main path adds it.
@@ -264,6 +266,7 @@ impl NativeNet {
             spare: Vec::new(),
             asked: Vec::new(),
             packed: Vec::new(),
+            pool_arg: Vec::new(),
         })
     }
 
@@ -324,7 +327,9 @@ impl NativeNet {
         let mut cur = self.conv_bn_forward(&convs[0], self.stem, 0, &mut acts, &none, true, &mut tape);
         let mut pooled = None;
         if self.config.stem == Stem::ImageNet {
-            let (out, arg, os) = ops::max_pool_forward(&acts[cur].0, acts[cur].1, &self.pool);
+            let mut out = self.buffer(acts[cur].1.max_pooled().len());
+            let mut arg = std::mem::take(&mut self.pool_arg);
+            let os = ops::max_pool_forward(&acts[cur].0, acts[cur].1, &mut out, &mut arg, &self.pool);
             pooled = Some((arg, cur, os));
             acts.push((out, os));
             cur = acts.len() - 1;
@@ -352,7 +357,10 @@ impl NativeNet {
             d = self.block_backward(b, d, &convs, &mut tape, &acts, inputs[b])?;
         }
         if let Some((arg, stem_out, os)) = pooled {
-            d = ops::max_pool_backward(&d, &arg, os, acts[stem_out].1, &self.pool);
+            let mut dx = self.buffer(acts[stem_out].1.len());
+            ops::max_pool_backward(&d, &arg, os, acts[stem_out].1, &mut dx, &self.pool);
+            self.recycle(std::mem::replace(&mut d, dx));
+            self.pool_arg = arg;
         }
         let t = tape.pop().ok_or_else(missing_record)?;
         let (_, d) = self.conv_bn_backward(&convs[0], self.stem, t, d, &acts, false);

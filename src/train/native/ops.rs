@@ -179,56 +179,63 @@ pub fn bn_backward(
     (dgamma, dbeta)
 }
 
-/// The stem's 3×3 stride-2 max pool (padding 1) on NHWC `x`, with the tap each output took
-/// (PyTorch's: the first maximum in row-major window order).
-pub fn max_pool_forward(x: &[f32], xs: Shape, pool: &rayon::ThreadPool) -> (Vec<f32>, Vec<u8>, Shape) {
+/// The stem's 3×3 stride-2 max pool (padding 1) on NHWC `x` into `out`, with the tap each
+/// output took into `arg` (PyTorch's: the first maximum in row-major window order). Returns
+/// the output's shape.
+pub fn max_pool_forward(x: &[f32], xs: Shape, out: &mut [f32], arg: &mut Vec<u8>, pool: &rayon::ThreadPool) -> Shape {
     let os = xs.max_pooled();
     let c = xs.c;
-    let (mut out, mut arg) = (vec![0f32; os.len()], vec![0u8; os.len()]);
+    arg.resize(os.len(), 0);
     pool.install(|| {
-        out.par_chunks_mut(os.w * c)
+        out[..os.len()]
+            .par_chunks_mut(os.w * c)
             .zip(arg.par_chunks_mut(os.w * c))
             .enumerate()
-            .for_each(|(row, (o, a))| {
-                let (n, oy) = (row / os.h, row % os.h);
-                let ys = (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(xs.h);
-                for ox in 0..os.w {
-                    let (o, a) = (&mut o[ox * c..(ox + 1) * c], &mut a[ox * c..(ox + 1) * c]);
-                    let xr = (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(xs.w);
-                    // The window's first pixel inside the image starts the search.
-                    let mut first = true;
-                    for iy in ys.clone() {
-                        for ix in xr.clone() {
-                            let px = &x[((n * xs.h + iy) * xs.w + ix) * c..][..c];
-                            let tap = ((iy + 1 - oy * 2) * 3 + (ix + 1 - ox * 2)) as u8;
-                            if first {
-                                o.copy_from_slice(px);
-                                a.fill(tap);
-                                first = false;
-                                continue;
-                            }
-                            for ch in 0..c {
+            .for_each_init(
+                || vec![0f32; c],
+                |taps, (row, (o, a))| {
+                    let (n, oy) = (row / os.h, row % os.h);
+                    let ys = (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(xs.h);
+                    for ox in 0..os.w {
+                        let (o, a) = (&mut o[ox * c..(ox + 1) * c], &mut a[ox * c..(ox + 1) * c]);
+                        let xr = (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(xs.w);
+                        // The window's first pixel inside the image starts the search.
+                        let mut first = true;
+                        for iy in ys.clone() {
+                            for ix in xr.clone() {
+                                let px = &x[((n * xs.h + iy) * xs.w + ix) * c..][..c];
+                                let tap = ((iy + 1 - oy * 2) * 3 + (ix + 1 - ox * 2)) as f32;
+                                if first {
+                                    o.copy_from_slice(px);
+                                    taps.fill(tap);
+                                    first = false;
+                                    continue;
+                                }
                                 // torch: strictly greater (the first maximum keeps the
-                                // gradient), or NaN.
-                                if px[ch] > o[ch] || px[ch].is_nan() {
-                                    o[ch] = px[ch];
-                                    a[ch] = tap;
+                                // gradient), or NaN. Branch-free and all in f32, so that
+                                // it vectorizes.
+                                for ((o, t), &p) in o.iter_mut().zip(taps.iter_mut()).zip(px) {
+                                    let take = (p > *o) | p.is_nan();
+                                    *o = if take { p } else { *o };
+                                    *t = if take { tap } else { *t };
                                 }
                             }
                         }
+                        a.iter_mut().zip(taps.iter()).for_each(|(a, &t)| *a = t as u8);
                     }
-                }
-            })
+                },
+            )
     });
-    (out, arg, os)
+    os
 }
 
-/// The max pool's backward pass: each output gradient goes to the input its maximum came from.
-pub fn max_pool_backward(dy: &[f32], arg: &[u8], os: Shape, xs: Shape, pool: &rayon::ThreadPool) -> Vec<f32> {
+/// The max pool's backward pass: each output's gradient onto the input pixel it took, in
+/// `dx` (input `xs`'s shape, overwritten).
+pub fn max_pool_backward(dy: &[f32], arg: &[u8], os: Shape, xs: Shape, dx: &mut [f32], pool: &rayon::ThreadPool) {
     let c = xs.c;
-    let mut dx = vec![0f32; xs.len()];
     pool.install(|| {
-        dx.par_chunks_mut(xs.h * xs.w * c).enumerate().for_each(|(n, dxn)| {
+        dx[..xs.len()].par_chunks_mut(xs.h * xs.w * c).enumerate().for_each(|(n, dxn)| {
+            dxn.fill(0.0);
             for oy in 0..os.h {
                 for ox in 0..os.w {
                     let at = ((n * os.h + oy) * os.w + ox) * c;
@@ -242,7 +249,6 @@ pub fn max_pool_backward(dy: &[f32], arg: &[u8], os: Shape, xs: Shape, pool: &ra
             }
         })
     });
-    dx
 }
 
 /// Option A's backward pass: adds `dy`'s channels `before..before + dx's` at the subsampled
