@@ -3,7 +3,8 @@
 //!
 //! On the AVX-512 kernel, A is packed straight from the NHWC input: a 1×1 conv packs its input
 //! rows, other convs each tap of each output pixel (implicit im2col); stride-1 3×3 convs go
-//! through Winograd and the 7×7 stem reads its padded input in place. Grouped convs, and on
+//! through Winograd and the 7×7 stem reads its padded input in place. A training step's
+//! convs read each image, copied with its zero border, in place too ([`Conv::run_rows`]). Grouped convs, and on
 //! the portable kernel every conv but a stride-1 1×1 (which reads its input rows as they are),
 //! gather the patches of a block of pixels into a per-thread buffer first. Work is split over pixel blocks and, when they are few (batch 1, late stages),
 //! over column panels too, so both threads stay busy.
@@ -203,7 +204,7 @@ impl Conv {
         self.winograd.as_ref().or(wide)
     }
 
-    /// The 7×7 stride-2 stem on its padded input ([`kernel::stem_tile`]): each output row
+    /// The 7×7 stride-2 stem on its padded input ([`kernel::row_tile`]): each output row
     /// in tiles of `mr` pixels, reading the input in place.
     fn run_stem(&self, x: &[f32], xs: Shape, out: &mut [f32], relu: bool, pool: &rayon::ThreadPool) -> Shape {
         let t0 = std::time::Instant::now();

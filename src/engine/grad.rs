@@ -1,13 +1,16 @@
 //! A training step's convolution passes on the engine's packed kernels, on NHWC activations:
-//! - **forward**: the inference conv (implicit im2col, the stem path), nothing fused, no Winograd;
+//! - **forward**: with one group, no dilation and few enough channels, each image is copied
+//!   with its zero border and every output row reads its kernel rows in place
+//!   ([`Conv::run_rows`]); otherwise the inference conv (implicit im2col). Nothing fused, no
+//!   Winograd;
 //! - **input gradient**: at stride 1, a convolution of the output gradient with the flipped,
-//!   transposed weights, so it runs on the same kernels; strided, one GEMM per image from the
-//!   output gradient to patch gradients, then a col2im scatter;
-//! - **weight gradient**: `dW[cout, (ky, kx, cin)] = Σ_pixels dyᵀ · patch`, GEMMs over blocks
-//!   of [`KC`] pixels: A is the block's output gradient, B its patches packed into panels
-//!   straight from the NHWC input (no im2col buffer), and the sums accumulate in place. Threads
-//!   split the blocks (their sums are added after) or, when blocks are fewer than threads, the
-//!   columns.
+//!   transposed weights, so it runs on the same kernels (and paths); strided, one GEMM per
+//!   image from the output gradient to patch gradients, then a col2im scatter;
+//! - **weight gradient**: `dW[cout, (ky, kx, cin)] = Σ_pixels dyᵀ · patch`. Where the sums
+//!   stay in cache, B is read in place from each padded image ([`kernel::gemm_strided`]);
+//!   otherwise GEMMs over blocks of [`KC`] pixels pack each block's patches into panels
+//!   straight from the NHWC input. Threads split the images or blocks (their sums are added
+//!   after) or, when blocks are fewer than threads, the columns.
 //!
 //! Why ours and not burn-flex's: its convolutions run im2col, a scalar col2im scatter for the
 //! input gradient and a generic fallback for the weight gradient, and spend ~40 % of a step
@@ -248,11 +251,14 @@ impl TrainConv {
         let (cin_g, cout_g, kk) = per_group(self.spec);
         let n = kk * cin_g;
         let len = self.spec.groups * cout_g * n;
-        // Each task's sums, in buffers kept from call to call: their first product overwrites
-        // them, so they are neither zeroed nor faulted in again (layer4 of resnet18 sums 9 MB).
+        // Each task's sums, in buffers kept from call to call at the largest size asked: their
+        // first product overwrites them, so they are neither zeroed nor faulted in again
+        // (layer4 of resnet18 sums 9 MB, right after the stem's few).
         let mut sums = SUMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
         sums.resize_with(pool.current_num_threads().max(1), Vec::new);
-        sums.iter_mut().for_each(|s| s.resize(len, 0.0));
+        sums.iter_mut()
+            .filter(|s| s.len() < len)
+            .for_each(|s| s.resize(len, 0.0));
         let (used, how) = match self.rows_fit(xs) {
             true => (self.weight_grad_rows(x, xs, dy, pool, &mut sums), "rows"),
             false => (self.weight_grad_blocks(x, xs, dy, pool, &mut sums), "blocks"),
@@ -441,7 +447,7 @@ impl TrainConv {
                     }
                     false => ((t * blocks / tasks)..((t + 1) * blocks / tasks), 0..n, out[t]),
                 };
-                let mut bufs = (Vec::new(), None);
+                let mut bufs = (Vec::new(), Vec::new());
                 for (i, b) in bs.enumerate() {
                     let p = b * KC..((b + 1) * KC).min(pixels);
                     for g in 0..self.spec.groups {
@@ -485,7 +491,7 @@ impl TrainConv {
         c: *mut f32,
         ldc: usize,
         first: bool,
-        bufs: &mut (Vec<f32>, Option<PackedB>),
+        bufs: &mut (Vec<f32>, Vec<PackedB>),
     ) {
         let ConvShape {
             cin,
@@ -496,7 +502,7 @@ impl TrainConv {
             ..
         } = self.spec;
         let (cin_g, cout_g, kk) = per_group(self.spec);
-        let (n, kb, mr, isa) = (cols.len(), p.len(), self.isa.mr(), self.isa);
+        let (kb, mr, isa) = (p.len(), self.isa.mr(), self.isa);
         let (packed, b) = bufs;
         // A: dyᵀ in tiles of mr output channels, [pixel][mr] each.
         let tiles = cout_g.div_ceil(mr);
@@ -510,86 +516,98 @@ impl TrainConv {
                 dst[rows..].fill(0.0);
             }
         }
-        // B: each pixel's patch as one row, written into its panels tap by tap. A packing of
-        // the same shape is reused, so only the taps are written (padding ones as zeros).
-        let b = match b {
-            Some(b) if b.k == kb && b.n == n => b,
-            _ => b.insert(PackedB::zeroed(kb, n, isa)),
-        };
+        // B: each pixel's patch as one row, packed one panel at a time right before its
+        // products, so the panel is still in L1 when they read it (a whole block's patches
+        // outgrew L2 on 256-channel layers). Packings of the same shape are reused, so only the
+        // taps are written (padding ones as zeros).
         let nr = isa.nr();
-        // Runs of a tap's channels that stay inside one panel, with where row 0 of each goes:
-        // the same for every pixel, so the offsets are worked out once.
-        let mut pieces = Vec::new();
-        for tap in 0..kk {
-            let mut i = 0;
-            while i < cin_g {
-                let col = tap * cin_g + i;
-                let len = (nr - col % nr).min(cin_g - i);
-                if cols.contains(&col) {
-                    pieces.push((tap, i, len, b.offset(col - cols.start)));
-                }
-                i += len;
-            }
-        }
         let pad = self.spec.pad() as isize;
-        let panels = b.panels_mut();
-        // Along an output row, one tap reads input pixels `stride` apart: walk the block's
-        // pixels row by row, and per tap copy the in-image run, padding with zeros.
-        let mut q = p.start;
-        while q < p.end {
-            let (img, rest) = (q / (ys.h * ys.w), q % (ys.h * ys.w));
-            let (oy, ox0) = (rest / ys.w, rest % ys.w);
-            let ox1 = (ox0 + p.end - q).min(ys.w);
-            let r0 = q - p.start;
-            for &(tap, i, len, off) in &pieces {
-                let (ky, kx) = (tap / k, tap % k);
-                let iy = (oy * stride + ky * dilation) as isize - pad;
-                // ix = ox·stride + kx·dilation − pad is inside for ox in lo..hi.
-                let shift = (kx * dilation) as isize - pad;
-                let lo = if shift >= 0 {
-                    0
-                } else {
-                    ((-shift) as usize).div_ceil(stride)
-                };
-                let hi = if (xs.w as isize) > shift {
-                    ((xs.w as isize - shift) as usize).div_ceil(stride)
-                } else {
-                    0
-                };
-                let (mut lo, mut hi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1).max(lo.clamp(ox0, ox1)));
-                if iy < 0 || iy >= xs.h as isize {
-                    (lo, hi) = (ox1, ox1);
+        let zeros = vec![0f32; nr];
+        for c0 in cols.clone().step_by(nr) {
+            let ncols = (cols.end - c0).min(nr);
+            let b = match b.iter().position(|b| b.k == kb && b.n == ncols) {
+                Some(i) => &mut b[i],
+                None => {
+                    b.push(PackedB::zeroed(kb, ncols, isa));
+                    b.last_mut().expect("just pushed")
                 }
-                let row = |ox: usize| off + (r0 + ox - ox0) * nr;
-                for ox in (ox0..lo).chain(hi..ox1) {
-                    panels[row(ox)..row(ox) + len].fill(0.0);
+            };
+            // Runs of a tap's channels inside this panel, with where row 0 of each goes.
+            let mut pieces = Vec::new();
+            for tap in 0..kk {
+                let mut i = 0;
+                while i < cin_g {
+                    let col = tap * cin_g + i;
+                    let len = (nr - col % nr).min(cin_g - i);
+                    if (c0..c0 + ncols).contains(&col) {
+                        pieces.push((tap, i, len, col - c0));
+                    }
+                    i += len;
                 }
-                if lo < hi {
-                    let base = ((img * xs.h + iy as usize) * xs.w) as isize;
-                    let src = |ox: usize| (((base + (ox * stride) as isize + shift) as usize) * cin) + g * cin_g + i;
-                    if len == 16 {
-                        for ox in lo..hi {
-                            // One vector move rather than a call to memcpy.
-                            let v: [f32; 16] = x[src(ox)..src(ox) + 16].try_into().expect("16 floats");
-                            panels[row(ox)..row(ox) + 16].copy_from_slice(&v);
-                        }
+            }
+            let panel = b.panels_mut();
+            // Along an output row, one tap reads input pixels `stride` apart: walk the block's
+            // pixels row by row, and per tap copy the in-image run, padding with zeros.
+            let mut q = p.start;
+            while q < p.end {
+                let (img, rest) = (q / (ys.h * ys.w), q % (ys.h * ys.w));
+                let (oy, ox0) = (rest / ys.w, rest % ys.w);
+                let ox1 = (ox0 + p.end - q).min(ys.w);
+                let r0 = q - p.start;
+                for &(tap, i, len, off) in &pieces {
+                    let (ky, kx) = (tap / k, tap % k);
+                    let iy = (oy * stride + ky * dilation) as isize - pad;
+                    // ix = ox·stride + kx·dilation − pad is inside for ox in lo..hi.
+                    let shift = (kx * dilation) as isize - pad;
+                    let lo = if shift >= 0 {
+                        0
                     } else {
-                        for ox in lo..hi {
-                            panels[row(ox)..row(ox) + len].copy_from_slice(&x[src(ox)..src(ox) + len]);
+                        ((-shift) as usize).div_ceil(stride)
+                    };
+                    let hi = if (xs.w as isize) > shift {
+                        ((xs.w as isize - shift) as usize).div_ceil(stride)
+                    } else {
+                        0
+                    };
+                    let (mut lo, mut hi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1).max(lo.clamp(ox0, ox1)));
+                    if iy < 0 || iy >= xs.h as isize {
+                        (lo, hi) = (ox1, ox1);
+                    }
+                    let row = |ox: usize| off + (r0 + ox - ox0) * nr;
+                    for ox in (ox0..lo).chain(hi..ox1) {
+                        panel[row(ox)..row(ox) + len].fill(0.0);
+                    }
+                    if lo < hi {
+                        let base = ((img * xs.h + iy as usize) * xs.w) as isize;
+                        let src =
+                            |ox: usize| (((base + (ox * stride) as isize + shift) as usize) * cin) + g * cin_g + i;
+                        if len == 16 {
+                            for ox in lo..hi {
+                                // One vector move rather than a call to memcpy.
+                                let v: [f32; 16] = x[src(ox)..src(ox) + 16].try_into().expect("16 floats");
+                                panel[row(ox)..row(ox) + 16].copy_from_slice(&v);
+                            }
+                        } else {
+                            for ox in lo..hi {
+                                panel[row(ox)..row(ox) + len].copy_from_slice(&x[src(ox)..src(ox) + len]);
+                            }
                         }
                     }
                 }
+                q += ox1 - ox0;
             }
-            q += ox1 - ox0;
+            // SAFETY: the caller vouches for c's rows; this panel's columns start c0 − cols.start
+            // floats in.
+            let c = unsafe { c.add(c0 - cols.start) };
+            let ep = Epilogue {
+                bias: &zeros[..ncols],
+                // Accumulates in place: one k-pass (kb ≤ KC) reads each value before writing it.
+                residual: (!first).then_some((c.cast_const(), ldc)),
+                relu: false,
+            };
+            // SAFETY: `packed` holds cout_g rows' tiles for depth kb ≤ KC; the caller vouches
+            // for c.
+            unsafe { kernel::gemm_packed(cout_g, packed, b, c, ldc, ep, 0..1) };
         }
-        let zeros = vec![0f32; n];
-        let ep = Epilogue {
-            bias: &zeros,
-            // Accumulates in place: one k-pass (kb ≤ KC) reads each value before writing it.
-            residual: (!first).then_some((c.cast_const(), ldc)),
-            relu: false,
-        };
-        // SAFETY: `packed` holds cout_g rows' tiles for depth kb ≤ KC; the caller vouches for c.
-        unsafe { kernel::gemm_packed(cout_g, packed, b, c, ldc, ep, 0..b.panels()) };
     }
 }

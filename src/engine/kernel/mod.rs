@@ -149,13 +149,8 @@ impl PackedB {
         }
     }
 
-    /// Where row 0's column `col` lies in [`PackedB::panels_mut`]; row `r` is `r · nr` further.
-    pub fn offset(&self, col: usize) -> usize {
-        let nr = self.nr();
-        (col / nr) * self.k * nr + col % nr
-    }
-
-    /// The panels, to fill through [`PackedB::offset`] (columns `n..` of the last panel stay zero).
+    /// The panels, `k × nr` floats each, to fill in place (columns `n..` of the last panel
+    /// stay zero).
     pub fn panels_mut(&mut self) -> &mut [f32] {
         &mut self.panels
     }

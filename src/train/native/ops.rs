@@ -234,20 +234,23 @@ pub fn max_pool_forward(x: &[f32], xs: Shape, out: &mut [f32], arg: &mut Vec<u8>
 pub fn max_pool_backward(dy: &[f32], arg: &[u8], os: Shape, xs: Shape, dx: &mut [f32], pool: &rayon::ThreadPool) {
     let c = xs.c;
     pool.install(|| {
-        dx[..xs.len()].par_chunks_mut(xs.h * xs.w * c).enumerate().for_each(|(n, dxn)| {
-            dxn.fill(0.0);
-            for oy in 0..os.h {
-                for ox in 0..os.w {
-                    let at = ((n * os.h + oy) * os.w + ox) * c;
-                    for ch in 0..c {
-                        let tap = arg[at + ch] as usize;
-                        let iy = oy * 2 + tap / 3 - 1;
-                        let ix = ox * 2 + tap % 3 - 1;
-                        dxn[(iy * xs.w + ix) * c + ch] += dy[at + ch];
+        dx[..xs.len()]
+            .par_chunks_mut(xs.h * xs.w * c)
+            .enumerate()
+            .for_each(|(n, dxn)| {
+                dxn.fill(0.0);
+                for oy in 0..os.h {
+                    for ox in 0..os.w {
+                        let at = ((n * os.h + oy) * os.w + ox) * c;
+                        for ch in 0..c {
+                            let tap = arg[at + ch] as usize;
+                            let iy = oy * 2 + tap / 3 - 1;
+                            let ix = ox * 2 + tap % 3 - 1;
+                            dxn[(iy * xs.w + ix) * c + ch] += dy[at + ch];
+                        }
                     }
                 }
-            }
-        })
+            })
     });
 }
 
