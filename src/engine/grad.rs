@@ -493,15 +493,8 @@ impl TrainConv {
         first: bool,
         bufs: &mut (Vec<f32>, Vec<PackedB>),
     ) {
-        let ConvShape {
-            cin,
-            cout,
-            k,
-            stride,
-            dilation,
-            ..
-        } = self.spec;
-        let (cin_g, cout_g, kk) = per_group(self.spec);
+        let cout = self.spec.cout;
+        let (_, cout_g, _) = per_group(self.spec);
         let (kb, mr, isa) = (p.len(), self.isa.mr(), self.isa);
         let (packed, b) = bufs;
         // A: dyᵀ in tiles of mr output channels, [pixel][mr] each.
@@ -521,7 +514,6 @@ impl TrainConv {
         // outgrew L2 on 256-channel layers). Packings of the same shape are reused, so only the
         // taps are written (padding ones as zeros).
         let nr = isa.nr();
-        let pad = self.spec.pad() as isize;
         let zeros = vec![0f32; nr];
         for c0 in cols.clone().step_by(nr) {
             let ncols = (cols.end - c0).min(nr);
@@ -532,70 +524,7 @@ impl TrainConv {
                     b.last_mut().expect("just pushed")
                 }
             };
-            // Runs of a tap's channels inside this panel, with where row 0 of each goes.
-            let mut pieces = Vec::new();
-            for tap in 0..kk {
-                let mut i = 0;
-                while i < cin_g {
-                    let col = tap * cin_g + i;
-                    let len = (nr - col % nr).min(cin_g - i);
-                    if (c0..c0 + ncols).contains(&col) {
-                        pieces.push((tap, i, len, col - c0));
-                    }
-                    i += len;
-                }
-            }
-            let panel = b.panels_mut();
-            // Along an output row, one tap reads input pixels `stride` apart: walk the block's
-            // pixels row by row, and per tap copy the in-image run, padding with zeros.
-            let mut q = p.start;
-            while q < p.end {
-                let (img, rest) = (q / (ys.h * ys.w), q % (ys.h * ys.w));
-                let (oy, ox0) = (rest / ys.w, rest % ys.w);
-                let ox1 = (ox0 + p.end - q).min(ys.w);
-                let r0 = q - p.start;
-                for &(tap, i, len, off) in &pieces {
-                    let (ky, kx) = (tap / k, tap % k);
-                    let iy = (oy * stride + ky * dilation) as isize - pad;
-                    // ix = ox·stride + kx·dilation − pad is inside for ox in lo..hi.
-                    let shift = (kx * dilation) as isize - pad;
-                    let lo = if shift >= 0 {
-                        0
-                    } else {
-                        ((-shift) as usize).div_ceil(stride)
-                    };
-                    let hi = if (xs.w as isize) > shift {
-                        ((xs.w as isize - shift) as usize).div_ceil(stride)
-                    } else {
-                        0
-                    };
-                    let (mut lo, mut hi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1).max(lo.clamp(ox0, ox1)));
-                    if iy < 0 || iy >= xs.h as isize {
-                        (lo, hi) = (ox1, ox1);
-                    }
-                    let row = |ox: usize| off + (r0 + ox - ox0) * nr;
-                    for ox in (ox0..lo).chain(hi..ox1) {
-                        panel[row(ox)..row(ox) + len].fill(0.0);
-                    }
-                    if lo < hi {
-                        let base = ((img * xs.h + iy as usize) * xs.w) as isize;
-                        let src =
-                            |ox: usize| (((base + (ox * stride) as isize + shift) as usize) * cin) + g * cin_g + i;
-                        if len == 16 {
-                            for ox in lo..hi {
-                                // One vector move rather than a call to memcpy.
-                                let v: [f32; 16] = x[src(ox)..src(ox) + 16].try_into().expect("16 floats");
-                                panel[row(ox)..row(ox) + 16].copy_from_slice(&v);
-                            }
-                        } else {
-                            for ox in lo..hi {
-                                panel[row(ox)..row(ox) + len].copy_from_slice(&x[src(ox)..src(ox) + len]);
-                            }
-                        }
-                    }
-                }
-                q += ox1 - ox0;
-            }
+            self.fill_patch_panel(x, xs, ys, p.clone(), g, c0, ncols, b.panels_mut());
             // SAFETY: the caller vouches for c's rows; this panel's columns start c0 − cols.start
             // floats in.
             let c = unsafe { c.add(c0 - cols.start) };
@@ -608,6 +537,95 @@ impl TrainConv {
             // SAFETY: `packed` holds cout_g rows' tiles for depth kb ≤ KC; the caller vouches
             // for c.
             unsafe { kernel::gemm_packed(cout_g, packed, b, c, ldc, ep, 0..1) };
+        }
+    }
+
+    /// Writes panel columns `c0..c0 + ncols` (group `g`'s `[(ky, kx, cin_g)]`) of the patches
+    /// of pixels `p`, one row per pixel, into `panel` (`p.len()` rows of `nr` floats): each
+    /// tap's in-image run copied from the NHWC input, padding taps as zeros.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_patch_panel(
+        &self,
+        x: &[f32],
+        xs: Shape,
+        ys: Shape,
+        p: std::ops::Range<usize>,
+        g: usize,
+        c0: usize,
+        ncols: usize,
+        panel: &mut [f32],
+    ) {
+        let ConvShape {
+            cin,
+            k,
+            stride,
+            dilation,
+            ..
+        } = self.spec;
+        let (cin_g, _, kk) = per_group(self.spec);
+        let nr = self.isa.nr();
+        let pad = self.spec.pad() as isize;
+        // Runs of a tap's channels inside this panel, with where row 0 of each goes.
+        let mut pieces = Vec::new();
+        for tap in 0..kk {
+            let mut i = 0;
+            while i < cin_g {
+                let col = tap * cin_g + i;
+                let len = (nr - col % nr).min(cin_g - i);
+                if (c0..c0 + ncols).contains(&col) {
+                    pieces.push((tap, i, len, col - c0));
+                }
+                i += len;
+            }
+        }
+        // Along an output row, one tap reads input pixels `stride` apart: walk the block's
+        // pixels row by row, and per tap copy the in-image run, padding with zeros.
+        let mut q = p.start;
+        while q < p.end {
+            let (img, rest) = (q / (ys.h * ys.w), q % (ys.h * ys.w));
+            let (oy, ox0) = (rest / ys.w, rest % ys.w);
+            let ox1 = (ox0 + p.end - q).min(ys.w);
+            let r0 = q - p.start;
+            for &(tap, i, len, off) in &pieces {
+                let (ky, kx) = (tap / k, tap % k);
+                let iy = (oy * stride + ky * dilation) as isize - pad;
+                // ix = ox·stride + kx·dilation − pad is inside for ox in lo..hi.
+                let shift = (kx * dilation) as isize - pad;
+                let lo = if shift >= 0 {
+                    0
+                } else {
+                    ((-shift) as usize).div_ceil(stride)
+                };
+                let hi = if (xs.w as isize) > shift {
+                    ((xs.w as isize - shift) as usize).div_ceil(stride)
+                } else {
+                    0
+                };
+                let (mut lo, mut hi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1).max(lo.clamp(ox0, ox1)));
+                if iy < 0 || iy >= xs.h as isize {
+                    (lo, hi) = (ox1, ox1);
+                }
+                let row = |ox: usize| off + (r0 + ox - ox0) * nr;
+                for ox in (ox0..lo).chain(hi..ox1) {
+                    panel[row(ox)..row(ox) + len].fill(0.0);
+                }
+                if lo < hi {
+                    let base = ((img * xs.h + iy as usize) * xs.w) as isize;
+                    let src = |ox: usize| (((base + (ox * stride) as isize + shift) as usize) * cin) + g * cin_g + i;
+                    if len == 16 {
+                        for ox in lo..hi {
+                            // One vector move rather than a call to memcpy.
+                            let v: [f32; 16] = x[src(ox)..src(ox) + 16].try_into().expect("16 floats");
+                            panel[row(ox)..row(ox) + 16].copy_from_slice(&v);
+                        }
+                    } else {
+                        for ox in lo..hi {
+                            panel[row(ox)..row(ox) + len].copy_from_slice(&x[src(ox)..src(ox) + len]);
+                        }
+                    }
+                }
+            }
+            q += ox1 - ox0;
         }
     }
 }
