@@ -481,7 +481,7 @@ impl NativeNet {
         }
         let g = after_relu.ok_or_else(missing_record)?;
         match shortcut {
-            ShortcutPlan::Identity => d.iter_mut().zip(&g).for_each(|(d, g)| *d += g),
+            ShortcutPlan::Identity => add_into(&mut d, &g, &self.pool),
             ShortcutPlan::ZeroPad => {
                 let xs = acts[input].1;
                 ops::zero_pad_backward(&g, xs.subsampled(stride, block_out(&main, xs)), stride, &mut d, xs);
@@ -491,7 +491,7 @@ impl NativeNet {
                 let t = tape.pop().ok_or_else(missing_record)?;
                 let (dx, g) = self.conv_bn_backward(&convs[c0 + main.len()], p, t, g, acts, true);
                 let dx = dx.ok_or_else(missing_record)?;
-                d.iter_mut().zip(&dx).for_each(|(d, g)| *d += g);
+                add_into(&mut d, &dx, &self.pool);
                 self.recycle(dx);
                 self.recycle(g);
                 return Ok(d);
@@ -585,6 +585,16 @@ impl NativeNet {
         self.lap(5, &mut clock);
         (dx, d)
     }
+}
+
+/// `d += g`, on the pool's threads (a block's gradient meeting its shortcut's).
+fn add_into(d: &mut [f32], g: &[f32], pool: &rayon::ThreadPool) {
+    const CHUNK: usize = 1 << 14;
+    pool.install(|| {
+        d.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(d, g)| d.iter_mut().zip(g).for_each(|(d, g)| *d += g))
+    });
 }
 
 fn missing_record() -> Error {
