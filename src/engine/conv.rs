@@ -204,49 +204,20 @@ impl Conv {
         self.winograd.as_ref().or(wide)
     }
 
-    /// The 7×7 stride-2 stem on its padded input ([`kernel::row_tile`]): each output row
-    /// in tiles of `mr` pixels, reading the input in place.
+    /// The 7×7 stride-2 stem on its padded input, read in place ([`Conv::row_of_tiles`]).
     fn run_stem(&self, x: &[f32], xs: Shape, out: &mut [f32], relu: bool, pool: &rayon::ThreadPool) -> Shape {
         let t0 = std::time::Instant::now();
-        let ConvShape {
-            cin, cout, k, stride, ..
-        } = self.spec;
         let os = self.out_shape(xs);
-        let w = &self.weights[0];
-        let (mr, nr) = (self.isa.mr(), self.isa.nr());
+        let image = xs.h * xs.w * self.spec.cin;
         let (xp, op) = (Ptr(x.as_ptr()), Ptr(out.as_mut_ptr()));
         pool.install(|| {
             (0..os.n * os.h).into_par_iter().for_each(|line| {
                 let (n, oy) = (line / os.h, line % os.h);
-                let mut segs = [std::ptr::null(); 16];
-                // One panel at a time over the whole row, so its weights stay in L1.
-                for j in 0..w.panels() {
-                    let col0 = j * nr;
-                    let ncols = (cout - col0).min(nr);
-                    for ox0 in (0..os.w).step_by(mr) {
-                        for (ky, seg) in segs.iter_mut().enumerate().take(k) {
-                            let at = ((n * xs.h + oy * stride + ky) * xs.w + ox0 * stride) * cin;
-                            // SAFETY: the input is padded, so every window lies inside it.
-                            *seg = unsafe { xp.get().add(at) };
-                        }
-                        // SAFETY: pixel ox0 + r reads k·cin floats from seg + r·stride·cin,
-                        // inside the padded input; this task owns output row `line`.
-                        unsafe {
-                            kernel::row_tile(
-                                (os.w - ox0).min(mr),
-                                &segs[..k],
-                                k * cin,
-                                kernel::STEM_STEP,
-                                w,
-                                j,
-                                op.get().add((line * os.w + ox0) * cout + col0),
-                                cout,
-                                ncols,
-                                &self.bias[col0..col0 + ncols],
-                                relu,
-                            )
-                        };
-                    }
+                // SAFETY: image n of the padded input, `xs.w` pixels a row; this task owns
+                // output row `line`.
+                unsafe {
+                    let out = op.get().add(line * os.w * self.spec.cout);
+                    self.row_of_tiles(xp.get().add(n * image), xs.w, oy, os.w, out, relu)
                 }
             })
         });
@@ -257,11 +228,11 @@ impl Conv {
     /// `out = act(conv(x))` with no packed A, for a conv with one group, no dilation, odd k
     /// and `stride · cin` one of [`kernel::ROW_STEPS`], on an unpadded input: each image is
     /// copied with its zero border into a thread's buffer, and its output rows read their
-    /// kernel rows from there in place ([`kernel::row_tile`]). The training step's convs take
-    /// this path: packing A (nine copies of the input for a 3×3) cost as much as the products
-    /// on 16- to 64-channel layers. `None` when the conv does not fit, when its weight panels
-    /// outgrow L2 (more than 1152 rows) or its rows are short (under 8 pixels), where packing
-    /// serves better, and for inputs of fewer images than threads.
+    /// kernel rows from there in place ([`Conv::row_of_tiles`]). The training step's convs
+    /// take this path: packing A (nine copies of the input for a 3×3) cost as much as the
+    /// products on 16- to 64-channel layers. `None` when the conv does not fit, when its
+    /// weight panels outgrow L2 (more than 1152 rows) or its rows are short (under 8 pixels),
+    /// where packing serves better, and for inputs of fewer images than threads.
     pub fn run_rows(
         &self,
         x: &[f32],
@@ -296,10 +267,6 @@ impl Conv {
         debug_assert!(x.len() >= xs.len() && out.len() >= os.len());
         let p = self.spec.pad();
         let (ph, pw) = (xs.h + 2 * p, xs.w + 2 * p);
-        let w = &self.weights[0];
-        let (mr, nr) = (self.isa.mr(), self.isa.nr());
-        // Tiles of near-equal width: a short last one would run latency-bound.
-        let tiles = os.w.div_ceil(mr);
         let op = Ptr(out.as_mut_ptr());
         pool.install(|| {
             (0..xs.n).into_par_iter().for_each(|n| {
@@ -307,47 +274,13 @@ impl Conv {
                     let mut buf = buf.borrow_mut();
                     buf.resize(ph * pw * cin, 0.0);
                     let image = &x[n * xs.h * xs.w * cin..][..xs.h * xs.w * cin];
-                    for (y, row) in buf.chunks_exact_mut(pw * cin).enumerate() {
-                        match y.checked_sub(p).filter(|&iy| iy < xs.h) {
-                            Some(iy) => {
-                                let (left, rest) = row.split_at_mut(p * cin);
-                                let (mid, right) = rest.split_at_mut(xs.w * cin);
-                                left.fill(0.0);
-                                mid.copy_from_slice(&image[iy * xs.w * cin..][..xs.w * cin]);
-                                right.fill(0.0);
-                            }
-                            None => row.fill(0.0),
-                        }
-                    }
-                    let mut segs = [std::ptr::null(); 16];
+                    super::types::pad_image(image, xs.h, xs.w, cin, p, &mut buf);
                     for oy in 0..os.h {
-                        for j in 0..w.panels() {
-                            let col0 = j * nr;
-                            let ncols = (cout - col0).min(nr);
-                            for t in 0..tiles {
-                                let (ox0, ox1) = (t * os.w / tiles, (t + 1) * os.w / tiles);
-                                for (ky, seg) in segs.iter_mut().enumerate().take(k) {
-                                    *seg = buf[((oy * stride + ky) * pw + ox0 * stride) * cin..].as_ptr();
-                                }
-                                // SAFETY: pixel ox0 + r reads k·cin floats from
-                                // seg + r·stride·cin, inside the padded image; this task owns
-                                // image n's output.
-                                unsafe {
-                                    kernel::row_tile(
-                                        ox1 - ox0,
-                                        &segs[..k],
-                                        k * cin,
-                                        stride * cin,
-                                        w,
-                                        j,
-                                        op.get().add(((n * os.h + oy) * os.w + ox0) * cout + col0),
-                                        cout,
-                                        ncols,
-                                        &self.bias[col0..col0 + ncols],
-                                        relu,
-                                    )
-                                };
-                            }
+                        // SAFETY: `buf` holds the padded image, `pw` pixels a row; this task
+                        // owns image n's output.
+                        unsafe {
+                            let out = op.get().add((n * os.h + oy) * os.w * cout);
+                            self.row_of_tiles(buf.as_ptr(), pw, oy, os.w, out, relu)
                         }
                     }
                 })
@@ -355,6 +288,52 @@ impl Conv {
         });
         self.report(xs, os, t0, "rows");
         Some(os)
+    }
+
+    /// Output row `oy` (`ow` pixels, into `out`) of one image whose padded NHWC input starts at
+    /// `image`, `pw` pixels a row: per weight panel (so its weights stay in cache), tiles of
+    /// near-equal width (a short last one would run latency-bound), each pixel reading its
+    /// `k` kernel rows of `k · cin` floats in place ([`kernel::row_tile`]).
+    ///
+    /// # Safety
+    /// Every window of the row lies inside the padded image; `out` holds `ow · cout` floats
+    /// that no one else writes meanwhile; `stride · cin` is one of [`kernel::ROW_STEPS`].
+    unsafe fn row_of_tiles(&self, image: *const f32, pw: usize, oy: usize, ow: usize, out: *mut f32, relu: bool) {
+        let ConvShape {
+            cin, cout, k, stride, ..
+        } = self.spec;
+        let w = &self.weights[0];
+        let (mr, nr) = (self.isa.mr(), self.isa.nr());
+        let tiles = ow.div_ceil(mr);
+        let mut segs = [std::ptr::null(); 16];
+        for j in 0..w.panels() {
+            let col0 = j * nr;
+            let ncols = (cout - col0).min(nr);
+            for t in 0..tiles {
+                let (ox0, ox1) = (t * ow / tiles, (t + 1) * ow / tiles);
+                for (ky, seg) in segs.iter_mut().enumerate().take(k) {
+                    // SAFETY: inside the padded image, as the caller vouches.
+                    *seg = unsafe { image.add(((oy * stride + ky) * pw + ox0 * stride) * cin) };
+                }
+                // SAFETY: pixel ox0 + r reads k·cin floats from seg + r·stride·cin, inside the
+                // padded image; the caller owns `out`.
+                unsafe {
+                    kernel::row_tile(
+                        ox1 - ox0,
+                        &segs[..k],
+                        k * cin,
+                        stride * cin,
+                        w,
+                        j,
+                        out.add(ox0 * cout + col0),
+                        cout,
+                        ncols,
+                        &self.bias[col0..col0 + ncols],
+                        relu,
+                    )
+                };
+            }
+        }
     }
 
     /// With `RESNET_PROFILE` set: this conv's time and its rate in direct-conv GFLOP/s.

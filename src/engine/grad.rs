@@ -344,7 +344,6 @@ impl TrainConv {
         };
         let depth = rows_per * pitch;
         let (isa, mr, nr) = (self.isa, self.isa.mr(), self.isa.nr());
-        let tiles = cout.div_ceil(mr);
         let tasks = sums.len().min(xs.n);
         // The last kernel row's B rows run up to k − 1 pixels and part of a panel past the
         // image (stride 1, through the border columns).
@@ -353,38 +352,21 @@ impl TrainConv {
             sums[..tasks].par_iter_mut().enumerate().for_each(|(t, c)| {
                 ROWS.with(|bufs| {
                     let (image, packed) = &mut *bufs.borrow_mut();
-                    // Zeros outside the image stay zeros: only its pixels are written below.
+                    // Zeros past the padded image too, which the last B rows run into.
                     image.clear();
                     image.resize(padded_len, 0.0);
                     packed.resize(kernel::packed_len(cout, depth, mr), 0.0);
                     let mut first = true;
                     for n in t * xs.n / tasks..(t + 1) * xs.n / tasks {
-                        for y in 0..xs.h {
-                            let src = &x[(n * xs.h + y) * xs.w * cin..][..xs.w * cin];
-                            image[((y + p) * pw + p) * cin..][..xs.w * cin].copy_from_slice(src);
-                        }
+                        let src = &x[n * xs.h * xs.w * cin..][..xs.h * xs.w * cin];
+                        super::types::pad_image(src, xs.h, xs.w, cin, p, image);
                         for y0 in (0..ys.h).step_by(rows_per) {
-                            // dyᵀ of rows y0.., [q][mr] per tile and KC chunk, as pack_a_tiles
-                            // lays it out.
-                            let mut k0 = 0;
-                            while k0 < depth {
-                                let kc = KC.min(depth - k0);
-                                let chunk = &mut packed[tiles * mr * k0..][..tiles * mr * kc];
-                                for (ti, tile) in chunk.chunks_exact_mut(mr * kc).enumerate() {
-                                    let rows = (cout - ti * mr).min(mr);
-                                    for (q, dst) in (k0..k0 + kc).zip(tile.chunks_exact_mut(mr)) {
-                                        let (y, ox) = (y0 + q / pitch, q % pitch);
-                                        if ox < ys.w {
-                                            let s = ((n * ys.h + y) * ys.w + ox) * cout + ti * mr;
-                                            dst[..rows].copy_from_slice(&dy[s..s + rows]);
-                                            dst[rows..].fill(0.0);
-                                        } else {
-                                            dst.fill(0.0);
-                                        }
-                                    }
-                                }
-                                k0 += kc;
-                            }
+                            // dyᵀ of rows y0.., zeros in the border columns.
+                            let pixel = |q: usize| {
+                                let (y, ox) = (y0 + q / pitch, q % pitch);
+                                (ox < ys.w).then(|| ((n * ys.h + y) * ys.w + ox) * cout)
+                            };
+                            pack_dy_t(dy, 0, cout, depth, mr, pixel, packed);
                             for ky in 0..k {
                                 // SAFETY: B rows start inside `image` and run at most
                                 // (k − 1)·cin + nr floats past its pixels, inside
@@ -497,18 +479,9 @@ impl TrainConv {
         let (_, cout_g, _) = per_group(self.spec);
         let (kb, mr, isa) = (p.len(), self.isa.mr(), self.isa);
         let (packed, b) = bufs;
-        // A: dyᵀ in tiles of mr output channels, [pixel][mr] each.
-        let tiles = cout_g.div_ceil(mr);
-        packed.resize(tiles * mr * kb, 0.0);
-        for t in 0..tiles {
-            let rows = (cout_g - t * mr).min(mr);
-            let tile = &mut packed[t * mr * kb..(t + 1) * mr * kb];
-            for (q, dst) in tile.chunks_exact_mut(mr).enumerate() {
-                let s = (p.start + q) * cout + g * cout_g + t * mr;
-                dst[..rows].copy_from_slice(&dy[s..s + rows]);
-                dst[rows..].fill(0.0);
-            }
-        }
+        // A: dyᵀ, group g's channels of the block's pixels.
+        packed.resize(kernel::packed_len(cout_g, kb, mr), 0.0);
+        pack_dy_t(dy, g * cout_g, cout_g, kb, mr, |q| Some((p.start + q) * cout), packed);
         // B: each pixel's patch as one row, packed one panel at a time right before its
         // products, so the panel is still in L1 when they read it (a whole block's patches
         // outgrew L2 on 256-channel layers). Packings of the same shape are reused, so only the
@@ -627,5 +600,39 @@ impl TrainConv {
             }
             q += ox1 - ox0;
         }
+    }
+}
+
+/// `dyᵀ` packed as [`kernel::pack_a_tiles`] lays A out (`[q][mr]` per tile and [`KC`] chunk):
+/// `m` rows, channels `ch0..` of the NHWC output gradient `dy`, by `depth` columns, column `q`
+/// being the pixel whose first float `pixel(q)` gives, or zeros where it gives none.
+fn pack_dy_t(
+    dy: &[f32],
+    ch0: usize,
+    m: usize,
+    depth: usize,
+    mr: usize,
+    pixel: impl Fn(usize) -> Option<usize>,
+    packed: &mut [f32],
+) {
+    let tiles = m.div_ceil(mr);
+    let mut k0 = 0;
+    while k0 < depth {
+        let kc = KC.min(depth - k0);
+        let chunk = &mut packed[tiles * mr * k0..][..tiles * mr * kc];
+        for (t, tile) in chunk.chunks_exact_mut(mr * kc).enumerate() {
+            let rows = (m - t * mr).min(mr);
+            for (q, dst) in (k0..k0 + kc).zip(tile.chunks_exact_mut(mr)) {
+                match pixel(q) {
+                    Some(at) => {
+                        let s = at + ch0 + t * mr;
+                        dst[..rows].copy_from_slice(&dy[s..s + rows]);
+                        dst[rows..].fill(0.0);
+                    }
+                    None => dst.fill(0.0),
+                }
+            }
+        }
+        k0 += kc;
     }
 }

@@ -54,6 +54,24 @@ impl Shape {
     }
 }
 
+/// One NHWC image (`h × w × c`) with a zero border of `p` pixels, into the first
+/// `(h + 2p)(w + 2p)c` floats of `out` (borders written too, so `out` may hold anything).
+pub(super) fn pad_image(image: &[f32], h: usize, w: usize, c: usize, p: usize, out: &mut [f32]) {
+    let pw = w + 2 * p;
+    for (y, row) in out[..(h + 2 * p) * pw * c].chunks_exact_mut(pw * c).enumerate() {
+        match y.checked_sub(p).filter(|&iy| iy < h) {
+            Some(iy) => {
+                let (left, rest) = row.split_at_mut(p * c);
+                let (mid, right) = rest.split_at_mut(w * c);
+                left.fill(0.0);
+                mid.copy_from_slice(&image[iy * w * c..][..w * c]);
+                right.fill(0.0);
+            }
+            None => row.fill(0.0),
+        }
+    }
+}
+
 /// NCHW values as NHWC, into `out`.
 pub fn nchw_to_nhwc(x: &[f32], s: Shape, out: &mut [f32]) {
     let (hw, c) = (s.h * s.w, s.c);
