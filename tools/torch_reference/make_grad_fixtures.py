@@ -73,14 +73,7 @@ def main():
 
     # Max pooling 3x3/2 pad 1 (the ImageNet stem), on ReLU outputs so that ties (zeros) occur:
     # PyTorch sends a tie's gradient to the first maximum in the window, row-major.
-    for name, xs, relu in [("maxpool_s2", (2, 4, 9, 9), False), ("maxpool_s2_ties", (2, 4, 8, 8), True)]:
-        x = rand(*xs)
-        x = (F.relu(x) if relu else x).detach().requires_grad_()
-        y = F.max_pool2d(x, 3, 2, 1)
-        up = rand(*y.shape)
-        (y * up).sum().backward()
-        t.update({f"{name}/x": x, f"{name}/g": up, f"{name}/y": y, f"{name}/dx": x.grad})
-        cases.append({"name": name, "op": "max_pool2d", "kernel": 3, "stride": 2, "padding": 1})
+    max_pool([("maxpool_s2", (2, 4, 9, 9), False), ("maxpool_s2_ties", (2, 4, 8, 8), True)], rand, t, cases)
 
     # The option-A shortcut: subsample by 2, zero-pad the channels half before, half after.
     x = rand(2, 16, 8, 8).requires_grad_()
@@ -100,7 +93,22 @@ def main():
               "head/dw": w.grad, "head/db": b.grad})
     cases.append({"name": "head", "op": "avgpool_linear"})
 
+    # 20 channels: sixteen at a time and a remainder (drawn last, so the cases above keep
+    # their values).
+    max_pool([("maxpool_s2_c20_ties", (2, 20, 7, 7), True)], rand, t, cases)
+
     write_fixture("grads", t, cases)
+
+
+def max_pool(shapes, rand, t, cases):
+    for name, xs, relu in shapes:
+        x = rand(*xs)
+        x = (F.relu(x) if relu else x).detach().requires_grad_()
+        y = F.max_pool2d(x, 3, 2, 1)
+        up = rand(*y.shape)
+        (y * up).sum().backward()
+        t.update({f"{name}/x": x, f"{name}/g": up, f"{name}/y": y, f"{name}/dx": x.grad})
+        cases.append({"name": name, "op": "max_pool2d", "kernel": 3, "stride": 2, "padding": 1})
 
 
 if __name__ == "__main__":

@@ -191,42 +191,64 @@ pub fn max_pool_forward(x: &[f32], xs: Shape, out: &mut [f32], arg: &mut Vec<u8>
             .par_chunks_mut(os.w * c)
             .zip(arg.par_chunks_mut(os.w * c))
             .enumerate()
-            .for_each_init(
-                || vec![0f32; c],
-                |taps, (row, (o, a))| {
-                    let (n, oy) = (row / os.h, row % os.h);
-                    let ys = (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(xs.h);
-                    for ox in 0..os.w {
-                        let (o, a) = (&mut o[ox * c..(ox + 1) * c], &mut a[ox * c..(ox + 1) * c]);
-                        let xr = (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(xs.w);
-                        // The window's first pixel inside the image starts the search.
-                        let mut first = true;
-                        for iy in ys.clone() {
-                            for ix in xr.clone() {
-                                let px = &x[((n * xs.h + iy) * xs.w + ix) * c..][..c];
-                                let tap = ((iy + 1 - oy * 2) * 3 + (ix + 1 - ox * 2)) as f32;
-                                if first {
-                                    o.copy_from_slice(px);
-                                    taps.fill(tap);
-                                    first = false;
-                                    continue;
-                                }
-                                // torch: strictly greater (the first maximum keeps the
-                                // gradient), or NaN. Branch-free and all in f32, so that
-                                // it vectorizes.
-                                for ((o, t), &p) in o.iter_mut().zip(taps.iter_mut()).zip(px) {
-                                    let take = (p > *o) | p.is_nan();
-                                    *o = if take { p } else { *o };
-                                    *t = if take { tap } else { *t };
-                                }
-                            }
+            .for_each(|(row, (o, a))| {
+                let (n, oy) = (row / os.h, row % os.h);
+                let ys = (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(xs.h);
+                for ox in 0..os.w {
+                    let xr = (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(xs.w);
+                    // The window's in-image pixels in row-major order, with their taps.
+                    let mut window = [(&x[..0], 0u8); 9];
+                    let mut taps = 0;
+                    for iy in ys.clone() {
+                        for ix in xr.clone() {
+                            let px = &x[((n * xs.h + iy) * xs.w + ix) * c..][..c];
+                            window[taps] = (px, ((iy + 1 - oy * 2) * 3 + (ix + 1 - ox * 2)) as u8);
+                            taps += 1;
                         }
-                        a.iter_mut().zip(taps.iter()).for_each(|(a, &t)| *a = t as u8);
                     }
-                },
-            )
+                    let o = &mut o[ox * c..][..c];
+                    let a = &mut a[ox * c..][..c];
+                    max_of_window(&window[..taps], o, a);
+                }
+            })
     });
     os
+}
+
+/// The maximum over a pool window's pixels, per channel, and the tap it came from: torch's
+/// rule, strictly greater (the first maximum keeps the gradient) or NaN. Sixteen channels at
+/// a time stay in registers over the whole window; branch-free and in f32 so that it
+/// vectorizes.
+fn max_of_window(window: &[(&[f32], u8)], o: &mut [f32], a: &mut [u8]) {
+    const L: usize = 16;
+    let Some(&(first, t0)) = window.first() else {
+        return;
+    };
+    let c = o.len();
+    let whole = c / L * L;
+    for ch in (0..whole).step_by(L) {
+        let mut best: [f32; L] = first[ch..ch + L].try_into().expect("L channels");
+        let mut tap = [t0 as f32; L];
+        for &(px, t) in &window[1..] {
+            let px: &[f32; L] = px[ch..ch + L].try_into().expect("L channels");
+            for j in 0..L {
+                let take = (px[j] > best[j]) | px[j].is_nan();
+                best[j] = if take { px[j] } else { best[j] };
+                tap[j] = if take { t as f32 } else { tap[j] };
+            }
+        }
+        o[ch..ch + L].copy_from_slice(&best);
+        a[ch..ch + L].iter_mut().zip(tap).for_each(|(a, t)| *a = t as u8);
+    }
+    for ch in whole..c {
+        let (mut best, mut tap) = (first[ch], t0);
+        for &(px, t) in &window[1..] {
+            if px[ch] > best || px[ch].is_nan() {
+                (best, tap) = (px[ch], t);
+            }
+        }
+        (o[ch], a[ch]) = (best, tap);
+    }
 }
 
 /// The max pool's backward pass: each output's gradient onto the input pixel it took, in
