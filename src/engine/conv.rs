@@ -970,11 +970,7 @@ mod winograd_tests {
     use super::*;
     use crate::engine::Kernel;
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 2654435761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
+    use crate::engine::types::test_values as values;
 
     /// One stride-1 3×3 conv through Winograd against the direct GEMM (the portable kernel), on
     /// ragged sizes, with bias, residual and ReLU: both the per-block and the per-position

@@ -6,11 +6,13 @@
 //! - **input gradient**: at stride 1, a convolution of the output gradient with the flipped,
 //!   transposed weights, so it runs on the same kernels (and paths); strided, one GEMM per
 //!   image from the output gradient to patch gradients, then a col2im scatter;
-//! - **weight gradient**: `dW[cout, (ky, kx, cin)] = Σ_pixels dyᵀ · patch`. Where the sums
-//!   stay in cache, B is read in place from each padded image ([`kernel::gemm_strided`]);
-//!   otherwise GEMMs over blocks of [`KC`] pixels pack each block's patches into panels
-//!   straight from the NHWC input. Threads split the images or blocks (their sums are added
-//!   after) or, when blocks are fewer than threads, the columns.
+//! - **weight gradient**: with one group and no dilation, transposed, `dWᵀ[(ky, kx, cin),
+//!   cout] = Σ_pixels patchᵀ · dy`, A read in place from the padded input, one run of k-steps
+//!   per output row ([`kernel::gemm_runs`]); threads split the images (small sums, added
+//!   after) or the row tiles. Otherwise, and for late layers whose sums dwarf their pixels,
+//!   `dW[cout, (ky, kx, cin)] = Σ dyᵀ · patch` over blocks of [`KC`] pixels, each block's
+//!   patches packed into panels straight from the NHWC input; threads split the blocks or,
+//!   when blocks are fewer than threads, the columns.
 //!
 //! Why ours and not burn-flex's: its convolutions run im2col, a scalar col2im scatter for the
 //! input gradient and a generic fallback for the weight gradient, and spend ~40 % of a step
@@ -23,14 +25,27 @@ use rayon::prelude::*;
 use super::aligned::AlignedVec;
 use super::conv::Conv;
 use super::kernel::{self, Epilogue, Isa, PackedB, KC};
+
+/// Floats of padded images and packed output gradient per group of
+/// [`TrainConv::weight_grad_runs`] (8 MB).
+const RUNS_GROUP_FLOATS: usize = 1 << 21;
+
+/// How [`TrainConv::weight_grad_runs`] splits its work: by images (each task its own sums)
+/// or by row tiles; and images per group.
+#[derive(Clone, Copy, Debug)]
+struct RunsPlan {
+    by_images: bool,
+    group: usize,
+}
 use super::types::{Ptr, Residual, Shape};
 use crate::model::ConvShape;
 
 thread_local! {
     /// [`TrainConv::weight_grad_into`]'s sums, one per task, kept for the next call.
     static SUMS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
-    /// Each thread's padded image and packed `dyᵀ` ([`TrainConv::weight_grad_rows`]).
-    static ROWS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// [`TrainConv::weight_grad_runs`]'s padded images and packed `dy`, kept for the next
+    /// call (the packings by shape, so that their zero padding stays).
+    static RUNS: RefCell<(Vec<f32>, Vec<PackedB>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// One convolution of a training step, its weights packed for the three passes.
@@ -244,8 +259,9 @@ impl TrainConv {
     }
 
     /// [`TrainConv::weight_grad`] into `w`, whose allocation (last step's gradient) it reuses.
-    /// The tasks' sums, `[g][o][(tap, i)]`, are added up while they are turned into torch's
-    /// layout, in parallel.
+    /// The sums (`[(tap, i)][o]` from [`TrainConv::weight_grad_runs`], or one `[g][o][(tap,
+    /// i)]` per task from [`TrainConv::weight_grad_blocks`], added up) are turned into torch's
+    /// layout in parallel.
     pub fn weight_grad_into(&self, x: &[f32], xs: Shape, dy: &[f32], pool: &rayon::ThreadPool, w: &mut Vec<f32>) {
         let t0 = std::time::Instant::now();
         let (cin_g, cout_g, kk) = per_group(self.spec);
@@ -255,20 +271,41 @@ impl TrainConv {
         // first product overwrites them, so they are neither zeroed nor faulted in again
         // (layer4 of resnet18 sums 9 MB, right after the stem's few).
         let mut sums = SUMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        sums.resize_with(pool.current_num_threads().max(1), Vec::new);
+        let runs = self.runs_fit(xs);
+        let parts = pool.current_num_threads().max(1);
+        sums.resize_with(parts, Vec::new);
         sums.iter_mut()
             .filter(|s| s.len() < len)
             .for_each(|s| s.resize(len, 0.0));
-        let (used, how) = match self.rows_fit(xs) {
-            true => (self.weight_grad_rows(x, xs, dy, pool, &mut sums), "rows"),
-            false => (self.weight_grad_blocks(x, xs, dy, pool, &mut sums), "blocks"),
+        let used = match runs {
+            true => self.weight_grad_runs(x, xs, dy, pool, &mut sums, self.runs_plan(xs, parts)),
+            false => self.weight_grad_blocks(x, xs, dy, pool, &mut sums),
         };
         let t_mid = std::time::Instant::now();
         let parts = &sums[..used];
-        // [g][o][(tap, i)] → torch's [g·cout_g + o][i][tap].
         w.resize(len, 0.0);
-        pool.install(|| {
-            w.par_chunks_mut(n).enumerate().for_each(|(go, row)| {
+        pool.install(|| match runs {
+            // [(tap, i)][o] → torch's [o][i][tap], sixteen output channels at a time.
+            true => {
+                let cout = self.spec.cout;
+                w.par_chunks_mut(16 * n).enumerate().for_each(|(b, rows)| {
+                    let (o0, os) = (b * 16, rows.len() / n);
+                    // Along the destination rows, so that each of them fills front to back.
+                    for (j, part) in parts.iter().enumerate() {
+                        for i in 0..cin_g {
+                            for tap in 0..kk {
+                                let src = &part[(tap * cin_g + i) * cout + o0..][..os];
+                                for (o, &v) in src.iter().enumerate() {
+                                    let d = &mut rows[o * n + i * kk + tap];
+                                    *d = if j == 0 { v } else { *d + v };
+                                }
+                            }
+                        }
+                    }
+                })
+            }
+            // [g][o][(tap, i)] → torch's [g·cout_g + o][i][tap].
+            false => w.par_chunks_mut(n).enumerate().for_each(|(go, row)| {
                 for (j, part) in parts.iter().enumerate() {
                     for (t, taps) in part[go * n..][..n].chunks_exact(cin_g).enumerate() {
                         let dst = row.iter_mut().skip(t).step_by(kk).zip(taps);
@@ -278,14 +315,14 @@ impl TrainConv {
                         }
                     }
                 }
-            })
+            }),
         });
         SUMS.with(|s| *s.borrow_mut() = sums);
         if super::conv::profiling() {
             let (s, secs) = (self.spec, t0.elapsed().as_secs_f64());
             let flops = 2.0 * (out_shape(s, xs).pixels() * len) as f64;
             eprintln!(
-                "dw k{} s{} g{} {}x{}x{} -> {}  {:.3} ms  {:.1} GFLOP/s  {how} {:.3}",
+                "dw k{} s{} g{} {}x{}x{} -> {}  {:.3} ms  {:.1} GFLOP/s  {} {:.3}",
                 s.k,
                 s.stride,
                 s.groups,
@@ -295,105 +332,179 @@ impl TrainConv {
                 s.cout,
                 secs * 1e3,
                 flops / secs / 1e9,
+                if runs { "runs" } else { "blocks" },
                 t_mid.elapsed().as_secs_f64() * 1e3
             );
         }
     }
 
-    /// Whether [`TrainConv::weight_grad_rows`] takes this conv on input `xs`: one group, no
-    /// dilation, odd k; at stride 1, sums that stay in L2, or images large enough that storing
-    /// the sums once per image costs less than packing patches per [`KC`] pixels; strided,
-    /// where each output row's product stores the sums, sums that stay in L1 and rows of at
-    /// least 16 pixels (the stem).
-    fn rows_fit(&self, xs: Shape) -> bool {
+    /// Whether [`TrainConv::weight_grad_runs`] takes this conv on input `xs`: one group, no
+    /// dilation, and sums that are not many times the pixels (late layers at small sizes sum
+    /// MBs over a few hundred pixels, where packed patches read A at half the cache lines).
+    fn runs_fit(&self, xs: Shape) -> bool {
         let s = self.spec;
-        let (sums, pw) = (s.cout * s.k * s.k * s.cin, xs.w + 2 * s.pad());
-        let fits = match s.stride {
-            1 => sums <= 1 << 18 || xs.h * pw >= 2 * KC,
-            _ => sums <= 1 << 14 && out_shape(s, xs).w >= 16,
-        };
-        s.dilation == 1 && s.groups == 1 && s.k % 2 == 1 && fits
+        let sums = s.k * s.k * s.cin * s.cout;
+        s.groups == 1 && s.dilation == 1 && (sums <= 1 << 20 || out_shape(s, xs).pixels() >= sums / 512)
     }
 
-    /// The weight gradient's sums without packing patches ([`TrainConv::rows_fit`] convs): B
-    /// is read in place ([`kernel::gemm_strided`]) from each image, copied with its zero
-    /// border, since output pixels `x` of a row read kernel rows of `k · cin` contiguous
-    /// floats `stride · cin` apart. At stride 1, one product per kernel row `ky` covers the
-    /// whole image: `dyᵀ` is packed over rows of the padded width (zeros in the border
-    /// columns), so pixel `q`'s B row starts at padded pixel `q + ky · pw`. Strided, each
-    /// output row is a product of its own. Task `t` takes a share of the images and writes
-    /// `sums[t]`; returns how many tasks there were.
-    fn weight_grad_rows(
+    /// How [`TrainConv::weight_grad_runs`] splits its work over `tasks` on input `xs`.
+    fn runs_plan(&self, xs: Shape, tasks: usize) -> RunsPlan {
+        let s = self.spec;
+        let (ph, pw) = (xs.h + 2 * s.pad(), xs.w + 2 * s.pad());
+        let per_image = ph * pw * s.cin + out_shape(s, xs).pixels() / xs.n.max(1) * s.cout;
+        RunsPlan {
+            by_images: s.k * s.k * s.cin * s.cout <= 1 << 19 && xs.n >= tasks,
+            group: (RUNS_GROUP_FLOATS / per_image).max(1),
+        }
+    }
+
+    /// The weight gradient as `dWᵀ[(ky, kx, i)][o] = Σ_q x_pad[q's window][(ky, kx, i)] ·
+    /// dy[q][o]`, A read in place ([`kernel::gemm_runs`]): per kernel row `ky`, the `k · cin`
+    /// values `(kx, i)` are contiguous in the padded NHWC input and output pixels read them
+    /// `stride · cin` apart, one run per output row. Images go in groups, each copied with
+    /// its zero border (not needed without padding) and its `dy` packed into panels. Sums
+    /// that stay in L2 are split by images, each task writing `sums[t]` (added up after);
+    /// larger ones by row tiles over every image, all into `sums[0]`. Returns how many of
+    /// `sums` hold a share.
+    fn weight_grad_runs(
         &self,
         x: &[f32],
         xs: Shape,
         dy: &[f32],
         pool: &rayon::ThreadPool,
         sums: &mut [Vec<f32>],
+        plan: RunsPlan,
     ) -> usize {
-        let ConvShape {
-            cin, cout, k, stride, ..
-        } = self.spec;
-        let p = self.spec.pad();
-        let ys = out_shape(self.spec, xs);
-        let (ph, pw) = (xs.h + 2 * p, xs.w + 2 * p);
-        // Output rows per product, and the pitch of their pixels in it.
-        let (rows_per, pitch) = match stride {
-            1 => (ys.h, pw),
-            _ => (1, ys.w),
-        };
-        let depth = rows_per * pitch;
-        let (isa, mr, nr) = (self.isa, self.isa.mr(), self.isa.nr());
-        let tasks = sums.len().min(xs.n);
-        // The last kernel row's B rows run up to k − 1 pixels and part of a panel past the
-        // image (stride 1, through the border columns).
-        let padded_len = ph * pw * cin + (k - 1) * cin + nr;
-        pool.install(|| {
-            sums[..tasks].par_iter_mut().enumerate().for_each(|(t, c)| {
-                ROWS.with(|bufs| {
-                    let (image, packed) = &mut *bufs.borrow_mut();
-                    // Zeros past the padded image too, which the last B rows run into.
-                    image.clear();
-                    image.resize(padded_len, 0.0);
-                    packed.resize(kernel::packed_len(cout, depth, mr), 0.0);
-                    let mut first = true;
-                    for n in t * xs.n / tasks..(t + 1) * xs.n / tasks {
-                        let src = &x[n * xs.h * xs.w * cin..][..xs.h * xs.w * cin];
-                        super::types::pad_image(src, xs.h, xs.w, cin, p, image);
-                        for y0 in (0..ys.h).step_by(rows_per) {
-                            // dyᵀ of rows y0.., zeros in the border columns.
-                            let pixel = |q: usize| {
-                                let (y, ox) = (y0 + q / pitch, q % pitch);
-                                (ox < ys.w).then(|| ((n * ys.h + y) * ys.w + ox) * cout)
-                            };
-                            pack_dy_t(dy, 0, cout, depth, mr, pixel, packed);
-                            for ky in 0..k {
-                                // SAFETY: B rows start inside `image` and run at most
-                                // (k − 1)·cin + nr floats past its pixels, inside
-                                // `padded_len`; columns ky·k·cin.. of c's `cout` rows are
-                                // this task's.
-                                unsafe {
-                                    kernel::gemm_strided(
-                                        isa,
-                                        cout,
-                                        packed,
-                                        depth,
-                                        image.as_ptr().add((y0 * stride + ky) * pw * cin),
-                                        stride * cin,
-                                        k * cin,
-                                        c.as_mut_ptr().add(ky * k * cin),
-                                        k * k * cin,
-                                        first,
-                                    )
-                                };
-                            }
-                            first = false;
-                        }
-                    }
+        let ConvShape { cin, cout, k, .. } = self.spec;
+        let (pw, mr) = (xs.w + 2 * self.spec.pad(), self.isa.mr());
+        let tiles: Vec<kernel::RowTile> = (0..k)
+            .flat_map(|ky| {
+                kernel::row_tiles(k * cin, mr).map(move |(r0, rows)| kernel::RowTile {
+                    a_off: ky * pw * cin + r0,
+                    c_row: ky * k * cin + r0,
+                    rows,
                 })
             })
+            .collect();
+        let RunsPlan { by_images, group } = plan;
+        let tasks = match by_images {
+            true => sums.len(),
+            false => sums.len().min(tiles.len()),
+        };
+        if by_images {
+            pool.install(|| {
+                sums[..tasks].par_iter_mut().enumerate().for_each(|(t, c)| {
+                    let images = t * xs.n / tasks..(t + 1) * xs.n / tasks;
+                    RUNS.with(|bufs| {
+                        let (padded, packed) = &mut *bufs.borrow_mut();
+                        for n0 in images.clone().step_by(group) {
+                            let n1 = (n0 + group).min(images.end);
+                            let (runs, b) = self.runs_group(x, xs, dy, n0..n1, padded, packed, None);
+                            // SAFETY: a window's reads stay inside its padded image (the
+                            // output size makes it fit); c is this task's.
+                            unsafe {
+                                kernel::gemm_runs(
+                                    &tiles,
+                                    &runs,
+                                    self.spec.stride * cin,
+                                    b,
+                                    c.as_mut_ptr(),
+                                    cout,
+                                    n0 == images.start,
+                                )
+                            }
+                        }
+                    })
+                })
+            });
+            return tasks;
+        }
+        let c = Ptr(sums[0].as_mut_ptr());
+        RUNS.with(|bufs| {
+            let (padded, packed) = &mut *bufs.borrow_mut();
+            for n0 in (0..xs.n).step_by(group) {
+                let n1 = (n0 + group).min(xs.n);
+                let (runs, b) = self.runs_group(x, xs, dy, n0..n1, padded, packed, Some(pool));
+                pool.install(|| {
+                    (0..tasks).into_par_iter().for_each(|t| {
+                        let mine = &tiles[t * tiles.len() / tasks..(t + 1) * tiles.len() / tasks];
+                        // SAFETY: as above; the tiles' rows of c are this task's alone.
+                        unsafe { kernel::gemm_runs(mine, &runs, self.spec.stride * cin, b, c.get(), cout, n0 == 0) }
+                    })
+                });
+            }
         });
-        tasks
+        1
+    }
+
+    /// Images `ns` ready for [`kernel::gemm_runs`]: copied with their zero border into
+    /// `padded` (unless the conv pads nothing), `dy`'s rows packed into panels (one of
+    /// `packed`, kept by shape so that its zero padding stays), and one run per output row.
+    /// With a `pool`, the copies and panels are made in parallel.
+    #[allow(clippy::too_many_arguments)]
+    fn runs_group<'a>(
+        &self,
+        x: &'a [f32],
+        xs: Shape,
+        dy: &[f32],
+        ns: std::ops::Range<usize>,
+        padded: &'a mut Vec<f32>,
+        packed: &'a mut Vec<PackedB>,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> (Vec<kernel::Run>, &'a PackedB) {
+        let ConvShape { cin, cout, stride, .. } = self.spec;
+        let p = self.spec.pad();
+        let ys = out_shape(self.spec, xs);
+        let (ph, pw, hw) = (xs.h + 2 * p, xs.w + 2 * p, ys.h * ys.w);
+        let (nr, isa, imgs) = (self.isa.nr(), self.isa, ns.len());
+        let image = ph * pw * cin;
+        let src = &x[ns.start * xs.h * xs.w * cin..][..imgs * xs.h * xs.w * cin];
+        let base: &[f32] = match p {
+            0 => src,
+            _ => {
+                padded.resize(imgs * image, 0.0);
+                let pad = |(out, img): (&mut [f32], &[f32])| super::types::pad_image(img, xs.h, xs.w, cin, p, out);
+                match pool {
+                    Some(pool) => pool.install(|| {
+                        padded
+                            .par_chunks_mut(image)
+                            .zip(src.par_chunks(xs.h * xs.w * cin))
+                            .for_each(pad)
+                    }),
+                    None => padded
+                        .chunks_mut(image)
+                        .zip(src.chunks(xs.h * xs.w * cin))
+                        .for_each(pad),
+                }
+                padded
+            }
+        };
+        let depth = imgs * hw;
+        let b = match packed.iter().position(|b| (b.k, b.n, b.isa()) == (depth, cout, isa)) {
+            Some(i) => &mut packed[i],
+            None => {
+                packed.push(PackedB::zeroed(depth, cout, isa));
+                packed.last_mut().expect("just pushed")
+            }
+        };
+        let rows = &dy[ns.start * hw * cout..][..depth * cout];
+        let fill = |(j, panel): (usize, &mut [f32])| {
+            let cols = (cout - j * nr).min(nr);
+            for (dst, row) in panel.chunks_exact_mut(nr).zip(rows.chunks_exact(cout)) {
+                dst[..cols].copy_from_slice(&row[j * nr..][..cols]);
+            }
+        };
+        match pool {
+            Some(pool) => pool.install(|| b.panels_mut().par_chunks_mut(depth * nr).enumerate().for_each(fill)),
+            None => b.panels_mut().chunks_mut(depth * nr).enumerate().for_each(fill),
+        }
+        let runs = (0..imgs * ys.h)
+            .map(|r| kernel::Run {
+                start: base[(r / ys.h) * image + (r % ys.h) * stride * pw * cin..].as_ptr(),
+                len: ys.w,
+            })
+            .collect();
+        (runs, b)
     }
 
     /// The weight gradient's sums over blocks of [`KC`] pixels with their patches packed
@@ -481,7 +592,7 @@ impl TrainConv {
         let (packed, b) = bufs;
         // A: dyᵀ, group g's channels of the block's pixels.
         packed.resize(kernel::packed_len(cout_g, kb, mr), 0.0);
-        pack_dy_t(dy, g * cout_g, cout_g, kb, mr, |q| Some((p.start + q) * cout), packed);
+        pack_dy_t(dy, cout, g * cout_g, cout_g, p.clone(), mr, packed);
         // B: each pixel's patch as one row, packed one panel at a time right before its
         // products, so the panel is still in L1 when they read it (a whole block's patches
         // outgrew L2 on 256-channel layers). Packings of the same shape are reused, so only the
@@ -604,17 +715,18 @@ impl TrainConv {
 }
 
 /// `dyᵀ` packed as [`kernel::pack_a_tiles`] lays A out (`[q][mr]` per tile and [`KC`] chunk):
-/// `m` rows, channels `ch0..` of the NHWC output gradient `dy`, by `depth` columns, column `q`
-/// being the pixel whose first float `pixel(q)` gives, or zeros where it gives none.
+/// `m` rows, channels `ch0..` of the NHWC output gradient `dy` (`c` channels), by the
+/// `pixels` as columns.
 fn pack_dy_t(
     dy: &[f32],
+    c: usize,
     ch0: usize,
     m: usize,
-    depth: usize,
+    pixels: std::ops::Range<usize>,
     mr: usize,
-    pixel: impl Fn(usize) -> Option<usize>,
     packed: &mut [f32],
 ) {
+    let depth = pixels.len();
     let tiles = m.div_ceil(mr);
     let mut k0 = 0;
     while k0 < depth {
@@ -623,16 +735,107 @@ fn pack_dy_t(
         for (t, tile) in chunk.chunks_exact_mut(mr * kc).enumerate() {
             let rows = (m - t * mr).min(mr);
             for (q, dst) in (k0..k0 + kc).zip(tile.chunks_exact_mut(mr)) {
-                match pixel(q) {
-                    Some(at) => {
-                        let s = at + ch0 + t * mr;
-                        dst[..rows].copy_from_slice(&dy[s..s + rows]);
-                        dst[rows..].fill(0.0);
-                    }
-                    None => dst.fill(0.0),
-                }
+                let s = (pixels.start + q) * c + ch0 + t * mr;
+                dst[..rows].copy_from_slice(&dy[s..s + rows]);
+                dst[rows..].fill(0.0);
             }
         }
         k0 += kc;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::types::test_values as values;
+    use crate::engine::Kernel;
+
+    /// The weight gradient `[(ky, kx, i)][o]`, summed in f64 straight from the definition.
+    fn direct(spec: ConvShape, x: &[f32], xs: Shape, dy: &[f32]) -> Vec<f64> {
+        let ys = out_shape(spec, xs);
+        let (k, cin, cout, p) = (spec.k, spec.cin, spec.cout, spec.pad() as isize);
+        let mut dw = vec![0f64; k * k * cin * cout];
+        for n in 0..xs.n {
+            for (oy, ox) in (0..ys.h).flat_map(|y| (0..ys.w).map(move |x| (y, x))) {
+                for (ky, kx) in (0..k).flat_map(|a| (0..k).map(move |b| (a, b))) {
+                    let iy = (oy * spec.stride + ky) as isize - p;
+                    let ix = (ox * spec.stride + kx) as isize - p;
+                    if iy < 0 || ix < 0 || iy as usize >= xs.h || ix as usize >= xs.w {
+                        continue;
+                    }
+                    let xp = &x[((n * xs.h + iy as usize) * xs.w + ix as usize) * cin..][..cin];
+                    let g = &dy[((n * ys.h + oy) * ys.w + ox) * cout..][..cout];
+                    for (i, &xv) in xp.iter().enumerate() {
+                        let row = &mut dw[((ky * k + kx) * cin + i) * cout..][..cout];
+                        row.iter_mut().zip(g).for_each(|(d, &gv)| *d += xv as f64 * gv as f64);
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    /// The in-place runs give the definition's weight gradient however they split the work
+    /// (by images or by row tiles, in groups of one, two or all images), on strided, 1×1 and
+    /// stem-like convs and ragged sizes; and so do the packed pixel blocks and the whole pass
+    /// in torch's layout; on every packed kernel this CPU runs.
+    #[test]
+    fn weight_gradient_splits_match_the_definition() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let cases = [
+            // (cin, cout, k, stride, n, h, w)
+            (8, 12, 3, 1, 3, 9, 9),
+            (16, 40, 3, 2, 2, 11, 10),
+            (3, 16, 7, 2, 2, 20, 18),
+            (32, 16, 1, 2, 3, 9, 9),
+            (24, 33, 1, 1, 1, 5, 7),
+            (64, 64, 3, 1, 5, 6, 6),
+        ];
+        for isa in Kernel::available().into_iter().filter(|i| i.packed()) {
+            for (cin, cout, k, stride, n, h, w) in cases {
+                let spec = ConvShape::new(cin, cout, k, stride);
+                let conv = TrainConv::new(&values(cout * cin * k * k, 1), spec, isa);
+                let xs = Shape { n, h, w, c: cin };
+                let ys = out_shape(spec, xs);
+                let (x, dy) = (values(xs.len(), 2), values(ys.len(), 3));
+                let want = direct(spec, &x, xs, &dy);
+                let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let check = |got: &[f32], how: &str| {
+                    let err = got
+                        .iter()
+                        .zip(&want)
+                        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
+                    assert!(
+                        err <= 1e-5 * scale,
+                        "{isa} {cin}->{cout} k{k} s{stride} n{n} {h}x{w} {how}: {err}"
+                    );
+                };
+                let len = want.len();
+                for (by_images, group) in [true, false].into_iter().flat_map(|b| [1, 2, n].map(|g| (b, g))) {
+                    let mut sums = vec![vec![f32::NAN; len]; 2];
+                    let plan = RunsPlan { by_images, group };
+                    let used = conv.weight_grad_runs(&x, xs, &dy, &pool, &mut sums, plan);
+                    let got: Vec<f32> = (0..len).map(|j| sums[..used].iter().map(|s| s[j]).sum()).collect();
+                    check(&got, &format!("{plan:?}"));
+                }
+                // Blocks: [o][(tap, i)] → [(tap, i)][o].
+                let mut sums = vec![vec![f32::NAN; len]; 2];
+                let used = conv.weight_grad_blocks(&x, xs, &dy, &pool, &mut sums);
+                let n_row = k * k * cin;
+                let got: Vec<f32> = (0..len)
+                    .map(|j| sums[..used].iter().map(|s| s[(j % cout) * n_row + j / cout]).sum())
+                    .collect();
+                check(&got, "blocks");
+                // The whole pass, torch's [o][i][tap].
+                let torch = conv.weight_grad(&x, xs, &dy, &pool);
+                let got: Vec<f32> = (0..len)
+                    .map(|j| {
+                        let (tap, i, o) = (j / cout / cin, j / cout % cin, j % cout);
+                        torch[(o * cin + i) * k * k + tap]
+                    })
+                    .collect();
+                check(&got, "weight_grad");
+            }
+        }
     }
 }

@@ -149,3 +149,11 @@ impl<T: Copy> Ptr<T> {
         self.0
     }
 }
+
+/// `n` deterministic values in [−1, 1] that do not repeat with a short period, for tests.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 2654435761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}

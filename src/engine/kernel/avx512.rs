@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::generic::{Finish, Pack, Stem, Tile};
+use super::generic::{Finish, Pack, RunsTile, Stem, Tile};
 use super::isa::Avx512;
 use super::simd::{Simd, Vectorized};
 use super::ROW_STEPS;
@@ -95,6 +95,56 @@ macro_rules! fma_rows_half {
             );
         }
     )*};
+}
+
+/// One k-step of `B`'s panel row at `$bp` against rows `..R` of A at `$ap` (`$step` bytes
+/// apart): both vectors, or the first alone for a `HALF` panel.
+macro_rules! k_step {
+    ($acc:ident, $R:ident, $HALF:ident, $ap:expr, $bp:expr, $step:expr) => {{
+        let b0 = _mm512_loadu_ps($bp);
+        if $HALF {
+            fma_rows_half!($acc, $R, $ap, b0, $step);
+        } else {
+            let b1 = _mm512_loadu_ps($bp.add(16));
+            fma_rows!($acc, $R, $ap, b0, b1, $step);
+        }
+    }};
+}
+
+/// Calls `$f::<R, HALF>($t)` for the tile's row count `R` and whether its panel has at most
+/// 16 real columns, so that each has its own code with every accumulator in a register.
+macro_rules! by_rows_half {
+    ($f:ident($t:expr)) => {
+        by_rows_half!(@ $f($t); 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    };
+    (@ $f:ident($t:expr); $($r:literal)*) => {
+        match ($t.rows, $t.ncols <= 16) {
+            $(($r, false) => $f::<$r, false>($t),)*
+            $(($r, true) => $f::<$r, true>($t),)*
+            _ => unreachable!("a tile of {} rows", $t.rows),
+        }
+    };
+}
+
+/// The accumulators of rows `..R`: C's values (at most `ncols` columns, masks `m0`, `m1`) to
+/// add to, or zeros. Always `MR` rows so the kernels' asm can name them; rows past `R` are
+/// never touched.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_acc<const R: usize>(
+    accumulate: bool,
+    c: *const f32,
+    ldc: usize,
+    (m0, m1): (__mmask16, __mmask16),
+) -> [[__m512; 2]; MR] {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    if accumulate {
+        for (r, acc) in acc.iter_mut().enumerate().take(R) {
+            acc[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
+            acc[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+        }
+    }
+    acc
 }
 
 /// Asks for the cache lines of `n` floats at `p` (at most 32: two lines, or three unaligned).
@@ -197,20 +247,10 @@ unsafe fn pack(p: Pack<'_>) {
 /// [`Simd::tile`] on AVX-512: the tile's row count picks the kernel compiled for it, so
 /// every accumulator stays in a register.
 unsafe fn tile(t: Tile<'_>) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match (t.rows, t.ncols <= 16) {
-                $(($r, false) => kernel::<$r, false>(t),)*
-                $(($r, true) => kernel::<$r, true>(t),)*
-                _ => unreachable!(),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    by_rows_half!(kernel(t))
 }
 
-/// `C (+)= A·B` for one tile: A packed `[k][MR]`, B rows `ldb` apart (a panel slice, or
-/// rows read in place by [`super::gemm_strided`]). Along the way
+/// `C (+)= A·B` for one tile: A packed `[k][MR]`, B a panel slice. Along the way
 /// it asks for `pf.1` cache lines from `pf.0` on (up to two per step) and for `next`'s rows,
 /// spread out so the requests never pile up in the fill buffers.
 /// `HALF`: the panel's second vector is all padding (at most 16 real columns), so its FMAs
@@ -221,7 +261,6 @@ unsafe fn kernel<const R: usize, const HALF: bool>(t: Tile<'_>) {
         k,
         a,
         b,
-        ldb,
         pf: (pf, lines),
         next,
         c,
@@ -233,14 +272,7 @@ unsafe fn kernel<const R: usize, const HALF: bool>(t: Tile<'_>) {
     } = t;
     debug_assert!(R <= MR);
     let (m0, m1) = masks(ncols);
-    // Always MR rows so the asm below can name them; rows past R are never touched.
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    if accumulate {
-        for (r, acc) in acc.iter_mut().enumerate().take(R) {
-            acc[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
-            acc[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
-        }
-    }
+    let mut acc = load_acc::<R>(accumulate, c, ldc, (m0, m1));
     let (mut ap, mut bp) = (a, b);
     // One of the next tile's rows every `space` steps.
     let space = (k / (next.rows + 1)).max(1);
@@ -267,17 +299,43 @@ unsafe fn kernel<const R: usize, const HALF: bool>(t: Tile<'_>) {
         if kk + k < lines {
             _mm_prefetch::<_MM_HINT_T1>(pf.add((kk + k) * 16) as *const i8);
         }
-        let b0 = _mm512_loadu_ps(bp);
-        if HALF {
-            fma_rows_half!(acc, R, ap, b0, 4);
-        } else {
-            let b1 = _mm512_loadu_ps(bp.add(16));
-            fma_rows!(acc, R, ap, b0, b1, 4);
-        }
+        k_step!(acc, R, HALF, ap, bp, 4);
         ap = ap.add(MR);
-        bp = bp.add(ldb);
+        bp = bp.add(NR);
     }
     store!(acc, R, c, ldc, (m0, m1), finish);
+}
+
+/// [`Simd::runs_tile`] on AVX-512: [`kernel`]'s k-step over each run of an in-place A.
+unsafe fn runs_tile(t: RunsTile<'_>) {
+    by_rows_half!(runs_kernel(t))
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn runs_kernel<const R: usize, const HALF: bool>(t: RunsTile<'_>) {
+    let RunsTile {
+        runs,
+        a_off,
+        lda,
+        b,
+        c,
+        ldc,
+        ncols,
+        accumulate,
+        ..
+    } = t;
+    let (m0, m1) = masks(ncols);
+    let mut acc = load_acc::<R>(accumulate, c, ldc, (m0, m1));
+    let mut bp = b;
+    for run in runs {
+        let mut ap = run.start.add(a_off);
+        for _ in 0..run.len {
+            k_step!(acc, R, HALF, ap, bp, 4);
+            ap = ap.add(lda);
+            bp = bp.add(NR);
+        }
+    }
+    store!(acc, R, c, ldc, (m0, m1), None);
 }
 
 /// [`super::row_tile`] on AVX-512 for `R` pixels `STEP` floats apart (a constant, so each
@@ -301,13 +359,7 @@ unsafe fn stem<const R: usize, const STEP: usize, const HALF: bool>(s: Stem<'_>)
     for &seg in segs {
         let mut ap = seg;
         for _ in 0..run {
-            let b0 = _mm512_loadu_ps(bp);
-            if HALF {
-                fma_rows_half!(acc, R, ap, b0, 4 * STEP);
-            } else {
-                let b1 = _mm512_loadu_ps(bp.add(16));
-                fma_rows!(acc, R, ap, b0, b1, 4 * STEP);
-            }
+            k_step!(acc, R, HALF, ap, bp, 4 * STEP);
             ap = ap.add(1);
             bp = bp.add(NR);
         }
@@ -317,15 +369,6 @@ unsafe fn stem<const R: usize, const STEP: usize, const HALF: bool>(s: Stem<'_>)
 
 /// [`stem`] for `s`'s row count, step and panel width.
 unsafe fn stem_for(s: Stem<'_>) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match (s.rows, s.ncols <= 16) {
-                $(($r, false) => steps::<$r, false>(s),)*
-                $(($r, true) => steps::<$r, true>(s),)*
-                _ => unreachable!(),
-            }
-        };
-    }
     unsafe fn steps<const R: usize, const HALF: bool>(s: Stem<'_>) {
         const _: () = assert!(ROW_STEPS.len() == 8);
         match s.step {
@@ -340,7 +383,7 @@ unsafe fn stem_for(s: Stem<'_>) {
             other => unreachable!("no row kernel for a step of {other} floats"),
         }
     }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    by_rows_half!(steps(s))
 }
 
 /// The masks of a panel's two vectors for `ncols ≤ NR` real columns.
@@ -394,5 +437,9 @@ unsafe impl Simd for Avx512 {
 
     unsafe fn stem(self, s: Stem<'_>) {
         stem_for(s)
+    }
+
+    unsafe fn runs_tile(t: RunsTile<'_>) {
+        runs_tile(t)
     }
 }

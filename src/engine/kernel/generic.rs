@@ -85,16 +85,15 @@ impl Vectorized for Stem<'_> {
     }
 }
 
-/// One micro-kernel call: `C (+)= A·B` for `rows` rows, A packed `[k][MR]`, B `k` rows of
-/// `NR` floats `ldb` apart (a packed panel slice: `ldb = NR`), `finish` on the last pass over k. Along the way it asks L2 for `pf.1` lines
-/// of the next weight slice from `pf.0` on, and for `next`'s rows.
+/// One micro-kernel call: `C (+)= A·B` for `rows` rows, A packed `[k][MR]`, B a packed
+/// panel's `k` rows of `NR` floats, `finish` on the last pass over k. Along the way it asks
+/// L2 for `pf.1` lines of the next weight slice from `pf.0` on, and for `next`'s rows.
 #[derive(Clone, Copy)]
 pub(crate) struct Tile<'a> {
     pub rows: usize,
     pub k: usize,
     pub a: *const f32,
     pub b: *const f32,
-    pub ldb: usize,
     pub pf: (*const f32, usize),
     pub next: NextRows,
     pub c: *mut f32,
@@ -217,6 +216,20 @@ unsafe fn accumulate<S: Simd, const R: usize>(
     *out = acc_local;
 }
 
+/// The accumulators of rows `..R`: C's `ncols` columns to add to, or zeros.
+#[inline(always)]
+unsafe fn load_acc<S: Simd, const R: usize>(accumulate: bool, c: *const f32, ldc: usize, ncols: usize) -> Acc<S> {
+    let mut acc: Acc<S> = [[S::zero(); MAX_NV]; MAX_R];
+    if accumulate {
+        for (r, acc) in acc.iter_mut().enumerate().take(R) {
+            for (v, x) in acc.iter_mut().enumerate().take(S::NV) {
+                *x = load_cols::<S>(c.add(r * ldc), ncols, v);
+            }
+        }
+    }
+    acc
+}
+
 /// Applies `finish` (bias, residual, ReLU) to rows `..R` and stores their `ncols` columns.
 #[inline(always)]
 unsafe fn store<S: Simd, const R: usize>(acc: &mut Acc<S>, c: *mut f32, ldc: usize, ncols: usize, finish: Finish<'_>) {
@@ -248,19 +261,12 @@ unsafe fn store<S: Simd, const R: usize>(acc: &mut Acc<S>, c: *mut f32, ldc: usi
 /// [`Tile`] for `R` rows.
 #[inline(always)]
 unsafe fn tile<S: Simd, const R: usize>(t: Tile<'_>) {
-    let mut acc: Acc<S> = [[S::zero(); MAX_NV]; MAX_R];
-    if t.accumulate {
-        for (r, acc) in acc.iter_mut().enumerate().take(R) {
-            for (v, x) in acc.iter_mut().enumerate().take(S::NV) {
-                *x = load_cols::<S>(t.c.add(r * t.ldc), t.ncols, v);
-            }
-        }
-    }
+    let mut acc = load_acc::<S, R>(t.accumulate, t.c, t.ldc, t.ncols);
     let (pf, lines) = t.pf;
     for l in 0..lines.min(2 * t.k) {
         S::prefetch_l2(pf.add(l * 16));
     }
-    accumulate::<S, R>(&mut acc, t.k, t.a, 1, S::MR, t.b, t.ldb, t.next);
+    accumulate::<S, R>(&mut acc, t.k, t.a, 1, S::MR, t.b, S::NR, t.next);
     store::<S, R>(&mut acc, t.c, t.ldc, t.ncols, t.finish);
 }
 
@@ -329,7 +335,6 @@ pub(super) unsafe fn gemm_packed<S: Simd>(g: Gemm<'_>) {
                     k: kc,
                     a: chunk.as_ptr().add(t * mr * kc),
                     b: bp,
-                    ldb: nr,
                     pf,
                     next,
                     c,
@@ -344,63 +349,116 @@ pub(super) unsafe fn gemm_packed<S: Simd>(g: Gemm<'_>) {
     }
 }
 
-/// [`super::gemm_strided`]'s arguments.
-pub(crate) struct Strided<'a> {
-    pub m: usize,
-    pub packed: &'a [f32],
-    pub k: usize,
-    pub b: *const f32,
-    pub ldb: usize,
-    pub n: usize,
+/// [`super::gemm_runs`]'s arguments.
+pub(crate) struct Runs<'a> {
+    pub tiles: &'a [super::RowTile],
+    pub runs: &'a [super::Run],
+    pub lda: usize,
+    pub b: &'a PackedB,
     pub c: *mut f32,
     pub ldc: usize,
     pub overwrite: bool,
 }
 
-impl Vectorized for Strided<'_> {
+impl Vectorized for Runs<'_> {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: Simd>(self) {
-        gemm_strided::<S>(self)
+        gemm_runs::<S>(self)
     }
 }
 
-/// [`super::gemm_strided`] for `S`: per `KC` chunk of k, panels outside, tiles inside, so a
-/// chunk's `KC × NR` slice of B stays in L1 while every tile reads it.
+/// One micro-kernel call over an in-place A: `C (+)= A·B` for `rows` rows, the k-steps in
+/// `runs` (row `r`'s value at `start + a_off + r + i·lda` for the run's step `i`), B `NR`-wide
+/// rows from `b` on.
+#[derive(Clone, Copy)]
+pub(crate) struct RunsTile<'a> {
+    pub rows: usize,
+    pub runs: &'a [super::Run],
+    pub a_off: usize,
+    pub lda: usize,
+    pub b: *const f32,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub ncols: usize,
+    pub accumulate: bool,
+}
+
+/// [`RunsTile`] for `R` rows: [`accumulate`] run by run, the accumulators kept throughout.
 #[inline(always)]
-pub(super) unsafe fn gemm_strided<S: Simd>(g: Strided<'_>) {
-    let Strided {
-        m,
-        packed,
-        k,
+unsafe fn runs_tile<S: Simd, const R: usize>(t: RunsTile<'_>) {
+    let mut acc = load_acc::<S, R>(t.accumulate, t.c, t.ldc, t.ncols);
+    let mut bp = t.b;
+    for run in t.runs {
+        accumulate::<S, R>(
+            &mut acc,
+            run.len,
+            run.start.add(t.a_off),
+            1,
+            t.lda,
+            bp,
+            S::NR,
+            NextRows::NONE,
+        );
+        bp = bp.add(run.len * S::NR);
+    }
+    store::<S, R>(&mut acc, t.c, t.ldc, t.ncols, None);
+}
+
+/// [`Simd::runs_tile`]'s generic body.
+#[inline(always)]
+pub(super) unsafe fn runs_tile_rows<S: Simd>(t: RunsTile<'_>) {
+    by_rows!(t.rows, runs_tile::<S>(t))
+}
+
+/// [`super::gemm_runs`] for `S`: per `KC` chunk of k, panels outside (a `KC × NR` slice of B
+/// stays in L1), the row tiles inside.
+#[inline(always)]
+pub(super) unsafe fn gemm_runs<S: Simd>(g: Runs<'_>) {
+    let Runs {
+        tiles,
+        runs,
+        lda,
         b,
-        ldb,
-        n,
         c,
         ldc,
         overwrite,
     } = g;
-    let (mr, nr) = (S::MR, S::NR);
-    let tiles = m.div_ceil(mr);
+    let nr = S::NR;
+    // The runs cut at chunk boundaries, reused from chunk to chunk.
+    let mut chunk: Vec<super::Run> = Vec::new();
+    let (mut next, mut used) = (0, 0);
     let mut k0 = 0;
-    while k0 < k {
-        let kc = KC.min(k - k0);
-        let chunk = &packed[tiles * mr * k0..];
-        for col0 in (0..n).step_by(nr) {
-            for t in 0..tiles {
-                S::tile(Tile {
-                    rows: (m - t * mr).min(mr),
-                    k: kc,
-                    a: chunk.as_ptr().add(t * mr * kc),
-                    b: b.add(k0 * ldb + col0),
-                    ldb,
-                    pf: (std::ptr::null(), 0),
-                    next: NextRows::NONE,
-                    c: c.add(t * mr * ldc + col0),
+    while k0 < b.k {
+        let kc = KC.min(b.k - k0);
+        chunk.clear();
+        let mut need = kc;
+        while need > 0 {
+            let r = runs[next];
+            let len = (r.len - used).min(need);
+            chunk.push(super::Run {
+                start: r.start.add(used * lda),
+                len,
+            });
+            (used, need) = (used + len, need - len);
+            if used == r.len {
+                (next, used) = (next + 1, 0);
+            }
+        }
+        for j in 0..b.panels() {
+            let col0 = j * nr;
+            let bp = b.panel(j).add(k0 * nr);
+            for t in tiles {
+                S::runs_tile(RunsTile {
+                    rows: t.rows,
+                    runs: &chunk,
+                    a_off: t.a_off,
+                    lda,
+                    b: bp,
+                    c: c.add(t.c_row * ldc + col0),
                     ldc,
-                    ncols: (n - col0).min(nr),
+                    ncols: (b.n - col0).min(nr),
                     accumulate: k0 > 0 || !overwrite,
-                    finish: None,
                 });
             }
         }

@@ -185,6 +185,11 @@ impl PackedB {
         self.panels[j * self.k * self.nr()..].as_ptr()
     }
 
+    /// The kernel it is packed for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
     /// Whether this runs a packed kernel rather than the portable one.
     pub fn is_packed(&self) -> bool {
         !self.panels.is_empty()
@@ -306,42 +311,68 @@ pub unsafe fn gemm_packed(
     with_simd!(b.isa, s => s.gemm_packed(g), portable => unreachable!("portable weights run through gemm"))
 }
 
-/// `C += A · B` (`C = A · B` if `overwrite`) for `m` rows and `n` columns, A packed by
-/// [`pack_a_tiles`] for depth `k`, B
-/// read in place: `k` rows of `n` floats, `ldb` apart. A weight gradient's taps take this
-/// path (`dW[:, ky, (kx, cin)] += dyᵀ · rows of the padded input`, a row being `k · cin`
-/// contiguous floats from each pixel on), which saves packing nine copies of the input.
+/// A stretch of an in-place A's k-steps for [`gemm_runs`]: `len` steps from `start`, `lda`
+/// floats apart.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub start: *const f32,
+    pub len: usize,
+}
+
+// SAFETY: a run only names floats to read; the tasks that share it read them, and the
+// caller of `gemm_runs` vouches that they stay readable.
+unsafe impl Send for Run {}
+// SAFETY: as for Send: nothing is written through it.
+unsafe impl Sync for Run {}
+
+/// Rows of an in-place A for [`gemm_runs`]: `rows ≤ mr` rows whose values lie `a_off` floats
+/// past each step's address, and the row of C they go to.
+#[derive(Clone, Copy, Debug)]
+pub struct RowTile {
+    pub a_off: usize,
+    pub c_row: usize,
+    pub rows: usize,
+}
+
+/// `m` rows as tiles of near-equal height (at most `mr`): `(first row, rows)`.
+pub fn row_tiles(m: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = m.div_ceil(mr);
+    (0..tiles).map(move |t| (t * m / tiles, (t + 1) * m / tiles - t * m / tiles))
+}
+
+/// `C += A · B` (`C = A · B` if `overwrite`) for the rows in `tiles`, A read in place: the
+/// k-steps are the `runs` in order, and tile row `r`'s value at step `i` of a run is at
+/// `start + a_off + r + i · lda` (each step's rows contiguous); B packed, `Σ len` rows.
+/// A conv's weight gradient takes this path transposed, `dWᵀ[(ky, kx, i)][o] = Σ_q
+/// x_pad[q's window][(ky, kx, i)] · dy[q][o]`: a kernel row's `k · cin` values are contiguous
+/// in the padded NHWC input, pixels `stride · cin` apart along an output row (one run per
+/// output row), so neither the input's shifted copies (im2col) nor a strided B, whose rows
+/// thrash L1's sets, are needed.
 ///
 /// # Safety
-/// `packed` holds [`packed_len`]`(m, k, mr)` floats; every B row is readable for `n` floats
-/// rounded up to whole panels ([`Isa::nr`]), the extra floats finite; `c` holds `m` rows of
-/// `n` floats at stride `ldc`, written by no one else meanwhile. Packed kernels only.
+/// Every address a tile reads is readable; `c` holds the tiles' rows of `b.n` floats at
+/// stride `ldc`, written by no one else meanwhile. Packed kernels only.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_strided(
-    isa: Isa,
-    m: usize,
-    packed: &[f32],
-    k: usize,
-    b: *const f32,
-    ldb: usize,
-    n: usize,
+pub unsafe fn gemm_runs(
+    tiles: &[RowTile],
+    runs: &[Run],
+    lda: usize,
+    b: &PackedB,
     c: *mut f32,
     ldc: usize,
     overwrite: bool,
 ) {
-    debug_assert!(packed.len() >= packed_len(m, k, isa.mr()));
-    let g = generic::Strided {
-        m,
-        packed,
-        k,
+    debug_assert_eq!(runs.iter().map(|r| r.len).sum::<usize>(), b.k);
+    let g = generic::Runs {
+        tiles,
+        runs,
+        lda,
         b,
-        ldb,
-        n,
         c,
         ldc,
         overwrite,
     };
-    with_simd!(isa, s => s.gemm_strided(g), portable => unreachable!("the portable kernel reads B packed"))
+    with_simd!(b.isa, s => s.gemm_runs(g), portable => unreachable!("the portable kernel reads A packed"))
 }
 
 /// `C = A · B + bias` (ReLU'd if asked) for up to `mr` consecutive output pixels of a conv on

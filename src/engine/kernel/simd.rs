@@ -90,10 +90,16 @@ pub(crate) unsafe trait Simd: Copy + Send + Sync + 'static {
         self.vectorize(g)
     }
 
-    /// [`super::gemm_strided`] on this ISA.
+    /// [`super::gemm_runs`] on this ISA.
     #[inline(always)]
-    unsafe fn gemm_strided(self, g: generic::Strided<'_>) {
+    unsafe fn gemm_runs(self, g: generic::Runs<'_>) {
         self.vectorize(g)
+    }
+
+    /// One micro-kernel call of [`super::gemm_runs`]: the generic kernel unless overridden.
+    #[inline(always)]
+    unsafe fn runs_tile(t: generic::RunsTile<'_>) {
+        generic::runs_tile_rows::<Self>(t)
     }
 
     /// [`super::pack_a_tiles`] on this ISA.
