@@ -58,7 +58,7 @@ fn one_training_run(kind: OptimizerKind, lr: f64, wd: f64, path: StepPath) {
             let mut net = NativeNet::new(&ModelName::Resnet20.config(), &sd, 2).unwrap();
             for _ in 0..2 {
                 losses.push(net.step(&xv, 4, 32, 32, &labels).unwrap().loss);
-                opt.step_native(&mut net.params, lr);
+                net.update(&mut opt, lr);
             }
             net.state_dict()
         }

@@ -109,39 +109,53 @@ impl TrainConv {
     /// Packs new values of the weight into the same buffers (a step's update), which saves
     /// allocating and zeroing them again: a tenth of a resnet18 step.
     pub fn repack(&mut self, weight: &[f32]) {
-        let (cin_g, cout_g, kk) = per_group(self.spec);
-        debug_assert_eq!(weight.len(), self.spec.cout * cin_g * kk);
-        // Forward: per group, B[(tap, i), o] = W[g·cout_g + o, i, tap], the rows visited in
-        // torch's (i, tap) order so that each column's source row is read front to back.
-        for (g, b) in self.forward.weights.iter_mut().enumerate() {
-            let rows = (0..cin_g).flat_map(|i| (0..kk).map(move |tap| tap * cin_g + i));
-            b.refill(rows, |r, o0, out| {
-                let (tap, i) = (r / cin_g, r % cin_g);
-                let src = weight[((g * cout_g + o0) * cin_g + i) * kk + tap..].iter();
-                out.iter_mut().zip(src.step_by(cin_g * kk)).for_each(|(v, &s)| *v = s);
-            });
+        let (_, cout_g, _) = per_group(self.spec);
+        for g in 0..self.spec.groups {
+            self.repack_outputs(weight, g * cout_g..(g + 1) * cout_g);
         }
+    }
+
+    /// [`TrainConv::repack`] for output channels `os` alone, in one group and starting at a
+    /// panel's first column (a multiple of [`Isa::nr`] in the group), so that an update can
+    /// pack each block of rows while they are still in cache.
+    pub fn repack_outputs(&mut self, weight: &[f32], os: std::ops::Range<usize>) {
+        let (cin_g, cout_g, kk) = per_group(self.spec);
+        let nr = self.isa.nr();
+        let g = os.start / cout_g;
+        let local = os.start - g * cout_g..os.end - g * cout_g;
+        debug_assert_eq!(weight.len(), self.spec.cout * cin_g * kk);
+        debug_assert!(local.end <= cout_g && local.start % nr == 0);
+        // Forward: B[(tap, i), o] = W[g·cout_g + o, i, tap], the rows visited in torch's
+        // (i, tap) order so that each column's source row is read front to back.
+        let rows = (0..cin_g).flat_map(|i| (0..kk).map(move |tap| tap * cin_g + i));
+        let panels = local.start / nr..local.end.div_ceil(nr);
+        self.forward.weights[g].refill_panels(panels, rows, |r, o0, out| {
+            let (tap, i) = (r / cin_g, r % cin_g);
+            let src = weight[((g * cout_g + o0) * cin_g + i) * kk + tap..].iter();
+            out.iter_mut().zip(src.step_by(cin_g * kk)).for_each(|(v, &s)| *v = s);
+        });
         // Stride 1: dx = conv(dy, W') with W'[g·cin_g + i, o, tap] = W[g·cout_g + o, i,
         // kk−1−tap], per group B'[(tap, o), i].
-        for (g, b) in self
-            .transposed
-            .iter_mut()
-            .flat_map(|t| t.weights.iter_mut())
-            .enumerate()
-        {
-            let rows = (0..cout_g).flat_map(|o| (0..kk).map(move |tap| tap * cout_g + o));
-            b.refill(rows, |r, i0, out| {
+        if let Some(t) = &mut self.transposed {
+            let rows = local.clone().flat_map(|o| (0..kk).map(move |tap| tap * cout_g + o));
+            t.weights[g].refill(rows, |r, i0, out| {
                 let (tap, o) = (r / cout_g, r % cout_g);
                 let src = weight[((g * cout_g + o) * cin_g + i0) * kk + kk - 1 - tap..].iter();
                 out.iter_mut().zip(src.step_by(kk)).for_each(|(v, &s)| *v = s);
             });
         }
-        // Strided: per group, row o holds output channel g·cout_g + o's taps as (tap, i).
-        for (g, b) in self.to_patches.iter_mut().enumerate() {
-            b.refill(0..cout_g, |o, c0, out| {
-                for (c, v) in out.iter_mut().enumerate() {
+        // Strided: row o holds output channel g·cout_g + o's taps as (tap, i).
+        if let Some(b) = self.to_patches.get_mut(g) {
+            b.refill_by_rows(local, |o, c0, out| {
+                let row = &weight[(g * cout_g + o) * cin_g * kk..][..cin_g * kk];
+                // A panel's columns, tap by tap: channels `kk` apart in the row.
+                let mut c = 0;
+                while c < out.len() {
                     let (tap, i) = ((c0 + c) / cin_g, (c0 + c) % cin_g);
-                    *v = weight[((g * cout_g + o) * cin_g + i) * kk + tap];
+                    let len = (cin_g - i).min(out.len() - c);
+                    let src = row[i * kk + tap..].iter().step_by(kk);
+                    out[c..c + len].iter_mut().zip(src).for_each(|(v, &s)| *v = s);
+                    c += len;
                 }
             });
         }

@@ -24,6 +24,8 @@ use rayon::prelude::*;
 pub use conv::{global_avg_pool, zero_pad_shortcut};
 use conv::{max_pool_3x3s2, Conv, Residual};
 pub use kernel::{Avx2, Avx512, Isa, Kernel, Neon};
+#[cfg(test)]
+pub(crate) use types::test_values;
 pub use types::{nchw_to_nhwc, nhwc_to_nchw, Shape};
 
 use crate::error::{Error, Result};

@@ -105,7 +105,7 @@ fn time_native_step(config: &ResNetConfig, batch: usize, size: usize, steps: usi
         let t0 = Instant::now();
         net.step(&x, batch, size, size, &labels)?;
         let t1 = Instant::now();
-        opt.step_native(&mut net.params, 0.1);
+        net.update(&mut opt, 0.1);
         let t2 = Instant::now();
         if i >= 2 {
             let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;

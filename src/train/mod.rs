@@ -615,7 +615,7 @@ impl Trainer {
             let [n, _, h, w] = eval::batch_dims(&batch, c);
             let out = net.step(&batch.images, n, h, w, &batch.labels)?;
             self.check_loss(out.loss, epoch, i)?;
-            self.optimizer.step_native(&mut net.params, lr);
+            net.update(&mut self.optimizer, lr);
             let k = self.model.config.num_classes.max(1);
             let pred: Vec<usize> = out.logits.chunks(k).map(crate::model::first_max).collect();
             Ok(running.add(epoch, i, out.loss, &pred, &batch.labels, t0, lr))

@@ -83,54 +83,32 @@ impl Optimizer {
         v.error.map_or(Ok(()), Err)
     }
 
-    /// Applies one update to every trainable parameter of a native net from its gradient.
-    pub fn step_native(&mut self, params: &mut [super::native::Param], lr: f64) {
+    /// Counts a step: call once per step before [`Optimizer::rule`].
+    pub fn begin_step(&mut self) {
         self.step += 1;
-        for p in params.iter_mut().filter(|p| p.trainable() && !p.grad.is_empty()) {
-            // BN weights/biases and the fc bias are exactly the 1-D parameters.
-            let decay = !(self.config.no_wd_on_bn_bias && p.shape.len() == 1);
-            self.update(&p.key, &mut p.value, &p.grad, decay, lr);
-        }
     }
 
-    /// PyTorch's rule for one parameter `w` with gradient `g`, in f32 as torch computes it,
-    /// in one pass over chunks that run in parallel (the update is memory-bound).
-    fn update(&mut self, key: &str, w: &mut [f32], g: &[f32], decay: bool, lr: f64) {
-        use rayon::prelude::*;
-        const CHUNK: usize = 1 << 15;
+    /// This step's rule for parameter `key` of `n` values, its state made on first use.
+    pub fn rule(&mut self, key: &str, n: usize, decay: bool, lr: f64) -> Rule {
         let c = &self.config;
         let wd = if decay { c.weight_decay } else { 0.0 };
         let state = self.state.entry(key.to_string()).or_default();
         let (lr32, wd32) = (lr as f32, wd as f32);
-        let n = w.len();
         match c.kind {
-            OptimizerKind::Sgd if c.momentum == 0.0 => {
-                w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(w, g)| {
-                    for (w, &g) in w.iter_mut().zip(g) {
-                        let d = if wd != 0.0 { g + *w * wd32 } else { g };
-                        *w -= d * lr32;
-                    }
-                })
-            }
+            OptimizerKind::Sgd if c.momentum == 0.0 => Rule::Sgd { lr: lr32, wd: wd32 },
             OptimizerKind::Sgd => {
-                let (mom, nesterov) = (c.momentum as f32, c.nesterov);
                 // PyTorch: the first buffer is the gradient itself (no dampening).
                 let first = state.is_empty();
                 if first {
                     state.push(vec![0f32; n]);
                 }
-                let buf = &mut state[0];
-                w.par_chunks_mut(CHUNK)
-                    .zip(g.par_chunks(CHUNK))
-                    .zip(buf.par_chunks_mut(CHUNK))
-                    .for_each(|((w, g), buf)| {
-                        for ((w, &g), b) in w.iter_mut().zip(g).zip(buf) {
-                            let d = if wd != 0.0 { g + *w * wd32 } else { g };
-                            *b = if first { d } else { *b * mom + d };
-                            let step = if nesterov { d + *b * mom } else { *b };
-                            *w -= step * lr32;
-                        }
-                    })
+                Rule::Momentum {
+                    lr: lr32,
+                    wd: wd32,
+                    momentum: c.momentum as f32,
+                    nesterov: c.nesterov,
+                    first,
+                }
             }
             OptimizerKind::AdamW => {
                 let t = self.step as i32;
@@ -138,25 +116,55 @@ impl Optimizer {
                 if state.len() < 2 {
                     *state = vec![vec![0f32; n], vec![0f32; n]];
                 }
-                let keep = (1.0 - lr * wd) as f32;
-                let bc1 = 1.0 - b1.powi(t);
-                let bc2 = 1.0 - b2.powi(t);
-                let (sq2, eps, step) = (bc2.sqrt() as f32, c.eps as f32, (lr / bc1) as f32);
-                let (b1, b2) = (b1 as f32, b2 as f32);
-                let (m, v) = state.split_at_mut(1);
-                w.par_chunks_mut(CHUNK)
-                    .zip(g.par_chunks(CHUNK))
-                    .zip(m[0].par_chunks_mut(CHUNK).zip(v[0].par_chunks_mut(CHUNK)))
-                    .for_each(|((w, g), (m, v))| {
-                        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
-                            *w *= keep;
-                            *m = *m * b1 + g * (1.0 - b1);
-                            *v = *v * b2 + g * g * (1.0 - b2);
-                            let denom = v.sqrt() / sq2 + eps;
-                            *w -= (*m / denom) * step;
-                        }
-                    })
+                Rule::AdamW {
+                    keep: (1.0 - lr * wd) as f32,
+                    b1: b1 as f32,
+                    b2: b2 as f32,
+                    sq2: (1.0 - b2.powi(t)).sqrt() as f32,
+                    eps: c.eps as f32,
+                    step: (lr / (1.0 - b1.powi(t))) as f32,
+                }
             }
+        }
+    }
+
+    /// The states of `keys`, in that order, all borrowed at once (for updates that run in
+    /// parallel); a key without state gets an empty one.
+    pub fn states_mut(&mut self, keys: &[&str]) -> Vec<&mut Vec<Vec<f32>>> {
+        for k in keys {
+            self.state.entry(k.to_string()).or_default();
+        }
+        let mut found: BTreeMap<&str, &mut Vec<Vec<f32>>> = self
+            .state
+            .iter_mut()
+            .filter(|(k, _)| keys.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        keys.iter().filter_map(|k| found.remove(k)).collect()
+    }
+
+    /// PyTorch's rule for one parameter `w` with gradient `g`, in f32 as torch computes it,
+    /// in one pass over chunks that run in parallel (the update is memory-bound).
+    pub fn update(&mut self, key: &str, w: &mut [f32], g: &[f32], decay: bool, lr: f64) {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 15;
+        let rule = self.rule(key, w.len(), decay, lr);
+        let state = self.state.get_mut(key).expect("made by rule");
+        match state.as_mut_slice() {
+            [] => w
+                .par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(w, g)| rule.apply(w, g, &mut [])),
+            [m] => w
+                .par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK))
+                .for_each(|((w, g), m)| rule.apply(w, g, &mut [m])),
+            [m, v, ..] => w
+                .par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                .for_each(|((w, g), (m, v))| rule.apply(w, g, &mut [m, v])),
         }
     }
 
@@ -208,6 +216,84 @@ impl Optimizer {
             }
         }
         Ok(())
+    }
+}
+
+/// One step's update rule for one parameter, with its constants, applied to slices of the
+/// parameter, its gradient and its state (the same slices of each).
+#[derive(Clone, Copy, Debug)]
+pub enum Rule {
+    Sgd {
+        lr: f32,
+        wd: f32,
+    },
+    Momentum {
+        lr: f32,
+        wd: f32,
+        momentum: f32,
+        nesterov: bool,
+        /// The buffer starts as the gradient.
+        first: bool,
+    },
+    AdamW {
+        keep: f32,
+        b1: f32,
+        b2: f32,
+        sq2: f32,
+        eps: f32,
+        step: f32,
+    },
+}
+
+impl Rule {
+    /// Updates `w` from `g`; `state` holds the momentum buffer (SGD with momentum) or the two
+    /// moments (AdamW), each as long as `w`.
+    pub fn apply(&self, w: &mut [f32], g: &[f32], state: &mut [&mut [f32]]) {
+        match (*self, state) {
+            (Rule::Sgd { lr, wd }, _) => {
+                for (w, &g) in w.iter_mut().zip(g) {
+                    let d = if wd != 0.0 { g + *w * wd } else { g };
+                    *w -= d * lr;
+                }
+            }
+            (
+                Rule::Momentum {
+                    lr,
+                    wd,
+                    momentum,
+                    nesterov,
+                    first,
+                },
+                [buf, ..],
+            ) => {
+                for ((w, &g), b) in w.iter_mut().zip(g).zip(buf.iter_mut()) {
+                    let d = if wd != 0.0 { g + *w * wd } else { g };
+                    *b = if first { d } else { *b * momentum + d };
+                    let step = if nesterov { d + *b * momentum } else { *b };
+                    *w -= step * lr;
+                }
+            }
+            (
+                Rule::AdamW {
+                    keep,
+                    b1,
+                    b2,
+                    sq2,
+                    eps,
+                    step,
+                },
+                [m, v, ..],
+            ) => {
+                for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    *w *= keep;
+                    *m = *m * b1 + g * (1.0 - b1);
+                    *v = *v * b2 + g * g * (1.0 - b2);
+                    let denom = v.sqrt() / sq2 + eps;
+                    *w -= (*m / denom) * step;
+                }
+            }
+            (rule, _) => unreachable!("{rule:?} without its state"),
+        }
     }
 }
 

@@ -140,10 +140,32 @@ impl PackedB {
     /// of a reorder and a copy, and the order lets that pass read its source sequentially.
     /// Packed kernels only.
     pub fn refill(&mut self, rows: impl Iterator<Item = usize> + Clone, fill: impl Fn(usize, usize, &mut [f32])) {
+        self.refill_panels(0..self.panels(), rows, fill)
+    }
+
+    /// [`PackedB::refill`] of panels `js` alone.
+    pub fn refill_panels(
+        &mut self,
+        js: std::ops::Range<usize>,
+        rows: impl Iterator<Item = usize> + Clone,
+        fill: impl Fn(usize, usize, &mut [f32]),
+    ) {
         let (k, n, nr) = (self.k, self.n, self.nr());
-        for j in 0..n.div_ceil(nr) {
+        for j in js {
             let cols = (n - j * nr).min(nr);
             for r in rows.clone() {
+                fill(r, j * nr, &mut self.panels[(j * k + r) * nr..][..cols]);
+            }
+        }
+    }
+
+    /// [`PackedB::refill`] of `rows` a row at a time across the panels, for sources whose row
+    /// `r` is one contiguous run that would fall out of L1 between panels.
+    pub fn refill_by_rows(&mut self, rows: std::ops::Range<usize>, fill: impl Fn(usize, usize, &mut [f32])) {
+        let (k, n, nr) = (self.k, self.n, self.nr());
+        for r in rows {
+            for j in 0..n.div_ceil(nr) {
+                let cols = (n - j * nr).min(nr);
                 fill(r, j * nr, &mut self.panels[(j * k + r) * nr..][..cols]);
             }
         }
