@@ -25,6 +25,8 @@ use rayon::prelude::*;
 use super::aligned::AlignedVec;
 use super::conv::Conv;
 use super::kernel::{self, Epilogue, Isa, PackedB, KC};
+use super::types::{Ptr, Residual, Shape};
+use crate::model::ConvShape;
 
 /// Floats of padded images and packed output gradient per group of
 /// [`TrainConv::weight_grad_runs`] (8 MB).
@@ -37,8 +39,6 @@ struct RunsPlan {
     by_images: bool,
     group: usize,
 }
-use super::types::{Ptr, Residual, Shape};
-use crate::model::ConvShape;
 
 thread_local! {
     /// [`TrainConv::weight_grad_into`]'s sums, one per task, kept for the next call.
@@ -728,9 +728,9 @@ impl TrainConv {
     }
 }
 
-/// `dyᵀ` packed as [`kernel::pack_a_tiles`] lays A out (`[q][mr]` per tile and [`KC`] chunk):
-/// `m` rows, channels `ch0..` of the NHWC output gradient `dy` (`c` channels), by the
-/// `pixels` as columns.
+/// `dyᵀ` packed as [`kernel::pack_a_tiles`] lays A out for one [`KC`] chunk (`[q][mr]` per
+/// tile): `m` rows, channels `ch0..` of the NHWC output gradient `dy` (`c` channels), by the
+/// `pixels` (at most `KC`) as columns.
 fn pack_dy_t(
     dy: &[f32],
     c: usize,
@@ -741,20 +741,17 @@ fn pack_dy_t(
     packed: &mut [f32],
 ) {
     let depth = pixels.len();
-    let tiles = m.div_ceil(mr);
-    let mut k0 = 0;
-    while k0 < depth {
-        let kc = KC.min(depth - k0);
-        let chunk = &mut packed[tiles * mr * k0..][..tiles * mr * kc];
-        for (t, tile) in chunk.chunks_exact_mut(mr * kc).enumerate() {
-            let rows = (m - t * mr).min(mr);
-            for (q, dst) in (k0..k0 + kc).zip(tile.chunks_exact_mut(mr)) {
-                let s = (pixels.start + q) * c + ch0 + t * mr;
-                dst[..rows].copy_from_slice(&dy[s..s + rows]);
-                dst[rows..].fill(0.0);
-            }
+    debug_assert!(depth <= KC);
+    for (t, tile) in packed[..m.div_ceil(mr) * mr * depth]
+        .chunks_exact_mut(mr * depth)
+        .enumerate()
+    {
+        let rows = (m - t * mr).min(mr);
+        for (q, dst) in pixels.clone().zip(tile.chunks_exact_mut(mr)) {
+            let s = q * c + ch0 + t * mr;
+            dst[..rows].copy_from_slice(&dy[s..s + rows]);
+            dst[rows..].fill(0.0);
         }
-        k0 += kc;
     }
 }
 
